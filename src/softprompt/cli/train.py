@@ -1,0 +1,73 @@
+"""`softprompt train`: train a soft prompt on a frozen backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import OptimizerName, Precision, SchedulerName, TrainConfig
+from ..model import TaskType
+from ..prompt import PromptInit
+from ..template import Placement
+from . import app
+
+H = TrainConfig.help
+
+
+@app.command()
+def train(
+    model: Annotated[Optional[str], typer.Option(help=H("model") + "  [default: smollm2-135m]")] = None,
+    data: Annotated[Optional[str], typer.Option(help=H("data"))] = None,
+    train_file: Annotated[Optional[str], typer.Option(help=H("train_file"))] = None,
+    validation_file: Annotated[Optional[str], typer.Option(help=H("validation_file"))] = None,
+    test_file: Annotated[Optional[str], typer.Option(help=H("test_file"))] = None,
+    task: Annotated[Optional[TaskType], typer.Option(help=H("task"))] = None,
+    text_field: Annotated[Optional[str], typer.Option(help=H("text_field"))] = None,
+    label_field: Annotated[Optional[str], typer.Option(help=H("label_field"))] = None,
+    labels: Annotated[Optional[str], typer.Option(help=H("labels") + " Comma-separated.")] = None,
+    skip_bad_rows: Annotated[Optional[bool], typer.Option("--skip-bad-rows", help=H("skip_bad_rows"))] = None,
+    output: Annotated[Optional[str], typer.Option(help=H("output") + "  [default: runs/prompt]")] = None,
+    num_virtual_tokens: Annotated[Optional[int], typer.Option(help=H("num_virtual_tokens"))] = None,
+    placement: Annotated[Optional[Placement], typer.Option(help=H("placement"))] = None,
+    template: Annotated[Optional[str], typer.Option(help=H("template"))] = None,
+    label_words: Annotated[Optional[list[str]], typer.Option(
+        help=H("label_words") + " Repeat the flag or quote several in one.")] = None,
+    init: Annotated[Optional[PromptInit], typer.Option(help=H("init") + "  [default: labels]")] = None,
+    init_text: Annotated[Optional[str], typer.Option(help=H("init_text"))] = None,
+    optimizer: Annotated[Optional[OptimizerName], typer.Option(help=H("optimizer"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=H("lr") + "  [default: 0.03]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=H("weight_decay"))] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option(help=H("warmup_ratio"))] = None,
+    scheduler: Annotated[Optional[SchedulerName], typer.Option(help=H("scheduler"))] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help=H("max_grad_norm"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=H("batch_size") + "  [default: 16]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help=H("grad_accum"))] = None,
+    epochs: Annotated[Optional[float], typer.Option(help=H("epochs") + "  [default: 1]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help=H("max_steps"))] = None,
+    max_length: Annotated[Optional[int], typer.Option(help=H("max_length") + "  [default: 128]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=H("eval_every") + "  [default: 100]")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help=H("eval_limit") + "  [default: 500]")] = None,
+    patience: Annotated[Optional[int], typer.Option(help=H("patience"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=H("seed"))] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help=H("precision"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=H("device"))] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags given here win).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a soft prompt; writes OUTPUT/prompt.safetensors (best by validation), metrics.jsonl, training.png
+    and config.yaml, then prints a JSON summary."""
+    import json
+
+    from ..training import train as run_training
+
+    options = dict(locals())
+    options.pop("config"), options.pop("quiet")
+    if options["label_words"] is not None:
+        options["label_words"] = tuple(options["label_words"])
+    cfg = TrainConfig.from_sources(config, **options)
+    result = run_training(cfg, progress=not quiet)
+    summary = {"prompt": str(result.prompt_path), "best_step": result.best_step, "steps": result.steps,
+               "train_seconds": round(result.train_seconds, 1), "validation": result.best_validation}
+    print(json.dumps(summary))

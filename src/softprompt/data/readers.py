@@ -1,0 +1,105 @@
+"""Readers for user data files (.jsonl, .csv) with row validation that names file, line and field."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..errors import DataError
+
+SUFFIXES = (".jsonl", ".csv")
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"undecodable bytes (not UTF-8) at byte {exc.start}; re-save the file as UTF-8",
+                        path=str(path), line=line) from None
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=str(path), line=number)
+            continue
+        if not isinstance(row, dict):
+            yield number, DataError(f"expected a JSON object per line, got {type(row).__name__}",
+                                    path=str(path), line=number)
+            continue
+        yield number, row
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, DataError(f"invalid CSV ({exc})", path=str(path), line=reader.line_num)
+            return  # the csv module cannot resynchronise after a broken quote
+        if None in row:
+            yield reader.line_num, DataError(f"invalid CSV (more cells than the header's "
+                                             f"{len(reader.fieldnames or [])} columns; quote text with commas)",
+                                             path=str(path), line=reader.line_num)
+            continue
+        yield reader.line_num, row
+
+
+def read_rows(path: str | Path, *, text_fields: Sequence[str], label_field: str | None,
+              labels: Sequence[str] | None = None, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
+    """Read and validate a .jsonl or .csv file.
+
+    Each row must hold every text field (non-empty) and, when `label_field` is given, a label (one of
+    `labels` when given). Returns (rows, number skipped). Without `skip_bad_rows` the first bad row raises a
+    `DataError` naming file, line and field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", path=str(path))
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"unsupported file type '{path.suffix}'; use .jsonl or .csv", path=str(path))
+    text = _decode(path)
+    source = _jsonl_rows(path, text) if path.suffix == ".jsonl" else _csv_rows(path, text)
+    rows, skipped = [], 0
+    for number, row in source:
+        error = row if isinstance(row, DataError) else _check_row(row, path, number, text_fields, label_field, labels)
+        if error is not None:
+            if not skip_bad_rows:
+                raise error
+            skipped += 1
+            continue
+        clean = {name: str(row[name]) for name in text_fields}
+        if label_field is not None:
+            clean[label_field] = str(row[label_field]).strip()
+        rows.append(clean)
+    if not rows:
+        raise DataError("no usable rows" + (f" ({skipped} bad rows skipped)" if skipped else ""), path=str(path))
+    return rows, skipped
+
+
+def _check_row(row: dict, path: Path, line: int, text_fields: Sequence[str], label_field: str | None,
+               labels: Sequence[str] | None) -> DataError | None:
+    for name in list(text_fields) + ([label_field] if label_field else []):
+        if name not in row or row[name] is None:
+            return DataError(f"missing (the row has {sorted(row)}); fix the row or set --text-field/--label-field",
+                             path=str(path), line=line, field=name)
+        if isinstance(row[name], (dict, list)):
+            return DataError(f"expected text, got {type(row[name]).__name__}", path=str(path), line=line, field=name)
+        if not str(row[name]).strip():
+            return DataError("empty", path=str(path), line=line, field=name)
+    if label_field and labels is not None and str(row[label_field]).strip() not in labels:
+        return DataError(f"label '{row[label_field]}' is not in the label set {list(labels)}; fix the row or "
+                         f"pass --labels", path=str(path), line=line, field=label_field)
+    return None

@@ -1,0 +1,131 @@
+"""The prompt file: safetensors with tensor `prompt_embeddings` [n, d] and JSON metadata.
+
+Metadata names the backbone and its weight fingerprint, the template, the verbaliser, the init and the
+training figures. Loading onto another backbone is refused with `IncompatiblePromptError`. Writes are atomic
+(temp file in the same folder, then rename). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .backbones.base import Backbone
+from .errors import IncompatiblePromptError, PromptFileError
+from .model import PromptedModel
+from .prompt import SoftPrompt
+from .template import Template
+from .verbalizer import Verbalizer
+
+TENSOR_NAME = "prompt_embeddings"
+FORMAT_NAME = "softprompt"
+FORMAT_VERSION = 1
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def prompt_metadata(model: PromptedModel, **extra: Any) -> dict[str, Any]:
+    """Everything needed to rebuild `model` around its backbone, plus `extra` (init, training figures, ...)."""
+    backbone = model.backbone
+    meta: dict[str, Any] = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "softprompt_version": _version(),
+        "method": "prompt",
+        "backbone": {"name": backbone.name, "kind": backbone.kind.value, "fingerprint": backbone.fingerprint(),
+                     "hidden_size": backbone.hidden_size},
+        "tokenizer": {"name": getattr(backbone.tokenizer, "name_or_path", "") or backbone.name,
+                      "vocab_size": len(backbone.tokenizer)},
+        "num_virtual_tokens": model.prompt.num_virtual_tokens,
+        "template": model.template.source,
+        "task": model.task.value,
+        "max_length": model.max_length,
+        "verbalizer": model.verbalizer.as_dict() if model.verbalizer else None,
+        "labels": list(model.verbalizer.labels) if model.verbalizer else None,
+    }
+    meta.update(extra)
+    return meta
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_prompt(path: str | Path, model: PromptedModel, **extra: Any) -> Path:
+    """Write `model`'s prompt and metadata to `path` atomically.
+
+    >>> save_prompt("runs/rt/prompt.safetensors", model, init="labels")   # doctest: +SKIP
+    """
+    meta = prompt_metadata(model, **extra)
+    tensor = model.prompt.embeddings.detach().to("cpu", torch.float32).contiguous()
+    header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta)}
+    return atomic_write(path, lambda tmp: save_file({TENSOR_NAME: tensor}, tmp, metadata=header))
+
+
+def read_prompt_file(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(embeddings [n, d] fp32, metadata). Raises `PromptFileError` for anything that is not our file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"prompt file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PromptFileError(f"{path}: not a readable safetensors file ({exc})") from None
+    if header.get("format") != FORMAT_NAME or TENSOR_NAME not in tensors:
+        raise PromptFileError(f"{path}: not a softprompt file (no '{TENSOR_NAME}' tensor / metadata)")
+    try:
+        meta = json.loads(header[FORMAT_NAME])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise PromptFileError(f"{path}: damaged metadata ({exc})") from None
+    embeddings = tensors[TENSOR_NAME]
+    if embeddings.dim() != 2 or embeddings.shape[0] != meta.get("num_virtual_tokens"):
+        raise PromptFileError(f"{path}: tensor shape {tuple(embeddings.shape)} disagrees with its metadata")
+    return embeddings.to(torch.float32), meta
+
+
+def check_compatible(meta: dict[str, Any], backbone: Backbone, path: str | Path = "prompt") -> None:
+    """Refuse a prompt trained on another backbone: hidden size and weight fingerprint must match."""
+    expected = meta.get("backbone", {})
+    if expected.get("hidden_size") != backbone.hidden_size:
+        raise IncompatiblePromptError(
+            f"{path} was trained on '{expected.get('name')}' (hidden size {expected.get('hidden_size')}); the loaded "
+            f"backbone '{backbone.name}' has hidden size {backbone.hidden_size}: pass --model {expected.get('name')}")
+    if expected.get("fingerprint") != backbone.fingerprint():
+        raise IncompatiblePromptError(
+            f"{path} was trained on '{expected.get('name')}' (fingerprint {expected.get('fingerprint')}); the loaded "
+            f"backbone '{backbone.name}' has fingerprint {backbone.fingerprint()}: pass --model {expected.get('name')}")
+
+
+def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
+    """Rebuild a `PromptedModel` from a prompt file on an already loaded backbone (checked for compatibility).
+
+    >>> model = load_prompted_model("runs/rt/prompt.safetensors", load_backbone("smollm2-135m"))  # doctest: +SKIP
+    """
+    embeddings, meta = read_prompt_file(path)
+    check_compatible(meta, backbone, path)
+    verbalizer = None
+    if meta.get("verbalizer"):
+        verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])
+    return PromptedModel(backbone, SoftPrompt(embeddings.to(backbone.device)), Template.parse(meta["template"]), verbalizer,
+                         max_length=int(meta.get("max_length", 128)))

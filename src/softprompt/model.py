@@ -1,0 +1,169 @@
+"""A prompted model: a frozen backbone + a soft prompt + a template (+ a verbalizer for classification).
+
+Composition, not inheritance: the backbone is held, never subclassed, and only the prompt has trainable
+parameters. Vocabulary logits are computed only at answer positions, never over the whole sequence.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from enum import Enum
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.base import Backbone
+from .errors import ConfigError, IncompatiblePromptError
+from .prompt import SoftPrompt
+from .template import Encoded, Template, TemplateEncoder, left_pad
+from .verbalizer import Verbalizer
+
+
+class TaskType(str, Enum):
+    CLASSIFICATION = "classification"
+    GENERATION = "generation"
+
+
+class PromptedModel(nn.Module):
+    """Frozen backbone + soft prompt, placed by a template.
+
+    >>> model = PromptedModel(backbone, prompt, Template.parse("[soft:20] Review: {text} Sentiment: {label}"),
+    ...                       Verbalizer.from_spec(["negative", "positive"]))          # doctest: +SKIP
+    >>> model.class_scores(model.make_batch([{"text": "Great fun."}]))                  # doctest: +SKIP
+    tensor([[-3.2, -0.4]])
+    """
+
+    def __init__(self, backbone: Backbone, prompt: SoftPrompt, template: Template,
+                 verbalizer: Verbalizer | None = None, *, max_length: int = 128) -> None:
+        super().__init__()
+        if prompt.hidden_size != backbone.hidden_size:
+            raise IncompatiblePromptError(
+                f"prompt hidden size {prompt.hidden_size} != backbone '{backbone.name}' hidden size "
+                f"{backbone.hidden_size}")
+        if prompt.num_virtual_tokens != template.num_virtual_tokens:
+            raise ConfigError(f"the prompt has {prompt.num_virtual_tokens} virtual tokens but the template places "
+                              f"{template.num_virtual_tokens}")
+        self.backbone = backbone
+        self.prompt = prompt
+        self.template = template
+        self.verbalizer = verbalizer
+        self.task = TaskType.CLASSIFICATION if verbalizer is not None else TaskType.GENERATION
+        self.encoder = TemplateEncoder(template, backbone.tokenizer, max_length)
+        self.word_ids: list[list[int]] = verbalizer.token_ids(self.encoder.answer_ids) if verbalizer else []
+        self.max_word_tokens = max((len(w) for w in self.word_ids), default=0)
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    def _autocast(self):
+        dtype = self.backbone.dtype
+        if dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.backbone.device.type, dtype=dtype)
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with the prompt's vectors placed at the soft positions: (B, T, d)."""
+        tokens = self.backbone.embed(batch["input_ids"])                  # (B, T, d)
+        soft_index = batch["soft_index"]                                  # (B, T), -1 = real token
+        virtual = self.prompt().to(tokens.dtype)[soft_index.clamp(min=0)]  # (B, T, d)
+        return torch.where((soft_index >= 0).unsqueeze(-1), virtual, tokens)
+
+    def hidden(self, batch: Mapping[str, torch.Tensor], past_key_values: Any = None,
+               use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+        with self._autocast():
+            return self.backbone.hidden_states(self.embed(batch), batch["attention_mask"], batch["position_ids"],
+                                               past_key_values=past_key_values, use_cache=use_cache)
+
+    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = self.backbone.token_logits(hidden)
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    # ---- batches -------------------------------------------------------------------------------------------
+    def make_batch(self, examples: Sequence[Mapping[str, Any]], label_field: str | None = "label") -> dict[str, torch.Tensor]:
+        """Encode and left-pad examples. Classification rows with a label get `targets` (class indices);
+        generation rows with a target get `labels` (-100 except on target tokens). `label_field=None`
+        encodes inputs only."""
+        if self.task is TaskType.CLASSIFICATION:
+            return self._classification_batch(examples, label_field)
+        return self._generation_batch(examples, label_field)
+
+    def _classification_batch(self, examples, label_field) -> dict[str, torch.Tensor]:
+        reserve = self.max_word_tokens - 1
+        contexts = [self.encoder.encode(ex, reserve=reserve) for ex in examples]
+        if self.max_word_tokens == 1:
+            batch = left_pad(contexts, self.encoder.pad_id)
+        else:
+            # Multi-token label words: one row per (example, word) holding the word's leading tokens, so that
+            # the last len(word) positions predict the word's tokens.
+            rows = [Encoded(ctx.input_ids + word[:-1], ctx.soft_index + [-1] * (len(word) - 1))
+                    for ctx in contexts for word in self.word_ids]
+            batch = left_pad(rows, self.encoder.pad_id)
+        if examples and label_field is not None and label_field in examples[0]:
+            labels = self.verbalizer.labels
+            batch["targets"] = torch.tensor([labels.index(str(ex[label_field])) for ex in examples])
+        return batch
+
+    def _generation_batch(self, examples, label_field) -> dict[str, torch.Tensor]:
+        eos = self.backbone.tokenizer.eos_token_id
+        rows, target_lengths = [], []
+        for ex in examples:
+            target: list[int] = []
+            if label_field is not None and label_field in ex:
+                target = self.encoder.answer_ids(str(ex[label_field]))[: self.max_length // 2]
+                target = target + ([eos] if eos is not None else [])
+            ctx = self.encoder.encode(ex, reserve=len(target))
+            rows.append(Encoded(ctx.input_ids + target, ctx.soft_index + [-1] * len(target)))
+            target_lengths.append(len(target))
+        batch = left_pad(rows, self.encoder.pad_id)
+        if any(target_lengths):
+            labels = torch.full_like(batch["input_ids"], -100)
+            for row, n in enumerate(target_lengths):
+                if n:
+                    labels[row, -n:] = batch["input_ids"][row, -n:]
+            batch["labels"] = labels
+        return batch
+
+    # ---- classification -----------------------------------------------------------------------------------
+    def word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Log-likelihood of every label word at the answer position: (B, W)."""
+        hidden, _ = self.hidden(batch)                                    # (R, T, d)
+        if self.max_word_tokens == 1:
+            ids = torch.tensor([w[0] for w in self.word_ids], device=hidden.device)
+            return self._log_probs(hidden[:, -1])[:, ids]                 # (B, W)
+        k = self.max_word_tokens
+        num_words = len(self.word_ids)
+        window = self._log_probs(hidden[:, -k:])                          # (B*W, K, V)
+        window = window.view(-1, num_words, k, window.shape[-1])          # (B, W, K, V)
+        # Right-align each word's tokens in the K-wide window; -1 marks unused slots.
+        targets = torch.full((num_words, k), -1, dtype=torch.long, device=hidden.device)
+        for w, ids in enumerate(self.word_ids):
+            targets[w, k - len(ids):] = torch.tensor(ids)
+        picked = window.gather(-1, targets.clamp(min=0).expand(window.shape[0], -1, -1).unsqueeze(-1)).squeeze(-1)
+        return picked.masked_fill(targets < 0, 0.0).sum(dim=-1)           # (B, W)
+
+    def class_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Class scores (B, C): log-likelihoods of each class's words (log-sum-exp over several words)."""
+        if self.verbalizer is None:
+            raise ConfigError("class scores need a classification prompt (a verbalizer)")
+        return self.verbalizer.class_scores(self.word_scores(batch))
+
+    # ---- loss ----------------------------------------------------------------------------------------------
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss and figures. Classification: cross-entropy over class scores. Generation: mean
+        negative log-likelihood of the target tokens (logits only at those positions)."""
+        if self.task is TaskType.CLASSIFICATION:
+            scores = self.class_scores(batch)
+            loss = F.cross_entropy(scores, batch["targets"])
+            correct = (scores.argmax(-1) == batch["targets"]).float().mean().item()
+            return loss, {"accuracy": correct}
+        hidden, _ = self.hidden(batch)                                    # (B, T, d)
+        labels = batch["labels"][:, 1:]                                   # position t predicts token t+1
+        where = labels != -100
+        log_probs = self._log_probs(hidden[:, :-1][where])                # (N, V)
+        loss = F.nll_loss(log_probs, labels[where])
+        return loss, {}

@@ -1,0 +1,214 @@
+"""The training loop, top to bottom: setup, then step / log / evaluate / keep the best prompt / stop.
+
+Only the soft prompt trains. The backbone is frozen (and may run in bf16); the prompt's master weights stay
+fp32. accelerate places tensors on the device so the same loop scales out later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..backbones import load_backbone, resolve_precision
+from ..backbones.base import Backbone
+from ..config import OptimizerName, TrainConfig
+from ..data import TaskData, load_task
+from ..errors import ConfigError
+from ..evaluation import evaluate, primary_metric
+from ..formats import atomic_write, save_prompt
+from ..model import PromptedModel, TaskType
+from ..prompt import SoftPrompt, initial_embeddings
+from ..template import Placement, TemplateEncoder, build_template
+from ..verbalizer import Verbalizer
+from .plot import plot_history
+
+DEFAULT_NUM_VIRTUAL_TOKENS = 20
+LOG_EVERY = 10
+
+
+@dataclass
+class TrainResult:
+    model: PromptedModel
+    output: Path
+    prompt_path: Path
+    best_step: int
+    best_validation: dict
+    steps: int
+    train_seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData) -> PromptedModel:
+    """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
+    body = config.template or task.default_template
+    placement = config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
+    count = config.num_virtual_tokens
+    if placement is not Placement.TEMPLATE and count is None:
+        count = DEFAULT_NUM_VIRTUAL_TOKENS
+    template = build_template(body, placement, count)
+    missing = [f for f in template.input_fields if f not in task.text_fields]
+    if missing:
+        raise ConfigError(f"--template uses field(s) {missing} but the data's text fields are "
+                          f"{list(task.text_fields)}; set --text-field")
+    verbalizer = None
+    if config.task is TaskType.CLASSIFICATION:
+        verbalizer = Verbalizer.from_spec(task.labels, config.label_words)
+    encoder = TemplateEncoder(template, backbone.tokenizer, config.max_length)
+    word_ids = verbalizer.token_ids(encoder.answer_ids) if verbalizer else []
+    generator = torch.Generator().manual_seed(config.seed)
+    vectors = initial_embeddings(config.init, template.num_virtual_tokens, backbone.input_embedding_matrix(),
+                                 backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
+                                 generator=generator)
+    prompt = SoftPrompt(vectors.to(backbone.device))
+    return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
+
+
+def _batches(num_rows: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless seeded shuffles of the training rows, cut into batches (a short last batch is kept)."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(num_rows, generator=generator).tolist()
+        for start in range(0, num_rows, batch_size):
+            yield order[start:start + batch_size]
+
+
+def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer is OptimizerName.ADAFACTOR:
+        from transformers.optimization import Adafactor
+        return Adafactor(params, lr=config.lr, weight_decay=config.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _log(path: Path, record: dict) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train a soft prompt as `config` says; writes the run directory and returns the best model.
+
+    >>> result = train(TrainConfig(data="rotten_tomatoes", output="runs/rt", max_steps=200))   # doctest: +SKIP
+    >>> result.best_validation["accuracy"]                                                      # doctest: +SKIP
+    0.84
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+    accelerator = Accelerator(cpu=config.device == "cpu")
+    device = torch.device(config.device) if config.device.startswith("cuda:") else accelerator.device
+    set_seed(config.seed)
+    if backbone is None:
+        dtype = resolve_precision(config.precision.value, device)
+        backbone = load_backbone(config.model, dtype=dtype, device=device)
+    if task is None:
+        task = load_task(config.data, train_file=config.train_file, validation_file=config.validation_file,
+                         test_file=config.test_file, task=config.task.value, text_fields=config.text_fields,
+                         label_field=config.label_field, labels=config.labels, skip_bad_rows=config.skip_bad_rows)
+    if task.skipped_rows:
+        print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
+    train_rows = task.split("train")
+    model = build_prompted_model(config, backbone, task)
+    model.train()
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path, prompt_path = out / "metrics.jsonl", out / "prompt.safetensors"
+    metrics_path.unlink(missing_ok=True)
+
+    steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * config.grad_accum))
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    optimizer = _optimizer(config, model.prompt.parameters())
+    scheduler = get_scheduler(config.scheduler.value, optimizer,
+                              num_warmup_steps=int(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    resolved = {**config.to_dict(), "template": model.template.source, "placement": (config.placement or (
+        Placement.TEMPLATE if config.template and "[soft:" in config.template else Placement.PREFIX)).value,
+        "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
+        "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
+    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
+    stream = _batches(len(train_rows), config.batch_size, config.seed)
+
+    def validate(step: int) -> dict:
+        result = evaluate(model, task.split("validation"), label_field=task.label_field,
+                          batch_size=max(config.batch_size, 32), limit=config.eval_limit)
+        record = {"step": step, "split": "validation", **result}
+        history.append(record)
+        _log(metrics_path, record)
+        return result
+
+    # ---- loop ----------------------------------------------------------------------------------------------
+    history: list[dict] = []
+    best_score, best_step, best_result = -math.inf, 0, {}
+    best_prompt = model.prompt.embeddings.detach().clone()
+    evals_without_gain, train_seconds, seen = 0, 0.0, 0
+    running_loss, running_acc, running_n = 0.0, 0.0, 0
+    bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
+    step = 0
+    for step in range(1, total_steps + 1):
+        started = time.perf_counter()
+        for _ in range(config.grad_accum):
+            rows = [train_rows[i] for i in next(stream)]
+            batch = {k: v.to(device) for k, v in model.make_batch(rows, task.label_field).items()}
+            loss, figures = model.loss(batch)
+            accelerator.backward(loss / config.grad_accum)
+            running_loss += loss.item()
+            running_acc += figures.get("accuracy", 0.0)
+            running_n += 1
+            seen += len(rows)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.prompt.parameters(), config.max_grad_norm)
+                     if config.max_grad_norm > 0 else model.prompt.embeddings.grad.norm())
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - started
+
+        if step % LOG_EVERY == 0 or step == total_steps:
+            record = {"step": step, "split": "train", "loss": running_loss / running_n,
+                      "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "examples": seen,
+                      "train_seconds": round(train_seconds, 3)}
+            if model.task is TaskType.CLASSIFICATION:
+                record["accuracy"] = running_acc / running_n
+            history.append(record)
+            _log(metrics_path, record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{best_score:.4f}" if best_result else "-")
+            running_loss, running_acc, running_n = 0.0, 0.0, 0
+        bar.update(1)
+
+        if (config.eval_every and step % config.eval_every == 0) or step == total_steps:
+            result = validate(step)
+            if primary_metric(result) > best_score:
+                best_score, best_step, best_result = primary_metric(result), step, result
+                best_prompt = model.prompt.embeddings.detach().clone()
+                evals_without_gain = 0
+                save_prompt(prompt_path, model, init=config.init.value, training={"best_step": step,
+                            "validation": result, "train_seconds": round(train_seconds, 3), "in_progress": True})
+            else:
+                evals_without_gain += 1
+            bar.set_postfix(loss=history[-2]["loss"] if len(history) > 1 and "loss" in history[-2] else "-",
+                            val=f"{best_score:.4f}")
+            if config.patience and evals_without_gain >= config.patience:
+                bar.write(f"softprompt: early stop at step {step}: no validation gain in {config.patience} evaluations")
+                break
+    bar.close()
+
+    # ---- finish: the best prompt, its file, the picture ---------------------------------------------------
+    with torch.no_grad():
+        model.prompt.embeddings.copy_(best_prompt)
+    training = {"best_step": best_step, "validation": best_result, "steps": step, "examples_seen": seen,
+                "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
+                "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
+    save_prompt(prompt_path, model, init=config.init.value, training=training)
+    plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
+                 f"{model.prompt.num_virtual_tokens} virtual tokens")
+    return TrainResult(model, out, prompt_path, best_step, best_result, step, train_seconds, history)

@@ -1,0 +1,63 @@
+"""Tiny random-weight backbones and a tiny byte-level BPE tokenizer, built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+CORPUS = [
+    "a great film with a fine cast", "a dull and tedious movie", "the plot is thin but the acting is good",
+    "an awful waste of time", "warm, funny and moving", "review sentiment positive negative label text",
+    "business sport politics tech entertainment", "the quick brown fox jumps over the lazy dog",
+    "Review: Sentiment: Topic: Article: Question: Answer:", "great good bad terrible fun boring",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+                                   pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_model(arch: str = "llama", seed: int = 0):
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    elif arch == "gpt2":
+        config = GPT2Config(vocab_size=400, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    else:
+        raise ValueError(arch)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_backbone(arch: str = "llama", seed: int = 0):
+    from softprompt.backbones import CausalLMBackbone
+
+    return CausalLMBackbone(tiny_model(arch, seed), tiny_tokenizer(), name=f"tiny-{arch}")
+
+
+def save_tiny(folder, arch: str = "llama", seed: int = 0) -> str:
+    tiny_model(arch, seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)
