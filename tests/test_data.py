@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from softprompt import DataError, load_task
+from softprompt.data import BUILTIN_DATASETS
+
+from conftest import write_jsonl
+
+
+def _load(folder, **kw):
+    return load_task(str(folder), **kw)
+
+
+@pytest.mark.parametrize("line, needle, field", [
+    ('{"label": "positive"}', "missing", "text"),
+    ('{"text": "   ", "label": "positive"}', "empty", "text"),
+    ('{"text": "fine film"}', "missing", "label"),
+    ('{"text": "fine film", "label": "neutral"}', "not in the label set", "label"),
+    ('{"text": "fine film", "label": "positive"', "invalid JSON", None),
+    ('["fine film", "positive"]', "JSON object", None),
+    ('{"text": {"a": 1}, "label": "positive"}', "expected text", "text"),
+])
+def test_bad_jsonl_rows_name_file_line_field(tmp_path, line, needle, field):
+    good = '{"text": "a fine film", "label": "positive"}\n{"text": "a bad film", "label": "negative"}\n'
+    (tmp_path / "train.jsonl").write_text(good)
+    bad = tmp_path / "validation.jsonl"
+    bad.write_text(good + line + "\n")
+    with pytest.raises(DataError) as info:
+        _load(tmp_path)
+    message = str(info.value)
+    assert f"{bad}:3" in message and needle in message
+    if field:
+        assert f"field '{field}'" in message
+    task = _load(tmp_path, skip_bad_rows=True)
+    assert task.skipped_rows == 1 and len(task.validation) == 2
+
+
+def test_undecodable_bytes(tmp_path):
+    (tmp_path / "train.jsonl").write_bytes(b'{"text": "ok", "label": "a"}\n{"text": "ok", "label": "b"}\n'
+                                           b'{"text": "caf\xe9", "label": "a"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:3: undecodable bytes"):
+        _load(tmp_path)
+
+
+def test_csv_rows_and_errors(tmp_path):
+    (tmp_path / "train.csv").write_text('text,label\n"good, really",positive\nawful,negative\n')
+    task = _load(tmp_path, validation_fraction=0)
+    assert task.train[0] == {"text": "good, really", "label": "positive"} and task.labels == ("negative", "positive")
+    (tmp_path / "test.csv").write_text("text,label\nfine,positive\nfine,too,many\n")
+    with pytest.raises(DataError, match=r"test.csv:3: invalid CSV"):
+        _load(tmp_path)
+    (tmp_path / "test.csv").write_text('text,label\n"unterminated,positive\n')
+    with pytest.raises(DataError, match=r"test.csv:\d+: invalid CSV"):
+        _load(tmp_path)
+    (tmp_path / "test.csv").write_text("text,label\n,positive\n")
+    with pytest.raises(DataError, match=r"test.csv:2: field 'text': empty"):
+        _load(tmp_path)
+
+
+def test_folder_without_validation_holds_out_train(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": "ab"[i % 2]} for i in range(50)])
+    task = _load(tmp_path)
+    assert len(task.validation) == 5 and len(task.train) == 45
+    assert not {r["text"] for r in task.validation} & {r["text"] for r in task.train}
+
+
+def test_generation_task_fields(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"question": "2+2", "target": "4"}] * 4)
+    task = load_task(str(tmp_path), task="generation", text_fields=("question",))
+    assert task.labels is None and task.label_field == "target"
+    assert task.default_template == "{question}\n{target}"
+
+
+def test_builtin_datasets_have_documented_splits():
+    rt = load_task("rotten_tomatoes")
+    assert (len(rt.train), len(rt.validation), len(rt.test)) == (9752, 1000, 2000)
+    assert rt.labels == ("negative", "positive")
+    assert not {r["text"] for r in rt.test} & {r["text"] for r in rt.train}
+    assert load_task("rotten_tomatoes").test == rt.test  # fixed split
+    bbc = load_task("bbc_news")
+    assert (len(bbc.train), len(bbc.validation), len(bbc.test)) == (1558, 223, 444)
+    assert bbc.labels == ("business", "entertainment", "politics", "sports", "tech")
+    assert set(BUILTIN_DATASETS) == {"rotten_tomatoes", "bbc_news"}

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+import torch
+
+from softprompt import TrainConfig, build_prompted_model, load_task, read_prompt_file, train
+from softprompt.backbones import weights_fingerprint
+
+import tiny
+from conftest import write_jsonl
+
+
+def _config(tmp_path, data_dir, model_dir, **kw):
+    base = dict(model=model_dir, data=str(data_dir), output=str(tmp_path / "run"), max_steps=12, eval_every=4,
+                batch_size=8, lr=0.1, precision="fp32", device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_backbone_stays_frozen_and_only_the_prompt_moves(tmp_path, sentiment_dir):
+    backbone = tiny.tiny_backbone("llama")
+    before = weights_fingerprint(backbone.model, full=True)
+    result = train(_config(tmp_path, sentiment_dir, "unused"), backbone=backbone, progress=False)
+    assert weights_fingerprint(backbone.model, full=True) == before
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    result.model.train()
+    assert not backbone.model.training and not any(m.training for m in backbone.model.modules())
+    assert [n for n, p in result.model.named_parameters() if p.requires_grad] == ["prompt.embeddings"]
+    init = tiny.tiny_backbone("llama").input_embedding_matrix()
+    assert not any((init == row).all(dim=1).any() for row in result.model.prompt.embeddings.detach())
+
+
+def test_run_directory_and_best_prompt(tmp_path, sentiment_dir, tiny_model_dir):
+    result = train(_config(tmp_path, sentiment_dir, tiny_model_dir), progress=False)
+    out = tmp_path / "run"
+    assert {"prompt.safetensors", "metrics.jsonl", "training.png", "config.yaml"} <= {p.name for p in out.iterdir()}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    best = max(evals, key=lambda r: r["accuracy"])  # first of equals wins
+    assert result.best_step == best["step"]
+    embeddings, meta = read_prompt_file(out / "prompt.safetensors")
+    assert meta["training"]["best_step"] == best["step"] and not meta["training"].get("in_progress")
+    assert torch.equal(embeddings, result.model.prompt.embeddings.detach().cpu())
+    assert (out / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loss_falls_classification_and_generation(tmp_path, tiny_llama):
+    data = tmp_path / "cls"
+    data.mkdir()
+    rows = [{"text": t, "label": "positive" if i % 4 else "negative"}
+            for i, t in enumerate(["a great film", "fine cast", "warm fun", "the lazy dog"] * 6)]
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "validation.jsonl", rows[:8])
+    cfg = _config(tmp_path, data, "unused", max_steps=30, eval_every=0, lr=0.3)
+    task = load_task(str(data))
+
+    def full_loss(model):
+        with torch.no_grad():
+            return model.loss(model.make_batch(task.train))[0].item()
+
+    initial = full_loss(build_prompted_model(cfg, tiny_llama, task))
+    result = train(cfg, backbone=tiny_llama, task=task, progress=False)
+    assert full_loss(result.model) < initial - 0.05
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    write_jsonl(gen / "train.jsonl", [{"text": t, "target": "great fun"} for t in ["a", "the dog", "fox"] * 8])
+    cfg = _config(tmp_path, gen, "unused", task="generation", init="vocab", max_steps=30, eval_every=10, lr=0.3,
+                  output=str(tmp_path / "gen-run"))
+    result = train(cfg, backbone=tiny_llama, progress=False)
+    losses = [h["loss"] for h in result.history if h["split"] == "train"]
+    assert losses[-1] < losses[0] * 0.7
+    assert result.best_validation["loss"] < losses[0]
+
+
+def test_early_stopping_and_bf16(tmp_path, sentiment_dir):
+    backbone = tiny.tiny_backbone("llama")
+    backbone.model.to(torch.bfloat16)
+    cfg = _config(tmp_path, sentiment_dir, "unused", max_steps=200, eval_every=2, patience=2, lr=1e-6)
+    result = train(cfg, backbone=backbone, progress=False)
+    assert result.steps < 200
+    assert result.model.prompt.embeddings.dtype == torch.float32
+    assert backbone.dtype == torch.bfloat16
+
+
+def test_config_file_and_cross_field_errors(tmp_path):
+    from softprompt import ConfigError
+
+    (tmp_path / "run.yaml").write_text("data: rotten_tomatoes\nlr: 0.5\nnum-virtual-tokens: 8\n")
+    cfg = TrainConfig.from_sources(tmp_path / "run.yaml", lr=0.1)
+    assert cfg.lr == 0.1 and cfg.num_virtual_tokens == 8 and cfg.data == "rotten_tomatoes"
+    (tmp_path / "bad.yaml").write_text("data: x\nlearning_rate: 3\n")
+    with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
+        TrainConfig.from_sources(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="--init labels needs --task classification"):
+        TrainConfig(data="x", task="generation")
+    with pytest.raises(ConfigError, match="--placement 'middle'"):
+        TrainConfig(data="x", placement="middle")
+    with pytest.raises(ConfigError, match="--lr must be > 0"):
+        TrainConfig(data="x", lr=0)
