@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def _convert_gguf(spec: BuiltinBackbone, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(staging)
+        with _quiet_transformers():
+            model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
         (staging / CACHE_MARKER).write_text(json.dumps(
@@ -130,6 +132,20 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@contextmanager
+def _quiet_transformers():
+    """No per-tensor loading bars from transformers (our own progress is shown where it matters)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_backbone(name_or_path: str, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> CausalLMBackbone:
     """Load a frozen backbone by built-in name, local folder or hub id.
@@ -154,13 +170,15 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype = torch.float32,
             raise BackboneError(f"--model {name_or_path}: not a built-in backbone ({', '.join(BUILTIN_BACKBONES)}), "
                                 f"nor a local folder, nor a hub id (owner/name)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     except OSError as exc:
         if name in BUILTIN_BACKBONES:  # a damaged cache: rebuild once
             folder = builtin_backbone_dir(name, rebuild=True)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            with _quiet_transformers():
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         else:
             raise BackboneError(f"--model {name_or_path}: could not load ({exc.__class__.__name__}: "
                                 f"{str(exc).splitlines()[0]})") from exc

@@ -58,12 +58,12 @@ def train(
 ) -> None:
     """Train a soft prompt; writes OUTPUT/prompt.safetensors (best by validation), metrics.jsonl, training.png
     and config.yaml, then prints a JSON summary."""
+    options = dict(locals())  # first line: only the parameters
+    options.pop("config"), options.pop("quiet")
     import json
 
     from ..training import train as run_training
 
-    options = dict(locals())
-    options.pop("config"), options.pop("quiet")
     if options["label_words"] is not None:
         options["label_words"] = tuple(options["label_words"])
     cfg = TrainConfig.from_sources(config, **options)

@@ -109,13 +109,14 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     accelerator = Accelerator(cpu=config.device == "cpu")
     device = torch.device(config.device) if config.device.startswith("cuda:") else accelerator.device
     set_seed(config.seed)
-    if backbone is None:
-        dtype = resolve_precision(config.precision.value, device)
-        backbone = load_backbone(config.model, dtype=dtype, device=device)
+    # Data first: a bad row is reported before a large backbone is loaded.
     if task is None:
         task = load_task(config.data, train_file=config.train_file, validation_file=config.validation_file,
                          test_file=config.test_file, task=config.task.value, text_fields=config.text_fields,
                          label_field=config.label_field, labels=config.labels, skip_bad_rows=config.skip_bad_rows)
+    if backbone is None:
+        dtype = resolve_precision(config.precision.value, device)
+        backbone = load_backbone(config.model, dtype=dtype, device=device)
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
