@@ -99,3 +99,22 @@ def test_config_file_and_cross_field_errors(tmp_path):
         TrainConfig(data="x", placement="middle")
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         TrainConfig(data="x", lr=0)
+
+
+def test_adafactor_two_fields_and_suffix(tmp_path, tiny_llama):
+    data = tmp_path / "pairs"
+    data.mkdir()
+    rows = [{"premise": p, "hypothesis": h, "label": l} for p, h, l in [
+        ("a great film", "it is good", "yes"), ("a dull movie", "it is good", "no"),
+        ("warm fun", "it is fun", "yes"), ("the lazy dog", "it is fun", "no")] * 4]
+    write_jsonl(data / "train.jsonl", rows)
+    cfg = _config(tmp_path, data, "unused", text_field="premise,hypothesis", optimizer="adafactor",
+                  template="Premise: {premise} Hypothesis: {hypothesis} Entailed: {label}", placement="suffix",
+                  num_virtual_tokens=3, max_steps=4)
+    result = train(cfg, backbone=tiny_llama, progress=False)
+    assert result.model.template.source == ("Premise: {premise} Hypothesis: {hypothesis}[soft:3] "
+                                            "Entailed: {label}")
+    _, meta = read_prompt_file(result.prompt_path)
+    assert meta["placement"] == "suffix" and meta["labels"] == ["no", "yes"]
+    with pytest.raises(Exception, match="--text-field"):
+        train(cfg.replace(text_field="premise"), backbone=tiny_llama, progress=False)

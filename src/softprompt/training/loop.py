@@ -49,7 +49,7 @@ class TrainResult:
 def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData) -> PromptedModel:
     """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
     body = config.template or task.default_template
-    placement = config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
+    placement = resolved_placement(config, body)
     count = config.num_virtual_tokens
     if placement is not Placement.TEMPLATE and count is None:
         count = DEFAULT_NUM_VIRTUAL_TOKENS
@@ -69,6 +69,11 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
                                  generator=generator)
     prompt = SoftPrompt(vectors.to(backbone.device))
     return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
+
+
+def resolved_placement(config: TrainConfig, body: str) -> Placement:
+    """--placement, else template when the template has [soft:N] markers, else prefix."""
+    return config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
 
 
 def _batches(num_rows: int, batch_size: int, seed: int) -> Iterator[list[int]]:
@@ -133,8 +138,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     scheduler = get_scheduler(config.scheduler.value, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    resolved = {**config.to_dict(), "template": model.template.source, "placement": (config.placement or (
-        Placement.TEMPLATE if config.template and "[soft:" in config.template else Placement.PREFIX)).value,
+    placement = resolved_placement(config, config.template or task.default_template).value
+    resolved = {**config.to_dict(), "template": model.template.source, "placement": placement,
         "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
         "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
     atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
@@ -192,7 +197,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 best_score, best_step, best_result = primary_metric(result), step, result
                 best_prompt = model.prompt.embeddings.detach().clone()
                 evals_without_gain = 0
-                save_prompt(prompt_path, model, init=config.init.value, training={"best_step": step,
+                save_prompt(prompt_path, model, init=config.init.value, placement=placement, training={"best_step": step,
                             "validation": result, "train_seconds": round(train_seconds, 3), "in_progress": True})
             else:
                 evals_without_gain += 1
@@ -209,7 +214,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     training = {"best_step": best_step, "validation": best_result, "steps": step, "examples_seen": seen,
                 "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
                 "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
-    save_prompt(prompt_path, model, init=config.init.value, training=training)
+    save_prompt(prompt_path, model, init=config.init.value, placement=placement, training=training)
     plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
                  f"{model.prompt.num_virtual_tokens} virtual tokens")
     return TrainResult(model, out, prompt_path, best_step, best_result, step, train_seconds, history)
