@@ -89,3 +89,34 @@ def test_soft_positions_carry_prompt_vectors(tiny_llama):
             k = int(batch["soft_index"][row, pos])
             expected = prompt.embeddings[k] if k >= 0 else tiny_llama.embed(batch["input_ids"][row, pos])
             assert torch.equal(embeds[row, pos], expected)
+
+
+@pytest.mark.parametrize("task", ["classification", "generation"])
+@pytest.mark.parametrize("body, placement", [
+    ("Review: {text} Sentiment: {label}", "suffix"),
+    ("Review: {text} [soft:2] Sentiment: [soft:2] {label}", "template"),
+])
+def test_frozen_input_split_matches_single_pass(tiny_any, body, placement, task):
+    """Soft tokens after the input: the split forward (input columns without gradients, into a cache) gives
+    the same loss and the same prompt gradient as one full pass."""
+    torch.manual_seed(0)
+    if task == "generation":
+        body = body.replace("{label}", "{target}")
+    template = build_template(body, placement, 4 if placement == "suffix" else None)
+    prompt = SoftPrompt(torch.randn(template.num_virtual_tokens, tiny_any.hidden_size) * 0.3)
+    verbalizer = Verbalizer.from_spec(["negative", "positive"]) if task == "classification" else None
+    model = PromptedModel(tiny_any, prompt, template, verbalizer, max_length=64)
+    rows = [{"text": "the quick brown fox jumps over the lazy dog", "label": "positive", "target": "great fun"},
+            {"text": "a dull and tedious movie with a thin plot", "label": "negative", "target": "boring"}]
+    batch = model.make_batch(rows)
+    assert model._frozen_columns(batch["soft_index"]) >= 8
+    results = []
+    for split in (True, False):
+        model.split_frozen_input = split
+        prompt.embeddings.grad = None
+        loss, _ = model.loss(batch)
+        loss.backward()
+        results.append((loss.detach(), prompt.embeddings.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
+    assert results[0][1].abs().sum() > 0

@@ -53,6 +53,7 @@ class PromptedModel(nn.Module):
         self.encoder = TemplateEncoder(template, backbone.tokenizer, max_length)
         self.word_ids: list[list[int]] = verbalizer.token_ids(self.encoder.answer_ids) if verbalizer else []
         self.max_word_tokens = max((len(w) for w in self.word_ids), default=0)
+        self.split_frozen_input = True  # see hidden(); off only to compare against the single pass
 
     @classmethod
     def zero_shot(cls, backbone: Backbone, template_body: str, verbalizer: Verbalizer | None = None, *,
@@ -86,9 +87,40 @@ class PromptedModel(nn.Module):
 
     def hidden(self, batch: Mapping[str, torch.Tensor], past_key_values: Any = None,
                use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+        """Final hidden states (B, T', d) of the last T' positions (T' = T unless the frozen-input split ran).
+
+        When gradients are on and the soft tokens come after the input (suffix placement, or a template
+        whose [soft:N] runs follow the text), the columns before the first soft token do not depend on the
+        prompt: they run once without gradients into a key/value cache, and only the remaining columns run
+        forward and backward (attending to that cache). The result equals the single pass; only the
+        returned hidden states start at the split.
+        """
+        split = 0
+        if self.split_frozen_input and past_key_values is None and not use_cache and torch.is_grad_enabled():
+            split = self._frozen_columns(batch["soft_index"])
         with self._autocast():
-            return self.backbone.hidden_states(self.embed(batch), batch["attention_mask"], batch["position_ids"],
-                                               past_key_values=past_key_values, use_cache=use_cache)
+            if not split:
+                return self.backbone.hidden_states(self.embed(batch), batch["attention_mask"],
+                                                   batch["position_ids"], past_key_values=past_key_values,
+                                                   use_cache=use_cache)
+            head = {k: batch[k][:, :split] for k in ("input_ids", "soft_index", "position_ids")}
+            tail = {k: batch[k][:, split:] for k in ("input_ids", "soft_index", "position_ids")}
+            with torch.no_grad():
+                _, cache = self.backbone.hidden_states(self.backbone.embed(head["input_ids"]),
+                                                       batch["attention_mask"][:, :split], head["position_ids"],
+                                                       use_cache=True)
+            hidden, _ = self.backbone.hidden_states(self.embed(tail), batch["attention_mask"],
+                                                    tail["position_ids"], past_key_values=cache, use_cache=True)
+            return hidden, None
+
+    @staticmethod
+    def _frozen_columns(soft_index: torch.Tensor, minimum: int = 8) -> int:
+        """Leading columns that hold no soft token in any row (0 when too few to be worth a split)."""
+        has_soft = (soft_index >= 0).any(dim=0)
+        if not bool(has_soft.any()):
+            return 0
+        first = int(has_soft.float().argmax())
+        return first if first >= minimum else 0
 
     def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -189,8 +221,10 @@ class PromptedModel(nn.Module):
             loss = F.cross_entropy(scores, batch["targets"])
             correct = (scores.argmax(-1) == batch["targets"]).float().mean().item()
             return loss, {"accuracy": correct}
-        hidden, _ = self.hidden(batch)                                    # (B, T, d)
-        labels = batch["labels"][:, 1:]                                   # position t predicts token t+1
+        hidden, _ = self.hidden(batch)                                    # (B, T', d), T' <= T
+        # Position t predicts token t+1. With the frozen-input split, hidden covers only the last T' columns;
+        # targets follow the soft tokens, so none sits in the split's first column.
+        labels = batch["labels"][:, -hidden.shape[1]:][:, 1:]
         where = labels != -100
         log_probs = self._log_probs(hidden[:, :-1][where])                # (N, V)
         loss = F.nll_loss(log_probs, labels[where])
