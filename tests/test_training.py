@@ -118,3 +118,19 @@ def test_adafactor_two_fields_and_suffix(tmp_path, tiny_llama):
     assert meta["placement"] == "suffix" and meta["labels"] == ["no", "yes"]
     with pytest.raises(Exception, match="--text-field"):
         train(cfg.replace(text_field="premise"), backbone=tiny_llama, progress=False)
+
+
+def test_length_bucketing_covers_every_row_once_per_epoch():
+    from softprompt.training.loop import _batches
+
+    lengths = [((i * 37) % 101) for i in range(1000)]
+    stream = _batches(lengths, 16, seed=3, bucket=True)
+    epoch = [next(stream) for _ in range(63)]  # ceil(1000 / 16) batches per epoch
+    assert sorted(i for batch in epoch for i in batch) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in epoch) / len(epoch)
+    plain = _batches(lengths, 16, seed=3, bucket=False)
+    plain_spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b)
+                       for b in (next(plain) for _ in range(63))) / 63
+    assert spread < plain_spread / 4
+    again = _batches(lengths, 16, seed=3, bucket=True)
+    assert [next(again) for _ in range(63)] == epoch  # seeded

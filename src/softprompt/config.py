@@ -69,6 +69,7 @@ class TrainConfig:
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
     batch_size: int = _opt(16, "Examples per optimiser step (before accumulation).")
     grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.")
+    length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).")
     epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps is set).")
     max_steps: int | None = _opt(None, "Optimiser steps; overrides --epochs.")
     max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).")

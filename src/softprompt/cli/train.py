@@ -44,6 +44,8 @@ def train(
     max_grad_norm: Annotated[Optional[float], typer.Option(help=H("max_grad_norm"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=H("batch_size") + "  [default: 16]")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=H("grad_accum"))] = None,
+    length_bucketing: Annotated[Optional[bool], typer.Option("--length-bucketing/--no-length-bucketing",
+                                                             help=H("length_bucketing"))] = None,
     epochs: Annotated[Optional[float], typer.Option(help=H("epochs") + "  [default: 1]")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help=H("max_steps"))] = None,
     max_length: Annotated[Optional[int], typer.Option(help=H("max_length") + "  [default: 128]")] = None,

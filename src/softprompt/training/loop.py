@@ -76,13 +76,25 @@ def resolved_placement(config: TrainConfig, body: str) -> Placement:
     return config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
 
 
-def _batches(num_rows: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """Endless seeded shuffles of the training rows, cut into batches (a short last batch is kept)."""
+def _batches(lengths: list[int], batch_size: int, seed: int, bucket: bool) -> Iterator[list[int]]:
+    """Endless seeded shuffles of the training rows, cut into batches (a short last batch is kept).
+
+    With `bucket`, each run of 50 batches is sorted by length before cutting, and the batches are shuffled
+    again: rows of similar length share a batch, so left padding (and wasted compute) stays small.
+    """
     generator = torch.Generator().manual_seed(seed)
+    window = batch_size * 50
     while True:
-        order = torch.randperm(num_rows, generator=generator).tolist()
-        for start in range(0, num_rows, batch_size):
-            yield order[start:start + batch_size]
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        if not bucket:
+            yield from (order[s:s + batch_size] for s in range(0, len(order), batch_size))
+            continue
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+            batches += [chunk[s:s + batch_size] for s in range(0, len(chunk), batch_size)]
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[i]
 
 
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -143,7 +155,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
         "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
     atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
-    stream = _batches(len(train_rows), config.batch_size, config.seed)
+    lengths = [sum(len(str(row[f])) for f in model.template.input_fields) for row in train_rows]
+    stream = _batches(lengths, config.batch_size, config.seed, config.length_bucketing)
 
     def validate(step: int) -> dict:
         result = evaluate(model, task.split("validation"), label_field=task.label_field,
@@ -158,7 +171,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     best_score, best_step, best_result = -math.inf, 0, {}
     best_prompt = model.prompt.embeddings.detach().clone()
     evals_without_gain, train_seconds, seen = 0, 0.0, 0
-    running_loss, running_acc, running_n = 0.0, 0.0, 0
+    running_loss, running_acc, running_n, last_loss = 0.0, 0.0, 0, math.nan
     bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
     step = 0
     for step in range(1, total_steps + 1):
@@ -187,7 +200,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 record["accuracy"] = running_acc / running_n
             history.append(record)
             _log(metrics_path, record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{best_score:.4f}" if best_result else "-")
+            last_loss = record["loss"]
+            bar.set_postfix(loss=f"{last_loss:.4f}", best=f"{best_score:.4f}" if best_result else "-")
             running_loss, running_acc, running_n = 0.0, 0.0, 0
         bar.update(1)
 
@@ -201,8 +215,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                             "validation": result, "train_seconds": round(train_seconds, 3), "in_progress": True})
             else:
                 evals_without_gain += 1
-            bar.set_postfix(loss=history[-2]["loss"] if len(history) > 1 and "loss" in history[-2] else "-",
-                            val=f"{best_score:.4f}")
+            bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{primary_metric(result):.4f}", best=f"{best_score:.4f}")
             if config.patience and evals_without_gain >= config.patience:
                 bar.write(f"softprompt: early stop at step {step}: no validation gain in {config.patience} evaluations")
                 break

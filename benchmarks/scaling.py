@@ -1,0 +1,131 @@
+"""How the cost of a training step grows: with prompt length, with sequence length, with backbone size.
+
+Median step time (forward + backward + optimiser, warm-up excluded) at batch 16 on rotten_tomatoes / bbc_news
+text cut to an exact token length, for prefix placement and for suffix placement (whose input columns run once
+without gradients). Writes benchmarks/results/scaling.json, scaling.md and scaling.png.
+
+    python benchmarks/scaling.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import softprompt as sp
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def rows_of_length(tokenizer, texts, length, count):
+    """`count` rows whose text is exactly `length` tokens (long articles cut, short ones joined)."""
+    ids = tokenizer(" ".join(texts), add_special_tokens=False).input_ids
+    return [{"text": tokenizer.decode(ids[i * length:(i + 1) * length]), "label": "business"} for i in range(count)]
+
+
+def median_step(model, rows, steps, warmup=1) -> float:
+    optimizer = torch.optim.AdamW(model.prompt.parameters(), lr=1e-3)
+    batch = model.make_batch(rows)
+    times = []
+    for i in range(steps + warmup):
+        started = time.perf_counter()
+        loss, _ = model.loss(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def build(backbone, task, placement, tokens, max_length):
+    config = sp.TrainConfig(data="bbc_news", output="/tmp/unused", num_virtual_tokens=tokens, placement=placement,
+                            max_length=max_length, init="vocab")
+    model = sp.build_prompted_model(config, backbone, task)
+    model.train()
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer points and steps (a smoke run)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    steps = 2 if args.quick else 4
+    prompt_lengths = (1, 20, 100) if args.quick else (1, 5, 20, 100, 150)
+    seq_lengths = (32, 128) if args.quick else (32, 64, 128, 256, 512)
+    backbones = ("smollm2-135m",) if args.quick else ("smollm2-135m", "gemma3-270m")
+    task = sp.load_task("bbc_news")
+    texts = [r["text"] for r in task.train[:400]]
+    results = {"prompt_length": [], "sequence_length": [], "backbone": [], "batch_size": args.batch_size,
+               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    for name in backbones:
+        backbone = sp.load_backbone(name, dtype="auto")
+        base_rows = rows_of_length(backbone.tokenizer, texts, 64, args.batch_size)
+        for placement in ("prefix", "suffix"):
+            seconds = median_step(build(backbone, task, placement, 20, 64 + 40), base_rows, steps)
+            results["backbone"].append({"backbone": name, "placement": placement, "seconds": seconds,
+                                        "parameters": sum(p.numel() for p in backbone.model.parameters())})
+            print("backbone", name, placement, f"{seconds:.3f}", flush=True)
+        if name != "smollm2-135m":
+            continue
+        for placement in ("prefix", "suffix"):
+            for n in prompt_lengths:
+                seconds = median_step(build(backbone, task, placement, n, 64 + n + 20), base_rows, steps)
+                results["prompt_length"].append({"placement": placement, "tokens": n, "seconds": seconds})
+                print("prompt", placement, n, f"{seconds:.3f}", flush=True)
+            for length in seq_lengths:
+                rows = rows_of_length(backbone.tokenizer, texts, length, args.batch_size)
+                seconds = median_step(build(backbone, task, placement, 20, length + 40), rows, steps)
+                results["sequence_length"].append({"placement": placement, "text_tokens": length, "seconds": seconds})
+                print("sequence", placement, length, f"{seconds:.3f}", flush=True)
+
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scaling.json").write_text(json.dumps(results, indent=1))
+    lines = [f"Median training-step seconds, batch {args.batch_size}, {results['threads']} threads.", "",
+             "| prompt tokens | prefix | suffix |", "|---|---|---|"]
+    for n in prompt_lengths:
+        row = {r["placement"]: r["seconds"] for r in results["prompt_length"] if r["tokens"] == n}
+        lines.append(f"| {n} | {row.get('prefix', float('nan')):.3f} | {row.get('suffix', float('nan')):.3f} |")
+    lines += ["", "| text tokens | prefix | suffix |", "|---|---|---|"]
+    for length in seq_lengths:
+        row = {r["placement"]: r["seconds"] for r in results["sequence_length"] if r["text_tokens"] == length}
+        lines.append(f"| {length} | {row.get('prefix', float('nan')):.3f} | {row.get('suffix', float('nan')):.3f} |")
+    lines += ["", "| backbone | parameters | prefix | suffix |", "|---|---|---|---|"]
+    for name in backbones:
+        row = {r["placement"]: r for r in results["backbone"] if r["backbone"] == name}
+        lines.append(f"| {name} | {row['prefix']['parameters'] / 1e6:.0f}M | {row['prefix']['seconds']:.3f} | "
+                     f"{row['suffix']['seconds']:.3f} |")
+    (RESULTS / "scaling.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for placement, style in (("prefix", "o-"), ("suffix", "s--")):
+        pts = [r for r in results["prompt_length"] if r["placement"] == placement]
+        axes[0].plot([r["tokens"] for r in pts], [r["seconds"] for r in pts], style, label=placement)
+        pts = [r for r in results["sequence_length"] if r["placement"] == placement]
+        axes[1].plot([r["text_tokens"] for r in pts], [r["seconds"] for r in pts], style, label=placement)
+        pts = [r for r in results["backbone"] if r["placement"] == placement]
+        axes[2].plot([r["parameters"] / 1e6 for r in pts], [r["seconds"] for r in pts], style, label=placement)
+    axes[0].set(xlabel="virtual tokens", ylabel="s / step", title="prompt length (64 text tokens)")
+    axes[1].set(xlabel="text tokens", ylabel="s / step", title="sequence length (20 virtual tokens)")
+    axes[2].set(xlabel="backbone parameters (M)", ylabel="s / step", title="backbone size")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scaling.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
