@@ -152,8 +152,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                               num_training_steps=total_steps)
     placement = resolved_placement(config, config.template or task.default_template).value
     resolved = {**config.to_dict(), "template": model.template.source, "placement": placement,
-        "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
-        "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
+                "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
+                "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
     atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
     lengths = [sum(len(str(row[f])) for f in model.template.input_fields) for row in train_rows]
     stream = _batches(lengths, config.batch_size, config.seed, config.length_bucketing)
@@ -211,8 +211,9 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 best_score, best_step, best_result = primary_metric(result), step, result
                 best_prompt = model.prompt.embeddings.detach().clone()
                 evals_without_gain = 0
-                save_prompt(prompt_path, model, init=config.init.value, placement=placement, training={"best_step": step,
-                            "validation": result, "train_seconds": round(train_seconds, 3), "in_progress": True})
+                save_prompt(prompt_path, model, init=config.init.value, placement=placement,
+                            training={"best_step": step, "validation": result,
+                                      "train_seconds": round(train_seconds, 3), "in_progress": True})
             else:
                 evals_without_gain += 1
             bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{primary_metric(result):.4f}", best=f"{best_score:.4f}")
