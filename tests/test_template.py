@@ -71,6 +71,7 @@ def test_batched_forward_equals_per_row(tiny_any, body, placement, count, words)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
     if model.max_word_tokens > 1:
         return  # rows are (example, word) pairs; the scores above cover them
+    model.split_frozen_input = False  # compare whole sequences
     hidden, _ = model.hidden(batch)
     for row, ex in enumerate(ROWS):
         one, _ = model.hidden(model.make_batch([ex], label_field=None))

@@ -26,6 +26,19 @@ class TaskType(str, Enum):
     GENERATION = "generation"
 
 
+def backbone_autocast(backbone: Backbone):
+    """Autocast to the backbone's dtype when it is not fp32 (fp32 master prompts meet bf16 weights there)."""
+    if backbone.dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(backbone.device.type, dtype=backbone.dtype)
+
+
+def place_soft_tokens(tokens: torch.Tensor, soft_index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Token embeddings (B, T, d) with `table[k]` at every position whose soft index is k (-1 = keep)."""
+    virtual = table.to(tokens.dtype)[soft_index.clamp(min=0)]           # (B, T, d)
+    return torch.where((soft_index >= 0).unsqueeze(-1), virtual, tokens)
+
+
 class PromptedModel(nn.Module):
     """Frozen backbone + soft prompt, placed by a template.
 
@@ -70,10 +83,7 @@ class PromptedModel(nn.Module):
         return self.encoder.max_length
 
     def _autocast(self):
-        dtype = self.backbone.dtype
-        if dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.backbone.device.type, dtype=dtype)
+        return backbone_autocast(self.backbone)
 
     # ---- forward -------------------------------------------------------------------------------------------
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -81,9 +91,7 @@ class PromptedModel(nn.Module):
         tokens = self.backbone.embed(batch["input_ids"])                  # (B, T, d)
         if self.prompt.num_virtual_tokens == 0:                           # zero-shot: the template alone
             return tokens
-        soft_index = batch["soft_index"]                                  # (B, T), -1 = real token
-        virtual = self.prompt().to(tokens.dtype)[soft_index.clamp(min=0)]  # (B, T, d)
-        return torch.where((soft_index >= 0).unsqueeze(-1), virtual, tokens)
+        return place_soft_tokens(tokens, batch["soft_index"], self.prompt())
 
     def hidden(self, batch: Mapping[str, torch.Tensor], past_key_values: Any = None,
                use_cache: bool = False) -> tuple[torch.Tensor, Any]:
@@ -176,6 +184,10 @@ class PromptedModel(nn.Module):
     def word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Log-likelihood of every label word at the answer position: (B, W)."""
         hidden, _ = self.hidden(batch)                                    # (R, T, d)
+        return self.word_scores_from_hidden(hidden)
+
+    def word_scores_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) hidden states of this model's rows (B*W rows for multi-token words) -> (B, W)."""
         if self.max_word_tokens == 1:
             ids = torch.tensor([w[0] for w in self.word_ids], device=hidden.device)
             return self._log_probs(hidden[:, -1])[:, ids]                 # (B, W)
