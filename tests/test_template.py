@@ -121,3 +121,28 @@ def test_frozen_input_split_matches_single_pass(tiny_any, body, placement, task)
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
     assert results[0][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("body, placement, count", [
+    (BODY, "prefix", 5), ("[soft:3] Review: {text} [soft:2] Sentiment: {label}", "template", None)])
+def test_prompt_cache_matches_uncached_and_follows_prompt_changes(tiny_any, body, placement, count):
+    torch.manual_seed(0)
+    template = build_template(body, placement, count)
+    prompt = SoftPrompt(torch.randn(template.num_virtual_tokens, tiny_any.hidden_size) * 0.3)
+    model = PromptedModel(tiny_any, prompt, template, Verbalizer.from_spec(["negative", "positive"]), max_length=64)
+    assert model.prompt_prefix_length == (5 if placement == "prefix" else 3)
+    batch = model.make_batch(ROWS, label_field=None)
+    with torch.no_grad():
+        model.use_prompt_cache = False
+        plain = model.class_scores(batch)
+        model.use_prompt_cache = True
+        cached = model.class_scores(batch)
+        torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-4)
+        first = model.prompt_cache()
+        assert model.prompt_cache() is first  # reused while the prompt is unchanged
+        prompt.embeddings.mul_(2.0)           # an in-place update (as an optimiser step) invalidates it
+        assert model.prompt_cache() is not first
+        model.use_prompt_cache = False
+        plain = model.class_scores(batch)
+        model.use_prompt_cache = True
+        torch.testing.assert_close(model.class_scores(batch), plain, atol=1e-5, rtol=1e-4)

@@ -67,6 +67,8 @@ class PromptedModel(nn.Module):
         self.word_ids: list[list[int]] = verbalizer.token_ids(self.encoder.answer_ids) if verbalizer else []
         self.max_word_tokens = max((len(w) for w in self.word_ids), default=0)
         self.split_frozen_input = True  # see hidden(); off only to compare against the single pass
+        self.use_prompt_cache = True    # inference: reuse a leading prompt's keys/values (see hidden())
+        self._prompt_cache: tuple | None = None
 
     @classmethod
     def zero_shot(cls, backbone: Backbone, template_body: str, verbalizer: Verbalizer | None = None, *,
@@ -97,12 +99,18 @@ class PromptedModel(nn.Module):
                use_cache: bool = False) -> tuple[torch.Tensor, Any]:
         """Final hidden states (B, T', d) of the last T' positions (T' = T unless the frozen-input split ran).
 
+        At inference (no gradients), when the template starts with soft tokens, their keys/values are
+        computed once per prompt (`prompt_cache`) and reused: only the remaining columns run.
+
         When gradients are on and the soft tokens come after the input (suffix placement, or a template
         whose [soft:N] runs follow the text), the columns before the first soft token do not depend on the
         prompt: they run once without gradients into a key/value cache, and only the remaining columns run
         forward and backward (attending to that cache). The result equals the single pass; only the
         returned hidden states start at the split.
         """
+        if self._prompt_cache_applies(past_key_values):
+            hidden, cache, _ = self._hidden_after_prompt_cache(batch)
+            return hidden, (cache if use_cache else None)
         split = 0
         if self.split_frozen_input and past_key_values is None and not use_cache and torch.is_grad_enabled():
             split = self._frozen_columns(batch["soft_index"])
@@ -120,6 +128,66 @@ class PromptedModel(nn.Module):
             hidden, _ = self.backbone.hidden_states(self.embed(tail), batch["attention_mask"],
                                                     tail["position_ids"], past_key_values=cache, use_cache=True)
             return hidden, None
+
+    @property
+    def prompt_prefix_length(self) -> int:
+        """Leading positions identical in every row (BOS and the soft runs before any text); 0 if no soft run."""
+        count = 0
+        for seg in self.template.segments:
+            if seg.kind != "soft":
+                break
+            count += seg.length
+        return len(self.encoder.bos) + count if count else 0
+
+    def prompt_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of the constant prefix, batch 1; recomputed only when the prompt changes."""
+        weights = self.prompt.embeddings
+        key = (weights.data_ptr(), weights._version, weights.device, self.backbone.dtype)
+        if self._prompt_cache is None or self._prompt_cache[0] != key:
+            bos = self.encoder.bos
+            count = self.prompt_prefix_length - len(bos)
+            prefix = left_pad([Encoded(bos + [self.encoder.pad_id] * count, [-1] * len(bos) + list(range(count)))],
+                              self.encoder.pad_id)
+            prefix = {k: v.to(self.backbone.device) for k, v in prefix.items()}
+            with torch.no_grad(), self._autocast():
+                _, cache = self.backbone.hidden_states(self.embed(prefix), prefix["attention_mask"],
+                                                       prefix["position_ids"], use_cache=True)
+            self._prompt_cache = (key, [(layer[0], layer[1]) for layer in cache])
+        return self._prompt_cache[1]
+
+    def _prompt_cache_applies(self, past_key_values: Any = None) -> bool:
+        return (self.use_prompt_cache and past_key_values is None and not torch.is_grad_enabled()
+                and self.prompt_prefix_length > 0)
+
+    @torch.no_grad()
+    def prefill(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """First generation step: hidden states, the key/value cache, and the attention mask that matches the
+        cache's column order (which differs from the batch's when the prompt's cached prefix was reused)."""
+        if self._prompt_cache_applies():
+            return self._hidden_after_prompt_cache(batch)
+        hidden, cache = self.hidden(batch, use_cache=True)
+        return hidden, cache, batch["attention_mask"]
+
+    def _hidden_after_prompt_cache(self, batch: Mapping[str, torch.Tensor]):
+        """Inference for prompts at the start: reuse the prompt's cached keys/values, run only the rest.
+        Returns hidden states of the remaining columns, the cache, and its attention mask [prefix | rest]."""
+        from transformers import DynamicCache
+
+        prefix = self.prompt_prefix_length
+        mask = batch["attention_mask"]                                    # (B, T), left-padded
+        rows, width = mask.shape
+        pads = width - mask.sum(dim=1, keepdim=True)                       # (B, 1)
+        column = torch.arange(width - prefix, device=mask.device).expand(rows, -1)
+        source = torch.where(column < pads, column, column + prefix)       # skip each row's prefix columns
+        rest = {k: batch[k].gather(1, source) for k in ("input_ids", "soft_index", "position_ids")}
+        rest["attention_mask"] = torch.cat([mask.new_ones(rows, prefix), mask.gather(1, source)], dim=1)
+        layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self.prompt_cache()]
+        cache = DynamicCache(ddp_cache_data=layers, config=self.backbone.model.config)
+        with self._autocast():
+            hidden, cache = self.backbone.hidden_states(self.embed(rest), rest["attention_mask"],
+                                                        rest["position_ids"], past_key_values=cache,
+                                                        use_cache=True)
+        return hidden, cache, rest["attention_mask"]
 
     @staticmethod
     def _frozen_columns(soft_index: torch.Tensor, minimum: int = 8) -> int:

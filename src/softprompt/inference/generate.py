@@ -44,7 +44,11 @@ def generate(model: PromptedModel, examples: Sequence[Mapping[str, str]], *, max
     rows = batch["input_ids"].shape[0]
     generated: list[list[int]] = [[] for _ in range(rows)]
     done = torch.zeros(rows, dtype=torch.bool, device=device)
-    hidden, cache = model.hidden(batch, use_cache=use_cache)              # (B, T, d)
+    if use_cache:
+        hidden, cache, mask = model.prefill(batch)                       # (B, T', d); mask matches the cache
+        batch = {**batch, "attention_mask": mask}
+    else:
+        hidden, cache = model.hidden(batch)
     for _ in range(max_new_tokens):
         logits = model.backbone.token_logits(hidden[:, -1]).float()      # (B, V)
         next_ids = _pick(logits.cpu(), do_sample, temperature, top_p, generator).to(device)
