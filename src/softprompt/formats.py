@@ -37,11 +37,14 @@ def _version() -> str:
 def prompt_metadata(model: PromptedModel, **extra: Any) -> dict[str, Any]:
     """Everything needed to rebuild `model` around its backbone, plus `extra` (init, training figures, ...)."""
     backbone = model.backbone
+    config = getattr(getattr(backbone, "model", None), "config", None)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "softprompt_version": _version(),
         "method": "prompt",
         "backbone": {"name": backbone.name, "kind": backbone.kind.value, "fingerprint": backbone.fingerprint(),
-                     "hidden_size": backbone.hidden_size},
+                     "hidden_size": backbone.hidden_size,
+                     "num_layers": getattr(config, "num_hidden_layers", None),
+                     "num_attention_heads": getattr(config, "num_attention_heads", None)},
         "tokenizer": {"name": getattr(backbone.tokenizer, "name_or_path", "") or backbone.name,
                       "vocab_size": len(backbone.tokenizer)},
         "num_virtual_tokens": model.prompt.num_virtual_tokens,

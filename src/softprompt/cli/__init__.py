@@ -14,7 +14,7 @@ app = typer.Typer(name="softprompt", add_completion=False, no_args_is_help=True,
 
 
 def _register() -> None:
-    from . import eval as eval_cmd, info, predict, train  # noqa: F401  (each module adds its command)
+    from . import eval as eval_cmd, export, import_peft, info, predict, train  # noqa: F401  (each adds a command)
 
 
 def main(argv: list[str] | None = None) -> int:
