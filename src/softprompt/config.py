@@ -77,6 +77,8 @@ class TrainConfig:
     eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).")
     patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).")
     seed: int = _opt(0, "Random seed (prompt init, data order).")
+    compile: bool = _opt(False, "torch.compile the backbone's training forward (faster steps; the first compile "
+                                "takes minutes on a small CPU, then inductor's disk cache makes it seconds).")
     precision: Precision = _opt(Precision.AUTO, "auto, fp32 or bf16 (bf16 autocast, fp32 master prompt).")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
 

@@ -36,6 +36,7 @@ class CausalLMBackbone(nn.Module):
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._fingerprint: str | None = None
+        self._compiled_body: Any = None
 
     def train(self, mode: bool = True) -> "CausalLMBackbone":
         # The backbone is frozen: keep it in eval mode whatever the parent asks.
@@ -57,6 +58,15 @@ class CausalLMBackbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    def compile_for_training(self) -> None:
+        """torch.compile the decoder for gradient-carrying forwards (training); inference stays eager.
+
+        Fuses the element-wise work around the matmuls: ~1.8x faster training steps on a 2-core CPU
+        (benchmarks/vs_peft.py), after a first compile of a few minutes that inductor caches on disk.
+        """
+        if self._compiled_body is None:
+            self._compiled_body = torch.compile(self.model.base_model, dynamic=True)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 
@@ -68,7 +78,10 @@ class CausalLMBackbone(nn.Module):
                       use_cache: bool = False) -> tuple[torch.Tensor, Any]:
         # base_model is the decoder without the LM head: vocabulary logits are computed by the caller only at
         # the positions that need them.
-        out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+        body = self.model.base_model
+        if self._compiled_body is not None and torch.is_grad_enabled() and past_key_values is None and not use_cache:
+            body = self._compiled_body
+        out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                     position_ids=position_ids, cache=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, (out.cache if use_cache else None)
 

@@ -53,6 +53,7 @@ def train(
     eval_limit: Annotated[Optional[int], typer.Option(help=H("eval_limit") + "  [default: 500]")] = None,
     patience: Annotated[Optional[int], typer.Option(help=H("patience"))] = None,
     seed: Annotated[Optional[int], typer.Option(help=H("seed"))] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=H("compile"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help=H("precision"))] = None,
     device: Annotated[Optional[str], typer.Option(help=H("device"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags given here win).")] = None,

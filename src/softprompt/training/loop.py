@@ -137,6 +137,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
+    if config.compile:
+        backbone.compile_for_training()
     model = build_prompted_model(config, backbone, task)
     model.train()
     out = Path(config.output)
