@@ -33,9 +33,15 @@ def test_few_steps_on_rotten_tomatoes(tmp_path, smollm):
     before = weights_fingerprint(smollm.model, full=True)
     config = sp.TrainConfig(data="rotten_tomatoes", output=str(tmp_path / "rt"), max_steps=24, batch_size=8,
                             eval_every=0, eval_limit=200, seed=0)
+    held_out = task.validation[:64]
+
+    def loss_on(model):
+        with torch.no_grad():
+            return model.loss(model.make_batch(held_out))[0].item()
+
+    initial = loss_on(sp.build_prompted_model(config, smollm, task))
     result = sp.train(config, backbone=smollm, task=task, progress=False)
-    losses = [h["loss"] for h in result.history if h["split"] == "train"]
-    assert losses[-1] < losses[0]
+    assert loss_on(result.model) < initial
     assert result.best_validation["accuracy"] > 0.65  # majority class is 58%
     assert weights_fingerprint(smollm.model, full=True) == before
     assert result.prompt_path.stat().st_size < 100_000
@@ -43,14 +49,14 @@ def test_few_steps_on_rotten_tomatoes(tmp_path, smollm):
 
 def test_cached_generation_matches_plain_loop():
     backbone = sp.load_backbone("smollm2-135m", dtype=torch.float32)
-    template = sp.build_template("Question: {text}\nAnswer: {target}", "prefix", 4)
+    template = sp.build_template("{text} {target}", "prefix", 4)
     vectors = sp.initial_embeddings("text", 4, backbone.input_embedding_matrix(), backbone.tokenizer,
-                                    text="Answer briefly.")
+                                    text="Continue the text.")
     model = sp.PromptedModel(backbone, sp.SoftPrompt(vectors), template)
-    rows = [{"text": "What is the capital of France?"}, {"text": "Name a colour."}]
+    rows = [{"text": "The capital of France is"}, {"text": "One, two, three,"}]
     cached = sp.generate(model, rows, max_new_tokens=8)
     assert cached == sp.generate(model, rows, max_new_tokens=8, use_cache=False)
-    assert all(text.strip() for text in cached)
+    assert "Paris" in cached[0] and "four" in cached[1]
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
