@@ -39,15 +39,19 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-@pytest.fixture
-def sentiment_dir(tmp_path) -> Path:
-    folder = tmp_path / "data"
+def make_sentiment_dir(folder: Path, train_repeats: int = 4) -> Path:
+    """train/validation/test .jsonl files of the small sentiment set."""
     folder.mkdir()
     rows = [{"text": t, "label": l} for t, l in SENTIMENT]
-    write_jsonl(folder / "train.jsonl", rows * 4)
+    write_jsonl(folder / "train.jsonl", rows * train_repeats)
     write_jsonl(folder / "validation.jsonl", rows)
     write_jsonl(folder / "test.jsonl", rows)
     return folder
+
+
+@pytest.fixture
+def sentiment_dir(tmp_path) -> Path:
+    return make_sentiment_dir(tmp_path / "data")
 
 
 @pytest.fixture(scope="session")

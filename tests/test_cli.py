@@ -19,13 +19,8 @@ def run(*args, cwd=None):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("cli")
-    data = root / "data"
-    data.mkdir()
-    from conftest import SENTIMENT, write_jsonl
-    rows = [{"text": t, "label": l} for t, l in SENTIMENT]
-    write_jsonl(data / "train.jsonl", rows * 3)
-    write_jsonl(data / "validation.jsonl", rows)
-    write_jsonl(data / "test.jsonl", rows)
+    from conftest import make_sentiment_dir
+    data = make_sentiment_dir(root / "data", train_repeats=3)
     (root / "run.yaml").write_text("batch-size: 4\neval-every: 2\nprecision: fp32\n")
     out = root / "run"
     proc = run("train", "--model", tiny_model_dir, "--data", data, "--output", out, "--num-virtual-tokens", 6,
