@@ -15,6 +15,7 @@ from .errors import (BackboneError, ConfigError, DataError, IncompatiblePromptEr
 from .evaluation import evaluate
 from .formats import load_prompted_model, read_prompt_file, save_prompt
 from .inference import generate
+from .inference.bank import PromptBank
 from .model import PromptedModel, TaskType
 from .prompt import PromptInit, SoftPrompt, initial_embeddings
 from .template import Placement, Template, build_template
@@ -24,7 +25,7 @@ from .verbalizer import Verbalizer
 __all__ = [
     "BUILTIN_BACKBONES", "BUILTIN_DATASETS", "Backbone", "BackboneError", "BackboneKind", "CausalLMBackbone",
     "ConfigError", "DataError", "IncompatiblePromptError", "Placement", "PromptFileError", "PromptInit",
-    "PromptedModel", "SoftPrompt", "SoftPromptError", "TaskData", "TaskType", "Template", "TrainConfig",
+    "PromptBank", "PromptedModel", "SoftPrompt", "SoftPromptError", "TaskData", "TaskType", "Template", "TrainConfig",
     "TrainResult", "Verbalizer", "build_prompted_model", "build_template", "evaluate", "generate",
     "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file",
     "resolve_precision", "save_prompt", "train",
