@@ -55,3 +55,23 @@ def test_bank_files_swap_and_errors(tmp_path, tiny_llama):
     bank.add("gen", gen)
     with pytest.raises(ConfigError, match="generation prompt"):
         bank.classify([("gen", "x")])
+
+
+def test_ensemble_average_and_vote(tiny_llama):
+    bank = PromptBank(tiny_llama)
+    for seed in range(3):
+        bank.add(f"p{seed}", _prompt(tiny_llama, "Review: {text} Sentiment: {label}", "prefix", 4,
+                                     ["negative", "positive"], ["positive=great", "negative=bad"], seed=seed))
+    rows = ["a great film", "boring", "the lazy dog"]
+    averaged = bank.ensemble(["p0", "p1", "p2"], rows)
+    voted = bank.ensemble(["p0", "p1", "p2"], rows, mode="vote")
+    singles = {n: bank.classify([(n, r) for r in rows]) for n in ("p0", "p1", "p2")}
+    for i in range(len(rows)):
+        probs = torch.stack([torch.tensor(list(singles[n][i].scores.values())).softmax(-1) for n in singles])
+        torch.testing.assert_close(torch.tensor(list(averaged[i].scores.values())).exp(), probs.mean(0),
+                                   atol=1e-5, rtol=1e-4)
+        labels = [singles[n][i].label for n in singles]
+        assert voted[i].label == max(set(labels), key=labels.count)
+    bank.add("topic", _prompt(tiny_llama, "{text} Topic: {label}", "prefix", 2, ["sport", "tech"]))
+    with pytest.raises(ConfigError, match="label set"):
+        bank.ensemble(["p0", "topic"], rows)

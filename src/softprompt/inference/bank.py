@@ -126,6 +126,35 @@ class PromptBank:
                                           {label: float(s) for label, s in zip(labels, scores)}))
         return results
 
+    @torch.no_grad()
+    def ensemble(self, names: Sequence[str], rows: Sequence[Mapping[str, str] | str], *,
+                 mode: str = "average") -> list[Classification]:
+        """Several prompts of one task on each row, in one batched forward: `average` the class probabilities
+        (scores are log of the mean probability) or `vote` (majority label; ties go to the higher mean)."""
+        if mode not in ("average", "vote"):
+            raise ConfigError(f"ensemble mode {mode!r}: use average or vote")
+        if not names:
+            raise ConfigError("an ensemble needs at least one prompt name")
+        labels = self.get(names[0]).verbalizer.labels if self.get(names[0]).verbalizer else None
+        for name in names:
+            model = self.get(name)
+            if model.verbalizer is None or model.verbalizer.labels != labels:
+                raise ConfigError(f"prompt '{name}' does not share the label set {list(labels or [])} of "
+                                  f"'{names[0]}'; an ensemble needs prompts of one task")
+        results = self.classify([(name, row) for row in rows for name in names])
+        out = []
+        for start in range(0, len(results), len(names)):
+            members = results[start:start + len(names)]
+            probs = torch.tensor([[m.scores[label] for label in labels] for m in members]).softmax(-1)
+            mean = probs.mean(0)                                                          # (C,)
+            if mode == "vote":
+                votes = torch.bincount(probs.argmax(-1), minlength=len(labels)).float()
+                best = int((votes + mean * 0.5).argmax())  # mean < 1 only breaks ties
+            else:
+                best = int(mean.argmax())
+            out.append(Classification(labels[best], {label: float(torch.log(p)) for label, p in zip(labels, mean)}))
+        return out
+
     def _pad_id(self) -> int:
         tokenizer = self.backbone.tokenizer
         return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
