@@ -114,7 +114,7 @@ class PromptBank:
                 items = [Encoded(ctx.input_ids + w[:-1], soft + [-1] * (len(w) - 1)) for w in model.word_ids]
             spans.append((len(encoded), len(items), model))
             encoded += items
-        batch = {k: v.to(self.backbone.device) for k, v in left_pad(encoded, self._pad_id()).items()}
+        batch = {k: v.to(self.backbone.device) for k, v in left_pad(encoded, self.backbone.tokenizer.pad_token_id).items()}
         hidden = self._hidden(batch, table)                                            # (R, T, d)
 
         results = []
@@ -135,7 +135,8 @@ class PromptBank:
             raise ConfigError(f"ensemble mode {mode!r}: use average or vote")
         if not names:
             raise ConfigError("an ensemble needs at least one prompt name")
-        labels = self.get(names[0]).verbalizer.labels if self.get(names[0]).verbalizer else None
+        first = self.get(names[0]).verbalizer
+        labels = first.labels if first else None
         for name in names:
             model = self.get(name)
             if model.verbalizer is None or model.verbalizer.labels != labels:
@@ -154,10 +155,6 @@ class PromptBank:
                 best = int(mean.argmax())
             out.append(Classification(labels[best], {label: float(torch.log(p)) for label, p in zip(labels, mean)}))
         return out
-
-    def _pad_id(self) -> int:
-        tokenizer = self.backbone.tokenizer
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def _hidden(self, batch: Mapping[str, torch.Tensor], table: torch.Tensor | None) -> torch.Tensor:
         tokens = self.backbone.embed(batch["input_ids"])                                # (R, T, d)
