@@ -114,7 +114,8 @@ class PromptBank:
                 items = [Encoded(ctx.input_ids + w[:-1], soft + [-1] * (len(w) - 1)) for w in model.word_ids]
             spans.append((len(encoded), len(items), model))
             encoded += items
-        batch = {k: v.to(self.backbone.device) for k, v in left_pad(encoded, self.backbone.tokenizer.pad_token_id).items()}
+        padded = left_pad(encoded, self.backbone.tokenizer.pad_token_id)
+        batch = {k: v.to(self.backbone.device) for k, v in padded.items()}
         hidden = self._hidden(batch, table)                                            # (R, T, d)
 
         results = []
