@@ -75,3 +75,74 @@ def test_ensemble_average_and_vote(tiny_llama):
     bank.add("topic", _prompt(tiny_llama, "{text} Topic: {label}", "prefix", 2, ["sport", "tech"]))
     with pytest.raises(ConfigError, match="label set"):
         bank.ensemble(["p0", "topic"], rows)
+
+
+def _gen(backbone, placement, n, seed):
+    torch.manual_seed(seed)
+    template = build_template("Q: {text}\nA: {target}", placement, n)
+    return PromptedModel(backbone, SoftPrompt(torch.randn(template.num_virtual_tokens, backbone.hidden_size) * 0.5),
+                         template, None, max_length=64)
+
+
+def test_mixed_classification_and_generation_equal_each_alone(tiny_any):
+    from softprompt import generate
+    from softprompt.inference.batch import Classification, Generation, Request
+
+    bank = PromptBank(tiny_any)
+    bank.add("sentiment", _prompt(tiny_any, "Review: {text} Sentiment: {label}", "prefix", 5,
+                                  ["negative", "positive"], seed=1))
+    bank.add("multi", _prompt(tiny_any, "Review: {text} Sentiment: {label}", "prefix", 3,
+                              ["negative", "positive"], ["positive=great", "negative=bad"], seed=2))
+    bank.add("qa", _gen(tiny_any, "prefix", 6, seed=4))
+    bank.add("qa-suffix", _gen(tiny_any, "suffix", 2, seed=5))
+    bank.add("qa-mid", _prompt(tiny_any, "[soft:2] Article: {text} [soft:3] Topic: {label}", "template", None,
+                               ["sport", "tech"], seed=6))  # a classification prompt asked to generate
+    streamed: list[str] = []
+    requests = [
+        Request(bank.get("qa"), "the quick brown fox", "generate", max_new_tokens=9),
+        Request(bank.get("sentiment"), "a great film", "classify"),
+        Request(bank.get("qa-suffix"), "great", "generate", max_new_tokens=4),
+        Request(bank.get("multi"), "boring and bad", "classify"),
+        Request(bank.get("qa"), "a dull and tedious movie with words", "generate", max_new_tokens=6,
+                on_text=streamed.append),
+        Request(bank.get("qa-mid"), "tech news", "generate", max_new_tokens=5),
+        Request(bank.get("qa"), "great", "generate", max_new_tokens=7, temperature=1.3, top_p=0.9, seed=11),
+    ]
+    mixed = bank.run(requests)
+    for req, result in zip(requests, mixed):
+        model = req.model
+        row = {model.template.input_fields[0]: req.inputs}
+        if req.task == "classify":
+            assert isinstance(result, Classification)
+            alone = model.class_scores(model.make_batch([row], label_field=None))[0]
+            torch.testing.assert_close(torch.tensor(list(result.scores.values())), alone.detach().float(),
+                                       atol=1e-4, rtol=1e-4)
+        else:
+            assert isinstance(result, Generation)
+            reference = generate(model, [row], max_new_tokens=req.max_new_tokens, use_cache=False,
+                                 do_sample=req.temperature > 0, temperature=req.temperature or 1.0,
+                                 top_p=req.top_p, seed=req.seed)[0]
+            assert result.text == reference
+            assert result.completion_tokens <= req.max_new_tokens and result.prompt_tokens > 0
+    assert "".join(streamed) == mixed[4].text and len(streamed) > 1
+    # a seeded sampled row draws the same text whatever shares its batch
+    assert bank.run([requests[6]])[0].text == mixed[6].text
+    with pytest.raises(ConfigError, match="generation prompt"):
+        bank.run([Request(bank.get("qa"), "x", "classify")])
+    with pytest.raises(ConfigError, match="missing field"):
+        bank.run([Request(bank.get("qa"), {"other": "x"}, "generate")])
+
+
+def test_stream_holds_back_stop_strings(tiny_llama):
+    from softprompt.inference.batch import Request
+
+    bank = PromptBank(tiny_llama)
+    bank.add("qa", _gen(tiny_llama, "prefix", 4, seed=0))
+    full = bank.generate([("qa", "the quick brown fox")], max_new_tokens=12)[0].text
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    assert stop.strip()
+    pieces: list[str] = []
+    result = bank.run([Request(bank.get("qa"), "the quick brown fox", "generate", max_new_tokens=12, stop=[stop],
+                               on_text=pieces.append)])[0]
+    assert result.finish_reason == "stop" and stop not in result.text and full.startswith(result.text)
+    assert "".join(pieces) == result.text

@@ -1,15 +1,14 @@
 """One resident backbone, many prompts: a prompt bank and mixed-prompt batches.
 
 Every prompt in a bank is checked against the backbone's fingerprint when it is added. A batch may mix rows of
-different prompts (different lengths, placements, templates and verbalisers): each row is encoded by its own
-prompt's template, the prompts used by the batch are stacked into one table, each row's soft positions index
-its own prompt's slice of it, and the backbone runs once. Each row's result equals running its prompt alone.
+different prompts (different lengths, placements, templates and verbalisers; classification and generation):
+`inference.batch` runs them in one backbone pass, reusing each prefix prompt's cached keys/values. Each row's
+result equals running its prompt alone.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,8 +17,8 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import ConfigError, SoftPromptError
 from ..formats import load_prompted_model
-from ..model import PromptedModel, TaskType, backbone_autocast, place_soft_tokens
-from ..template import Encoded, left_pad
+from ..model import PromptedModel, TaskType
+from .batch import Classification, Generation, Request, run_batch
 
 
 class UnknownPromptError(SoftPromptError, KeyError):
@@ -27,12 +26,6 @@ class UnknownPromptError(SoftPromptError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class Classification:
-    label: str
-    scores: dict[str, float]
 
 
 class PromptBank:
@@ -83,49 +76,26 @@ class PromptBank:
         with self._lock:
             return len(self._models)
 
-    # ---- mixed-prompt classification -----------------------------------------------------------------------
-    @torch.no_grad()
+    # ---- mixed-prompt batches -----------------------------------------------------------------------------
+    def run(self, requests: Sequence[Request]) -> list[Classification | Generation]:
+        """Classification and generation rows of any prompts in one batch (see `inference.batch`)."""
+        return run_batch(self.backbone, requests)
+
     def classify(self, requests: Sequence[tuple[str, Mapping[str, str] | str]]) -> list[Classification]:
         """Classify rows of possibly different prompts in one backbone pass; results in request order."""
-        models = [self.get(name) for name, _ in requests]
-        for (name, _), model in zip(requests, models):
+        batch = []
+        for name, inputs in requests:
+            model = self.get(name)
             if model.task is not TaskType.CLASSIFICATION:
                 raise ConfigError(f"prompt '{name}' is a generation prompt; use generate")
-        rows = [{m.template.input_fields[0]: r} if isinstance(r, str) else r for (_, r), m in zip(requests, models)]
-        # One table of prompt vectors: each distinct model's rows index its own slice.
-        distinct: dict[int, tuple[PromptedModel, int]] = {}
-        offset = 0
-        for model in models:
-            if id(model) not in distinct:
-                distinct[id(model)] = (model, offset)
-                offset += model.prompt.num_virtual_tokens
-        table = torch.cat([m.prompt() for m, _ in distinct.values()]) if offset else None   # (sum n, d)
+            batch.append(Request(model, inputs, "classify"))
+        return self.run(batch)  # type: ignore[return-value]
 
-        # Every row holds its context plus, for multi-token words, one extra row per word (as PromptedModel does).
-        encoded: list[Encoded] = []
-        spans: list[tuple[int, int, PromptedModel]] = []  # (first row, number of rows, model) per request
-        for row, model in zip(rows, models):
-            shift = distinct[id(model)][1]
-            ctx = model.encoder.encode(row, reserve=model.max_word_tokens - 1)
-            soft = [s + shift if s >= 0 else -1 for s in ctx.soft_index]
-            if model.max_word_tokens == 1:
-                items = [Encoded(ctx.input_ids, soft)]
-            else:
-                items = [Encoded(ctx.input_ids + w[:-1], soft + [-1] * (len(w) - 1)) for w in model.word_ids]
-            spans.append((len(encoded), len(items), model))
-            encoded += items
-        padded = left_pad(encoded, self.backbone.tokenizer.pad_token_id)
-        batch = {k: v.to(self.backbone.device) for k, v in padded.items()}
-        hidden = self._hidden(batch, table)                                            # (R, T, d)
-
-        results = []
-        for first, count, model in spans:
-            word_scores = model.word_scores_from_hidden(hidden[first:first + count])      # (1, W)
-            scores = model.verbalizer.class_scores(word_scores.float())[0]
-            labels = model.verbalizer.labels
-            results.append(Classification(labels[int(scores.argmax())],
-                                          {label: float(s) for label, s in zip(labels, scores)}))
-        return results
+    def generate(self, requests: Sequence[tuple[str, Mapping[str, str] | str]], **settings) -> list[Generation]:
+        """Continue rows of possibly different prompts together; `settings` are `Request` fields
+        (max_new_tokens, temperature, top_p, stop, seed)."""
+        return self.run([Request(self.get(name), inputs, "generate", **settings)
+                         for name, inputs in requests])  # type: ignore[return-value]
 
     @torch.no_grad()
     def ensemble(self, names: Sequence[str], rows: Sequence[Mapping[str, str] | str], *,
@@ -156,11 +126,3 @@ class PromptBank:
                 best = int(mean.argmax())
             out.append(Classification(labels[best], {label: float(torch.log(p)) for label, p in zip(labels, mean)}))
         return out
-
-    def _hidden(self, batch: Mapping[str, torch.Tensor], table: torch.Tensor | None) -> torch.Tensor:
-        tokens = self.backbone.embed(batch["input_ids"])                                # (R, T, d)
-        if table is not None:
-            tokens = place_soft_tokens(tokens, batch["soft_index"], table)
-        with backbone_autocast(self.backbone):
-            hidden, _ = self.backbone.hidden_states(tokens, batch["attention_mask"], batch["position_ids"])
-        return hidden

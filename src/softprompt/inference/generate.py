@@ -1,30 +1,20 @@
 """Text generation with a soft prompt, reusing the key/value cache between steps.
 
-The prompt enters only through the first forward pass (the cache then holds it); later steps feed one new
-token per row. `use_cache=False` recomputes the whole sequence each step: slower, and the reference the cached
-path is tested against.
+The cached path runs through the mixed-batch engine (`inference.batch`): the prompt enters through the first
+forward pass (or its cached prefix) and later steps feed one new token per row. `use_cache=False` recomputes
+the whole sequence every step without any cache: slower, and the reference the cached path is tested against.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Mapping, Sequence
 
 import torch
 
-from ..model import PromptedModel
-
-
-def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
-          generator: torch.Generator | None) -> torch.Tensor:
-    if not do_sample:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / max(temperature, 1e-5), dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the most likely token
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+from ..model import PromptedModel, backbone_autocast
+from ..template import left_pad
+from .batch import Request, _advance, _Decoding, _pick, fields_of, run_batch
 
 
 @torch.no_grad()
@@ -32,57 +22,36 @@ def generate(model: PromptedModel, examples: Sequence[Mapping[str, str]], *, max
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, stop: Sequence[str] = (),
              seed: int | None = None, use_cache: bool = True) -> list[str]:
     """Continue each example's rendered template; returns the generated text per example (stop strings cut).
+    With `do_sample` and a `seed`, every row samples from its own generator seeded with `seed`, so a row's
+    text does not depend on the rest of the batch.
 
     >>> generate(model, [{"text": "Translate: cat"}], max_new_tokens=8, stop=["\\n"])   # doctest: +SKIP
     ['chat']
     """
-    device = model.backbone.device
-    tokenizer = model.backbone.tokenizer
-    eos = tokenizer.eos_token_id
-    generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-    batch = {k: v.to(device) for k, v in model.make_batch(examples, label_field=None).items()}
-    rows = batch["input_ids"].shape[0]
-    generated: list[list[int]] = [[] for _ in range(rows)]
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    temperature = temperature if do_sample else 0.0
+    requests = [Request(model, ex, "generate", max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, stop=tuple(stop), seed=seed) for ex in examples]
     if use_cache:
-        hidden, cache, mask = model.prefill(batch)                       # (B, T', d); mask matches the cache
-        batch = {**batch, "attention_mask": mask}
-    else:
-        hidden, cache = model.hidden(batch)
-    for _ in range(max_new_tokens):
-        logits = model.backbone.token_logits(hidden[:, -1]).float()      # (B, V)
-        next_ids = _pick(logits.cpu(), do_sample, temperature, top_p, generator).to(device)
-        next_ids = torch.where(done, torch.full_like(next_ids, model.encoder.pad_id), next_ids)
-        for row in range(rows):
-            if done[row]:
-                continue
-            token = int(next_ids[row])
-            if token == eos:
-                done[row] = True
-                continue
-            generated[row].append(token)
-            if stop and any(s in tokenizer.decode(generated[row]) for s in stop):
-                done[row] = True
-        if bool(done.all()):
-            break
-        ones = torch.ones((rows, 1), dtype=batch["attention_mask"].dtype, device=device)
-        step = {"input_ids": next_ids[:, None], "soft_index": torch.full_like(next_ids[:, None], -1),
-                "attention_mask": torch.cat([batch["attention_mask"], ones], dim=1),
-                "position_ids": batch["position_ids"][:, -1:] + 1}
-        if use_cache:
-            hidden, cache = model.hidden(step, past_key_values=cache, use_cache=True)
-            batch = {**batch, "attention_mask": step["attention_mask"], "position_ids": step["position_ids"]}
-        else:
-            batch = {"input_ids": torch.cat([batch["input_ids"], step["input_ids"]], dim=1),
-                     "soft_index": torch.cat([batch["soft_index"], step["soft_index"]], dim=1),
-                     "attention_mask": step["attention_mask"],
-                     "position_ids": torch.cat([batch["position_ids"], step["position_ids"]], dim=1)}
-            hidden, _ = model.hidden(batch)
-    texts = []
-    for ids in generated:
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        for s in stop:
-            if s in text:
-                text = text[: text.index(s)]
-        texts.append(text)
-    return texts
+        return [result.text for result in run_batch(model.backbone, requests)]
+    return [_generate_without_cache(model, req) for req in requests]
+
+
+def _generate_without_cache(model: PromptedModel, req: Request) -> str:
+    """The reference: one row, the whole sequence recomputed every step, no key/value or prompt cache."""
+    backbone = model.backbone
+    seed = req.seed if req.seed is not None else random.getrandbits(63)
+    state = _Decoding(req, 0, torch.Generator().manual_seed(seed))
+    encoded = model.encoder.encode(fields_of(model, req.inputs))   # the context alone, for any task
+    batch = {k: v.to(backbone.device) for k, v in left_pad([encoded], model.encoder.pad_id).items()}
+    while state.finish is None and req.max_new_tokens > 0:
+        with backbone_autocast(backbone):
+            hidden, _ = backbone.hidden_states(model.embed(batch), batch["attention_mask"], batch["position_ids"])
+        logits = backbone.token_logits(hidden[:, -1]).float().cpu()[0]
+        token = _pick(logits, req.temperature, req.top_p, state.generator)
+        _advance(state, token, backbone.tokenizer, backbone.tokenizer.eos_token_id)
+        one = torch.ones((1, 1), dtype=torch.long, device=backbone.device)
+        batch = {"input_ids": torch.cat([batch["input_ids"], one * token], dim=1),
+                 "soft_index": torch.cat([batch["soft_index"], -one], dim=1),
+                 "attention_mask": torch.cat([batch["attention_mask"], one], dim=1),
+                 "position_ids": torch.cat([batch["position_ids"], batch["position_ids"][:, -1:] + 1], dim=1)}
+    return state.text

@@ -1,0 +1,285 @@
+"""Mixed-prompt batches: rows of different prompts, classification and generation, in one backbone pass.
+
+Each row is encoded by its own prompt's template. Rows whose template starts with soft tokens do not run
+those columns: their keys/values come from the prompt's cached prefix (`PromptedModel.prompt_cache`, computed
+once per prompt), right-aligned into one left-padded prefix block; the rest of the row continues at the
+positions after its prefix. Soft tokens later in a template index one table of the batch's prompt vectors.
+Classification rows are scored from the prefill; generation rows then decode together, each with its own
+sampling settings, stop strings and random generator, leaving the batch as they finish.
+
+Every row's result equals running its prompt alone (to float tolerance; tested), and a seeded sampled row
+draws the same tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping, Sequence
+
+import torch
+
+from ..backbones.base import Backbone
+from ..errors import ConfigError
+from ..model import PromptedModel, TaskType, backbone_autocast, place_soft_tokens
+from ..template import Encoded, left_pad
+
+
+@dataclass
+class Request:
+    """One row of work for a prompted model: classify `inputs`, or continue its rendered template.
+
+    `inputs` is a string (fills the template's single input field) or a mapping of field -> text.
+    `temperature` 0 means greedy decoding. `on_text` (generation) receives each new piece of text as it is
+    decoded (stop strings and incomplete characters held back), for streaming.
+    """
+
+    model: PromptedModel
+    inputs: Mapping[str, str] | str
+    task: Literal["classify", "generate"] = "classify"
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: Sequence[str] = ()
+    seed: int | None = None
+    on_text: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def fields_of(model: PromptedModel, inputs: Mapping[str, str] | str) -> Mapping[str, str]:
+    """A request's input as template fields; a plain string fills the template's first input field."""
+    fields = model.template.input_fields
+    if isinstance(inputs, str):
+        if not fields:
+            raise ConfigError(f"the template '{model.template.source}' has no input field for a text")
+        return {fields[0]: inputs}
+    missing = [name for name in fields if name not in inputs]
+    if missing:
+        raise ConfigError(f"input is missing field(s) {missing} of the template '{model.template.source}'")
+    return inputs
+
+
+@dataclass
+class _Row:
+    """One backbone row: the part after the cached prefix, and that prefix's length (0 = none)."""
+
+    model: PromptedModel
+    rest: Encoded
+    prefix: int
+
+
+@dataclass
+class _Decoding:
+    request: Request
+    prompt_tokens: int
+    generator: torch.Generator
+    ids: list[int] = field(default_factory=list)
+    emitted: int = 0
+    finish: str | None = None
+    text: str = ""
+
+
+def _split_prefix(model: PromptedModel, encoded: Encoded) -> _Row:
+    prefix = model.prompt_prefix_length if model.use_prompt_cache else 0
+    if prefix and len(encoded.input_ids) > prefix:  # keep at least one column to read the next token from
+        return _Row(model, Encoded(encoded.input_ids[prefix:], encoded.soft_index[prefix:]), prefix)
+    return _Row(model, encoded, 0)
+
+
+@torch.no_grad()
+def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:
+    """Run classification and generation requests of any prompts on `backbone` together; results in order."""
+    for req in requests:
+        if req.model.backbone is not backbone:
+            raise ConfigError("every request's prompt must be bound to the batch's backbone")
+        if req.task == "classify" and req.model.task is not TaskType.CLASSIFICATION:
+            raise ConfigError("a generation prompt cannot classify; send it a completion request")
+    rows: list[_Row] = []
+    spans: list[tuple[int, int]] = []                                    # (first row, number of rows) per request
+    prompt_tokens: list[int] = []
+    for req in requests:
+        model = req.model
+        fields = fields_of(model, req.inputs)
+        if req.task == "classify":
+            ctx = model.encoder.encode(fields, reserve=model.max_word_tokens - 1)
+            if model.max_word_tokens == 1:
+                items = [ctx]
+            else:  # one row per label word holding its leading tokens (as PromptedModel does)
+                items = [Encoded(ctx.input_ids + w[:-1], ctx.soft_index + [-1] * (len(w) - 1))
+                         for w in model.word_ids]
+        else:
+            ctx = model.encoder.encode(fields)
+            items = [ctx]
+        spans.append((len(rows), len(items)))
+        prompt_tokens.append(len(ctx.input_ids))
+        rows += [_split_prefix(model, item) for item in items]
+
+    want_cache = any(req.task == "generate" and req.max_new_tokens > 0 for req in requests)
+    hidden, cache, mask, positions = _prefill(backbone, rows, want_cache)   # hidden (R, T, d)
+
+    results: list[Classification | Generation | None] = [None] * len(requests)
+    decoding: dict[int, _Decoding] = {}
+    for i, (req, (first, count)) in enumerate(zip(requests, spans)):
+        if req.task == "classify":
+            model = req.model
+            scores = model.verbalizer.class_scores(model.word_scores_from_hidden(hidden[first:first + count]).float())[0]
+            labels = model.verbalizer.labels
+            results[i] = Classification(labels[int(scores.argmax())], {l: float(s) for l, s in zip(labels, scores)})
+        elif req.max_new_tokens <= 0:
+            results[i] = Generation("", "length", prompt_tokens[i], 0)
+        else:
+            seed = req.seed if req.seed is not None else random.getrandbits(63)
+            decoding[i] = _Decoding(req, prompt_tokens[i], torch.Generator().manual_seed(seed))
+    if decoding:
+        order = list(decoding)
+        select = torch.tensor([spans[i][0] for i in order], device=hidden.device)
+        last = hidden.index_select(0, select)[:, -1]                     # (G, d)
+        if len(order) != len(rows):
+            cache.batch_select_indices(select)
+        _decode(backbone, [decoding[i] for i in order], last, cache, mask.index_select(0, select),
+                positions.index_select(0, select)[:, -1:])
+        for i in order:
+            state = decoding[i]
+            results[i] = Generation(state.text, state.finish, state.prompt_tokens, len(state.ids))
+    return results  # type: ignore[return-value]
+
+
+def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
+    """One forward over every row: (hidden (R, T, d), cache, attention mask over cache columns, position ids)."""
+    device = backbone.device
+    # One table of the prompt vectors that rows still place themselves (soft tokens after the cached prefix).
+    offsets: dict[int, int] = {}
+    tables = []
+    for row in rows:
+        if id(row.model) not in offsets and row.model.prompt.num_virtual_tokens:
+            offsets[id(row.model)] = sum(t.shape[0] for t in tables)
+            tables.append(row.model.prompt())
+    rests = [Encoded(r.rest.input_ids, [s + offsets[id(r.model)] if s >= 0 else -1 for s in r.rest.soft_index])
+             for r in rows]
+    batch = {k: v.to(device) for k, v in left_pad(rests, backbone.tokenizer.pad_token_id).items()}
+    prefix = torch.tensor([r.prefix for r in rows], device=device)
+    positions = batch["position_ids"] + prefix[:, None]
+    mask = batch["attention_mask"]
+    cache = None
+    width = int(prefix.max())
+    if width:
+        cache, prefix_mask = _prefix_block(backbone, rows, width)
+        mask = torch.cat([prefix_mask, mask], dim=1)
+    tokens = backbone.embed(batch["input_ids"])                           # (R, T, d)
+    if tables:
+        tokens = place_soft_tokens(tokens, batch["soft_index"], torch.cat(tables))
+    with backbone_autocast(backbone):
+        hidden, cache = backbone.hidden_states(tokens, mask, positions, past_key_values=cache,
+                                               use_cache=want_cache or cache is not None)
+    return hidden, cache, mask, positions
+
+
+def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):
+    """A key/value cache (R rows, `width` columns) holding each row's cached prompt prefix, right-aligned."""
+    from transformers import DynamicCache
+
+    device = backbone.device
+    groups: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        if row.prefix:
+            groups.setdefault(id(row.model), []).append(index)
+    layers = None
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    for members in groups.values():
+        model = rows[members[0]].model
+        count = rows[members[0]].prefix
+        index = torch.tensor(members, device=device)
+        per_layer = model.prompt_cache()                                  # [(1, H, P, hd) keys, values]
+        if layers is None:
+            layers = [tuple(t.new_zeros(len(rows), t.shape[1], width, t.shape[3]) for t in kv) for kv in per_layer]
+        for (keys, values), (k, v) in zip(layers, per_layer):
+            keys[index, :, width - count:] = k
+            values[index, :, width - count:] = v
+        mask[index, width - count:] = 1
+    return DynamicCache(ddp_cache_data=layers, config=backbone.model.config), mask
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Next token from one row's logits (V,): greedy at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p            # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+
+
+def _advance(state: _Decoding, token: int, tokenizer, eos: int | None) -> None:
+    """Add one token to a row: finish on end-of-sequence, a stop string or the token budget; stream new text."""
+    req = state.request
+    if token == eos:
+        state.finish = "stop"
+    else:
+        state.ids.append(token)
+        state.text = tokenizer.decode(state.ids, skip_special_tokens=True)
+        for stop in req.stop:
+            if stop and stop in state.text:
+                state.text = state.text[: state.text.index(stop)]
+                state.finish = "stop"
+        if state.finish is None and len(state.ids) >= req.max_new_tokens:
+            state.finish = "length"
+    if req.on_text is None:
+        return
+    ready = state.text
+    if state.finish is None:  # hold back an incomplete character and a possible start of a stop string
+        ready = ready.rstrip("\ufffd")
+        for stop in req.stop:
+            for n in range(min(len(stop) - 1, len(ready)), 0, -1):
+                if ready.endswith(stop[:n]):
+                    ready = ready[:-n]
+                    break
+    if len(ready) > state.emitted:
+        req.on_text(ready[state.emitted:])
+        state.emitted = len(ready)
+
+
+def _decode(backbone: Backbone, states: list[_Decoding], last: torch.Tensor, cache, mask: torch.Tensor,
+            positions: torch.Tensor) -> None:
+    """Decode the generation rows together from their last prefill hidden state; finished rows leave."""
+    tokenizer = backbone.tokenizer
+    eos = tokenizer.eos_token_id
+    active = list(range(len(states)))
+    while True:
+        logits = backbone.token_logits(last).float().cpu()                # (G, V)
+        tokens = []
+        for row, i in enumerate(active):
+            state = states[i]
+            token = _pick(logits[row], state.request.temperature, state.request.top_p, state.generator)
+            _advance(state, token, tokenizer, eos)
+            tokens.append(token)
+        keep = [row for row, i in enumerate(active) if states[i].finish is None]
+        if not keep:
+            return
+        if len(keep) != len(active):
+            index = torch.tensor(keep, device=mask.device)
+            cache.batch_select_indices(index)
+            mask, positions = mask.index_select(0, index), positions.index_select(0, index)
+            tokens = [tokens[row] for row in keep]
+            active = [active[row] for row in keep]
+        ids = torch.tensor(tokens, device=mask.device)[:, None]            # (G, 1)
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+        positions = positions + 1
+        with backbone_autocast(backbone):
+            hidden, cache = backbone.hidden_states(backbone.embed(ids), mask, positions, past_key_values=cache,
+                                                   use_cache=True)
+        last = hidden[:, -1]
