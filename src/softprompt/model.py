@@ -84,6 +84,13 @@ class PromptedModel(nn.Module):
     def max_length(self) -> int:
         return self.encoder.max_length
 
+    def widen_context(self, max_length: int) -> "PromptedModel":
+        """Let contexts grow to `max_length` tokens before inputs are cut (never narrows). A server widens
+        its prompts so that no input it accepts is truncated; returns self."""
+        if max_length > self.max_length:
+            self.encoder = TemplateEncoder(self.template, self.backbone.tokenizer, max_length)
+        return self
+
     def _autocast(self):
         return backbone_autocast(self.backbone)
 

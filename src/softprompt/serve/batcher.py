@@ -1,0 +1,122 @@
+"""Dynamic batching: rows of concurrent requests, also for different prompts, share one backbone batch.
+
+Requests enqueue rows (one `Request` each) from the event loop; one worker thread owns the backbone. It waits
+until the oldest row has waited `wait_ms` (or a batch is full), takes up to `max_rows` rows -- of any prompts,
+or with `mix_prompts=False` only rows of the oldest row's prompt (the one-prompt-at-a-time baseline) -- runs
+them with `run_batch`, and hands each result back to its request's event loop. A row holds the model object
+it was resolved to, so replacing or deleting a prompt never fails a request already queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backbones.base import Backbone
+from ..inference.batch import Request, run_batch
+from .metrics import Metrics
+
+log = logging.getLogger("softprompt.serve")
+
+
+@dataclass
+class Work:
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    stream: asyncio.Queue | None = None   # receives a None when the row is done (after its text pieces)
+    index: int = 0                        # the choice index a streamed piece belongs to
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class DynamicBatcher:
+    def __init__(self, backbone: Backbone, metrics: Metrics, *, max_rows: int = 32, wait_ms: float = 10.0,
+                 mix_prompts: bool = True) -> None:
+        self.backbone = backbone
+        self.metrics = metrics
+        self.max_rows = max_rows
+        self.wait = wait_ms / 1000.0
+        self.mix_prompts = mix_prompts
+        self._pending: deque[Work] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopped = False
+            self._thread = threading.Thread(target=self._loop, name="softprompt-batcher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    def submit(self, works: list[Work]) -> None:
+        with self._cond:
+            self._pending.extend(works)
+            self.metrics.queue_rows.set(len(self._pending))
+            self._cond.notify_all()
+
+    # ---- worker --------------------------------------------------------------------------------------------
+    def _take(self) -> list[Work] | None:
+        with self._cond:
+            while not self._pending and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                return None
+            while len(self._pending) < self.max_rows and not self._stopped:  # let a batch gather
+                left = self._pending[0].enqueued + self.wait - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self.mix_prompts:
+                batch = [self._pending.popleft() for _ in range(min(self.max_rows, len(self._pending)))]
+            else:
+                model = self._pending[0].request.model
+                batch = [w for w in self._pending if w.request.model is model][: self.max_rows]
+                chosen = {id(w) for w in batch}
+                self._pending = deque(w for w in self._pending if id(w) not in chosen)
+            self.metrics.queue_rows.set(len(self._pending))
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            started = time.perf_counter()
+            try:
+                outcomes = [(result, None) for result in run_batch(self.backbone, [w.request for w in batch])]
+            except Exception:  # noqa: BLE001 -- isolate the failing rows: run each alone
+                log.exception("a batch of %d rows failed; running its rows one by one", len(batch))
+                outcomes = [self._alone(w) for w in batch]
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_rows.observe(len(batch))
+            self.metrics.batch_prompts.observe(len({id(w.request.model) for w in batch}))
+            for work, (result, error) in zip(batch, outcomes):
+                self.metrics.generated_tokens.inc(getattr(result, "completion_tokens", 0))
+                work.loop.call_soon_threadsafe(_resolve, work.future, result, error)
+                if work.stream is not None:
+                    work.loop.call_soon_threadsafe(work.stream.put_nowait, (work.index, None))
+
+    def _alone(self, work: Work) -> tuple[Any, BaseException | None]:
+        try:
+            return run_batch(self.backbone, [work.request])[0], None
+        except Exception as exc:  # noqa: BLE001 -- handed to the request that caused it
+            return None, exc

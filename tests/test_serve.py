@@ -1,0 +1,247 @@
+"""The inference server, in process (ASGI test client) on a tiny backbone: every endpoint and error path."""
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from softprompt import PromptedModel, SoftPrompt, Verbalizer, build_template, generate, save_prompt
+from softprompt.inference.bank import PromptBank
+from softprompt.serve import ServeSettings, create_app
+
+import tiny
+
+TOKEN = "s3cret-token"
+
+
+def _classifier(backbone, placement, n, seed, words=()):
+    torch.manual_seed(seed)
+    template = build_template("Review: {text} Sentiment: {label}", placement, n)
+    return PromptedModel(backbone, SoftPrompt(torch.randn(n, backbone.hidden_size) * 0.4), template,
+                         Verbalizer.from_spec(["negative", "positive"], list(words)), max_length=64)
+
+
+def _generator(backbone, n, seed):
+    torch.manual_seed(seed)
+    return PromptedModel(backbone, SoftPrompt(torch.randn(n, backbone.hidden_size) * 0.5),
+                         build_template("Q: {text}\nA: {target}", "prefix", n), None, max_length=64)
+
+
+@pytest.fixture
+def prompt_dir(tmp_path, tiny_llama):
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    save_prompt(folder / "sentiment.safetensors", _classifier(tiny_llama, "prefix", 5, 1, ["positive=great"]))
+    save_prompt(folder / "sentiment-suffix.safetensors", _classifier(tiny_llama, "suffix", 3, 2))
+    save_prompt(folder / "qa.safetensors", _generator(tiny_llama, 4, 3))
+    (folder / "notes.txt").write_text("not a prompt")
+    return folder
+
+
+def _client(tiny_llama, folder, **settings):
+    options = dict(admin_token=TOKEN, max_inputs=8, max_input_tokens=40, max_new_tokens=24, max_body_bytes=200_000,
+                   reload_interval=0, batch_wait_ms=5)
+    options.update(settings)
+    return TestClient(create_app(PromptBank(tiny_llama), folder, ServeSettings(**options)))
+
+
+@pytest.fixture
+def client(tiny_llama, prompt_dir):
+    with _client(tiny_llama, prompt_dir) as test_client:
+        yield test_client
+
+
+def _error(response, status):
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["code"] == status and body["message"]
+    return body["message"]
+
+
+def test_health_models_prompts_and_metrics(client):
+    assert client.get("/healthz").json() == {"status": "ok", "backbone": "tiny-llama", "prompts": 3}
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["qa", "sentiment", "sentiment-suffix"]
+    prompts = {p["name"]: p for p in client.get("/v1/prompts").json()["data"]}
+    assert prompts["sentiment"]["task"] == "classification" and prompts["sentiment"]["labels"] == ["negative", "positive"]
+    assert prompts["qa"]["task"] == "generation" and prompts["qa"]["num_virtual_tokens"] == 4
+    client.get("/v1/nowhere")
+    text = client.get("/metrics").text
+    assert 'softprompt_requests_total{endpoint="/healthz",status="200"} 1.0' in text
+    assert 'softprompt_request_errors_total{endpoint="unmatched",status="404"} 1.0' in text
+    assert "softprompt_request_latency_seconds_bucket" in text and "softprompt_prompts_loaded 3.0" in text
+
+
+def test_classify_matches_the_bank_and_keeps_order(client):
+    bank = client.app.state.bank
+    inputs = ["a great film", "boring and bad", "the quick brown fox jumps over the lazy dog"]
+    response = client.post("/v1/classify", json={"prompt": "sentiment", "inputs": inputs})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 3
+    for text, result in zip(inputs, results):
+        alone = bank.classify([("sentiment", text)])[0]
+        assert result["label"] == alone.label
+        assert result["scores"] == pytest.approx(alone.scores, abs=1e-4)
+    mapped = client.post("/v1/classify", json={"prompt": "sentiment-suffix", "inputs": [{"text": "great"}]})
+    assert mapped.status_code == 200 and mapped.json()["results"][0]["label"] in ("negative", "positive")
+
+
+def test_classify_errors(client):
+    assert "no prompt named 'nope'" in _error(client.post("/v1/classify", json={"prompt": "nope", "inputs": ["x"]}), 404)
+    assert "generation prompt" in _error(client.post("/v1/classify", json={"prompt": "qa", "inputs": ["x"]}), 422)
+    assert "--max-inputs" in _error(client.post("/v1/classify", json={"prompt": "sentiment", "inputs": ["x"] * 9}), 413)
+    long_text = " ".join(["word"] * 60)
+    assert "--max-input-tokens" in _error(client.post("/v1/classify", json={"prompt": "sentiment",
+                                                                          "inputs": [long_text]}), 413)
+    assert "inputs" in _error(client.post("/v1/classify", json={"prompt": "sentiment"}), 422)
+    assert "inputs" in _error(client.post("/v1/classify", json={"prompt": "sentiment", "inputs": []}), 422)
+    assert "missing field" in _error(client.post("/v1/classify", json={"prompt": "sentiment",
+                                                                      "inputs": [{"review": "x"}]}), 422)
+    assert "invalid request body" in _error(client.post("/v1/classify", content=b"{not json",
+                                                        headers={"content-type": "application/json"}), 422)
+    big = json.dumps({"prompt": "sentiment", "inputs": ["x" * 250_000]})
+    assert "--max-body-bytes" in _error(client.post("/v1/classify", content=big,
+                                                    headers={"content-type": "application/json"}), 413)
+    assert client.get("/healthz").status_code == 200  # the server keeps serving
+
+
+def test_completions_equal_generate_and_stream(client):
+    model = client.app.state.bank.get("qa")
+    expected = generate(model, [{"text": "the quick brown fox"}], max_new_tokens=10)[0]
+    body = {"model": "qa", "prompt": "the quick brown fox", "max_tokens": 10, "temperature": 0}
+    response = client.post("/v1/completions", json=body).json()
+    assert response["object"] == "text_completion" and response["choices"][0]["text"] == expected
+    assert response["choices"][0]["finish_reason"] in ("stop", "length")
+    assert response["usage"]["completion_tokens"] <= 10 and response["usage"]["prompt_tokens"] > 4
+
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == expected
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+    many = client.post("/v1/completions", json={**body, "prompt": ["great", "the lazy dog"], "n": 2,
+                                                 "temperature": 1.0, "seed": 5}).json()
+    assert [c["index"] for c in many["choices"]] == [0, 1, 2, 3]
+    again = client.post("/v1/completions", json={**body, "prompt": ["great", "the lazy dog"], "n": 2,
+                                                  "temperature": 1.0, "seed": 5}).json()
+    assert [c["text"] for c in many["choices"]] == [c["text"] for c in again["choices"]]  # seeded
+
+
+def test_chat_completions_and_errors(client):
+    model = client.app.state.bank.get("qa")
+    expected = generate(model, [{"text": "great"}], max_new_tokens=6)[0]
+    body = {"model": "qa", "messages": [{"role": "system", "content": "be brief"},
+                                        {"role": "user", "content": "great"}], "max_tokens": 6, "temperature": 0}
+    response = client.post("/v1/chat/completions", json=body).json()
+    assert response["object"] == "chat.completion"
+    assert response["choices"][0]["message"] == {"role": "assistant", "content": expected}
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as stream:
+        events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected
+    assert chunks[-1]["object"] == "chat.completion.chunk" and chunks[-1]["choices"][0]["finish_reason"]
+
+    assert "no prompt named" in _error(client.post("/v1/chat/completions", json={**body, "model": "x"}), 404)
+    assert "--max-new-tokens" in _error(client.post("/v1/chat/completions", json={**body, "max_tokens": 99}), 422)
+    assert "user" in _error(client.post("/v1/chat/completions",
+                                        json={**body, "messages": [{"role": "system", "content": "hi"}]}), 422)
+    assert "temperature" in _error(client.post("/v1/completions", json={"model": "qa", "prompt": "x",
+                                                                        "temperature": 7}), 422)
+
+
+def test_admin_upload_replace_delete(client, prompt_dir, tiny_llama, tmp_path):
+    data = (prompt_dir / "sentiment.safetensors").read_bytes()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert "Bearer" in _error(client.post("/v1/prompts?name=copy", content=data), 401)
+    assert "Bearer" in _error(client.post("/v1/prompts?name=copy", content=data,
+                                          headers={"Authorization": "Bearer wrong"}), 401)
+    created = client.post("/v1/prompts?name=copy", content=data, headers=auth)
+    assert created.status_code == 201 and created.json()["replaced"] is False
+    assert (prompt_dir / "copy.safetensors").read_bytes() == data
+    assert client.post("/v1/classify", json={"prompt": "copy", "inputs": ["great"]}).status_code == 200
+    replaced = client.post("/v1/prompts?name=copy", content=data, headers=auth)
+    assert replaced.status_code == 200 and replaced.json()["replaced"] is True
+
+    for bad in ["../evil", ".hidden", "a/b", "x.safetensors", "a..b"]:
+        assert "not allowed" in _error(client.post("/v1/prompts", params={"name": bad}, content=data,
+                                                   headers=auth), 422)
+    import pickle
+    assert "safetensors" in _error(client.post("/v1/prompts?name=pickled", content=pickle.dumps({"a": 1}),
+                                               headers=auth), 422)
+    other = tiny.tiny_backbone("llama", seed=9)
+    foreign = save_prompt(tmp_path / "foreign.safetensors", _classifier(other, "prefix", 5, 1))
+    assert "fingerprint" in _error(client.post("/v1/prompts?name=foreign", content=foreign.read_bytes(),
+                                               headers=auth), 409)
+    assert "empty body" in _error(client.post("/v1/prompts?name=empty", content=b"", headers=auth), 422)
+    assert sorted(p.name for p in prompt_dir.iterdir()) == [  # nothing half-written left behind
+        "copy.safetensors", "notes.txt", "qa.safetensors", "sentiment-suffix.safetensors", "sentiment.safetensors"]
+
+    assert client.delete("/v1/prompts/copy", headers=auth).json() == {"deleted": "copy"}
+    assert not (prompt_dir / "copy.safetensors").exists()
+    assert "no prompt named" in _error(client.delete("/v1/prompts/copy", headers=auth), 404)
+    assert "no prompt named" in _error(client.post("/v1/classify", json={"prompt": "copy", "inputs": ["x"]}), 404)
+
+
+def test_admin_endpoints_off_without_a_token(tiny_llama, prompt_dir):
+    with _client(tiny_llama, prompt_dir, admin_token=None) as client:
+        assert "--admin-token" in _error(client.delete("/v1/prompts/qa", headers={"Authorization": "Bearer x"}), 403)
+        assert "qa" in client.app.state.bank
+
+
+def test_prompt_folder_is_watched(tiny_llama, prompt_dir):
+    with _client(tiny_llama, prompt_dir, reload_interval=0.1) as client:
+        source = prompt_dir / "sentiment.safetensors"
+        (prompt_dir / "fresh.safetensors").write_bytes(source.read_bytes())
+        (prompt_dir / "broken.safetensors").write_bytes(b"garbage")
+        deadline = time.time() + 10
+        while "fresh" not in client.app.state.bank and time.time() < deadline:
+            time.sleep(0.05)
+        assert client.post("/v1/classify", json={"prompt": "fresh", "inputs": ["great"]}).status_code == 200
+        assert "broken" not in client.app.state.bank  # reported, not served; the rest keep serving
+        (prompt_dir / "fresh.safetensors").unlink()
+        deadline = time.time() + 10
+        while "fresh" in client.app.state.bank and time.time() < deadline:
+            time.sleep(0.05)
+        assert _error(client.post("/v1/classify", json={"prompt": "fresh", "inputs": ["great"]}), 404)
+
+
+def test_concurrent_requests_batch_across_prompts_and_survive_swaps(tiny_llama, prompt_dir):
+    with _client(tiny_llama, prompt_dir, batch_wait_ms=150) as client:
+        data = (prompt_dir / "sentiment.safetensors").read_bytes()
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def call(i):
+            if i % 3 == 2:
+                r = client.post("/v1/completions", json={"model": "qa", "prompt": f"row {i}", "max_tokens": 4})
+            else:
+                name = "sentiment" if i % 3 == 0 else "sentiment-suffix"
+                r = client.post("/v1/classify", json={"prompt": name, "inputs": [f"review {i}"]})
+            with lock:
+                statuses.append(r.status_code)
+
+        def swap():
+            for _ in range(5):
+                r = client.post("/v1/prompts?name=sentiment", content=data,
+                                headers={"Authorization": f"Bearer {TOKEN}"})
+                with lock:
+                    statuses.append(r.status_code)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(12)] + [threading.Thread(target=swap)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses.count(200) == 17  # 12 requests + 5 replacements, none failed
+        text = client.get("/metrics").text
+        multi = [line for line in text.splitlines() if line.startswith("softprompt_batch_prompts_bucket")]
+        one_prompt = float(next(line for line in multi if 'le="1.0"' in line).split()[-1])
+        total = float(next(line for line in text.splitlines() if line.startswith("softprompt_batch_prompts_count")).split()[-1])
+        assert total > one_prompt  # at least one batch held rows of several prompts
