@@ -67,3 +67,37 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["label"] in ("positive", "negative")
     assert (tmp_path / "runs" / "api" / "prompt.safetensors").is_file()
+
+
+def test_mixed_prompt_batch_equals_each_prompt_alone():
+    from softprompt.inference.batch import Request
+
+    backbone = sp.load_backbone("smollm2-135m", dtype=torch.float32)
+    matrix, tokenizer = backbone.input_embedding_matrix(), backbone.tokenizer
+    sentiment = sp.PromptedModel(
+        backbone, sp.SoftPrompt(sp.initial_embeddings("text", 8, matrix, tokenizer, text="Classify the review.")),
+        sp.build_template("Review: {text} Sentiment: {label}", "prefix", 8), sp.Verbalizer.from_spec(["negative", "positive"]))
+    topic = sp.PromptedModel(
+        backbone, sp.SoftPrompt(sp.initial_embeddings("vocab", 5, matrix, tokenizer)),
+        sp.build_template("Article: {text} Topic: {label}", "suffix", 5),
+        sp.Verbalizer.from_spec(["business", "sport", "tech"], ["tech=technology"]))
+    writer = sp.PromptedModel(
+        backbone, sp.SoftPrompt(sp.initial_embeddings("text", 4, matrix, tokenizer, text="Continue the text.")),
+        sp.build_template("{text} {target}", "prefix", 4))
+    bank = sp.PromptBank(backbone)
+    for name, model in [("sentiment", sentiment), ("topic", topic), ("writer", writer)]:
+        bank.add(name, model)
+    requests = [Request(sentiment, "A three-hour cinema master class.", "classify"),
+                Request(writer, "The capital of France is", "generate", max_new_tokens=6),
+                Request(topic, "Shares in the chip maker fell after the quarterly results.", "classify"),
+                Request(sentiment, "A tedious, joyless slog.", "classify"),
+                Request(writer, "One, two, three,", "generate", max_new_tokens=4)]
+    mixed = bank.run(requests)
+    for req, result in zip(requests, mixed):
+        row = {"text": req.inputs}
+        if req.task == "classify":
+            alone = req.model.class_scores(req.model.make_batch([row], label_field=None))[0]
+            torch.testing.assert_close(torch.tensor(list(result.scores.values())), alone, atol=2e-3, rtol=1e-3)
+        else:
+            assert result.text == sp.generate(req.model, [row], max_new_tokens=req.max_new_tokens, use_cache=False)[0]
+    assert [mixed[0].label, mixed[3].label] == ["positive", "negative"]

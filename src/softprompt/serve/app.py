@@ -215,7 +215,7 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         if max_tokens > settings.max_new_tokens:
             raise ApiError(422, f"max_tokens {max_tokens} is over this server's limit of {settings.max_new_tokens} "
                                 "(--max-new-tokens)")
-        _check_inputs(model, texts * body.n, settings)
+        _check_inputs(model, [t for t in texts for _ in range(body.n)], settings)
         stream = asyncio.Queue() if body.stream else None
         requests = []
         for text in texts:
@@ -273,7 +273,9 @@ def _submit(batcher: DynamicBatcher, requests: list[Request], stream: asyncio.Qu
     for index, req in enumerate(requests):
         if stream is not None:
             req.on_text = lambda text, i=index: loop.call_soon_threadsafe(stream.put_nowait, (i, text))
-        works.append(Work(req, loop, loop.create_future(), stream, index))
+        model = req.model
+        columns = len(model.encoder.encode(fields_of(model, req.inputs)).input_ids) - model.prompt_prefix_length
+        works.append(Work(req, loop, loop.create_future(), stream, index, columns))
     batcher.submit(works)
     return works
 

@@ -31,6 +31,7 @@ class Work:
     future: asyncio.Future
     stream: asyncio.Queue | None = None   # receives a None when the row is done (after its text pieces)
     index: int = 0                        # the choice index a streamed piece belongs to
+    tokens: int = 0                       # the row's length, for grouping rows of similar length
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -43,14 +44,30 @@ def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -
         future.set_result(result)
 
 
+def length_groups(works: list[Work], pad_ratio: float) -> list[list[Work]]:
+    """Split a batch, sorted by row length, where one more row would make padded tokens exceed `pad_ratio`
+    times the real ones: a long news article and a short review cost less apart than padded together."""
+    groups: list[list[Work]] = []
+    group: list[Work] = []
+    real = 0
+    for work in sorted(works, key=lambda w: w.tokens):
+        if group and (len(group) + 1) * work.tokens > pad_ratio * (real + work.tokens):
+            groups.append(group)
+            group, real = [], 0
+        group.append(work)
+        real += work.tokens
+    return groups + ([group] if group else [])
+
+
 class DynamicBatcher:
     def __init__(self, backbone: Backbone, metrics: Metrics, *, max_rows: int = 32, wait_ms: float = 10.0,
-                 mix_prompts: bool = True) -> None:
+                 mix_prompts: bool = True, pad_ratio: float = 1.5) -> None:
         self.backbone = backbone
         self.metrics = metrics
         self.max_rows = max_rows
         self.wait = wait_ms / 1000.0
         self.mix_prompts = mix_prompts
+        self.pad_ratio = pad_ratio
         self._pending: deque[Work] = deque()
         self._cond = threading.Condition()
         self._stopped = False
@@ -99,21 +116,25 @@ class DynamicBatcher:
             return batch
 
     def _loop(self) -> None:
-        while (batch := self._take()) is not None:
-            started = time.perf_counter()
-            try:
-                outcomes = [(result, None) for result in run_batch(self.backbone, [w.request for w in batch])]
-            except Exception:  # noqa: BLE001 -- isolate the failing rows: run each alone
-                log.exception("a batch of %d rows failed; running its rows one by one", len(batch))
-                outcomes = [self._alone(w) for w in batch]
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_rows.observe(len(batch))
-            self.metrics.batch_prompts.observe(len({id(w.request.model) for w in batch}))
-            for work, (result, error) in zip(batch, outcomes):
-                self.metrics.generated_tokens.inc(getattr(result, "completion_tokens", 0))
-                work.loop.call_soon_threadsafe(_resolve, work.future, result, error)
-                if work.stream is not None:
-                    work.loop.call_soon_threadsafe(work.stream.put_nowait, (work.index, None))
+        while (taken := self._take()) is not None:
+            for batch in length_groups(taken, self.pad_ratio):
+                self._run(batch)
+
+    def _run(self, batch: list[Work]) -> None:
+        started = time.perf_counter()
+        try:
+            outcomes = [(result, None) for result in run_batch(self.backbone, [w.request for w in batch])]
+        except Exception:  # noqa: BLE001 -- isolate the failing rows: run each alone
+            log.exception("a batch of %d rows failed; running its rows one by one", len(batch))
+            outcomes = [self._alone(w) for w in batch]
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_rows.observe(len(batch))
+        self.metrics.batch_prompts.observe(len({id(w.request.model) for w in batch}))
+        for work, (result, error) in zip(batch, outcomes):
+            self.metrics.generated_tokens.inc(getattr(result, "completion_tokens", 0))
+            work.loop.call_soon_threadsafe(_resolve, work.future, result, error)
+            if work.stream is not None:
+                work.loop.call_soon_threadsafe(work.stream.put_nowait, (work.index, None))
 
     def _alone(self, work: Work) -> tuple[Any, BaseException | None]:
         try:
