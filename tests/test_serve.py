@@ -105,7 +105,17 @@ def test_classify_errors(client):
     big = json.dumps({"prompt": "sentiment", "inputs": ["x" * 250_000]})
     assert "--max-body-bytes" in _error(client.post("/v1/classify", content=big,
                                                     headers={"content-type": "application/json"}), 413)
+    chunked = client.post("/v1/classify", content=iter([b'{"prompt": "sentiment", ', b'"inputs": ["x"]}']),
+                          headers={"content-type": "application/json"})
+    assert "Content-Length" in _error(chunked, 411)
     assert client.get("/healthz").status_code == 200  # the server keeps serving
+
+
+def test_serve_cli_refuses_a_missing_folder(tmp_path, capsys):
+    from softprompt.cli import main
+
+    assert main(["serve", "--model", "tiny", "--prompts", str(tmp_path / "nope")]) == 2
+    assert "--prompts" in capsys.readouterr().err
 
 
 def test_completions_equal_generate_and_stream(client):

@@ -193,9 +193,11 @@ class TemplateEncoder:
         return encoded
 
 
-def left_pad(sequences: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-pad encoded sequences into (B, T) tensors: input_ids, soft_index, attention_mask, position_ids."""
+def left_pad(sequences: Sequence[Encoded], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Left-pad encoded sequences into (B, T) tensors: input_ids, soft_index, attention_mask, position_ids.
+    `multiple` rounds T up (fewer distinct shapes: a server then reuses its compiled matmul kernels)."""
     width = max(len(s.input_ids) for s in sequences)
+    width = -(-width // multiple) * multiple
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     soft = torch.full((len(sequences), width), -1, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)

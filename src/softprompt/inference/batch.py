@@ -25,6 +25,20 @@ from ..model import PromptedModel, TaskType, backbone_autocast, place_soft_token
 from ..template import Encoded, left_pad
 
 
+# CPU matmul kernels (oneDNN) are built and cached per shape; every new shape costs time and memory (a
+# server's RSS creeps up as it meets new ones). Batches therefore take few shapes: widths round up to a
+# multiple of 16 and row counts up to the next bucket, with masked padding that changes no row's result.
+SHAPE_MULTIPLE = 16
+ROW_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def _row_bucket(count: int) -> int:
+    for size in ROW_BUCKETS:
+        if count <= size:
+            return size
+    return -(-count // 32) * 32
+
+
 @dataclass
 class Request:
     """One row of work for a prompted model: classify `inputs`, or continue its rendered template.
@@ -102,6 +116,8 @@ def _split_prefix(model: PromptedModel, encoded: Encoded) -> _Row:
 @torch.no_grad()
 def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:
     """Run classification and generation requests of any prompts on `backbone` together; results in order."""
+    if not requests:
+        return []
     for req in requests:
         if req.model.backbone is not backbone:
             raise ConfigError("every request's prompt must be bound to the batch's backbone")
@@ -128,6 +144,8 @@ def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classific
         rows += [_split_prefix(model, item) for item in items]
 
     want_cache = any(req.task == "generate" and req.max_new_tokens > 0 for req in requests)
+    filler = _Row(rows[0].model, Encoded([backbone.tokenizer.pad_token_id], [-1]), 0) if rows else None
+    rows += [filler] * (_row_bucket(len(rows)) - len(rows))              # results ignore these rows
     hidden, cache, mask, positions = _prefill(backbone, rows, want_cache)   # hidden (R, T, d)
 
     results: list[Classification | Generation | None] = [None] * len(requests)
@@ -169,12 +187,12 @@ def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
             tables.append(row.model.prompt())
     rests = [Encoded(r.rest.input_ids, [s + offsets[id(r.model)] if s >= 0 else -1 for s in r.rest.soft_index])
              for r in rows]
-    batch = {k: v.to(device) for k, v in left_pad(rests, backbone.tokenizer.pad_token_id).items()}
+    batch = {k: v.to(device) for k, v in left_pad(rests, backbone.tokenizer.pad_token_id, SHAPE_MULTIPLE).items()}
     prefix = torch.tensor([r.prefix for r in rows], device=device)
     positions = batch["position_ids"] + prefix[:, None]
     mask = batch["attention_mask"]
     cache = None
-    width = int(prefix.max())
+    width = -(-int(prefix.max()) // SHAPE_MULTIPLE) * SHAPE_MULTIPLE
     if width:
         cache, prefix_mask = _prefix_block(backbone, rows, width)
         mask = torch.cat([prefix_mask, mask], dim=1)

@@ -10,6 +10,7 @@ it was resolved to, so replacing or deleting a prompt never fails a request alre
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -44,6 +45,13 @@ def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -
         future.set_result(result)
 
 
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc: hand freed heap pages back to the OS
+    except (OSError, AttributeError):
+        return None
+
+
 def length_groups(works: list[Work], pad_ratio: float) -> list[list[Work]]:
     """Split a batch, sorted by row length, where one more row would make padded tokens exceed `pad_ratio`
     times the real ones: a long news article and a short review cost less apart than padded together."""
@@ -72,6 +80,8 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._trim = _malloc_trim()
+        self._trimmed = 0.0
 
     def start(self) -> None:
         if self._thread is None:
@@ -119,6 +129,11 @@ class DynamicBatcher:
         while (taken := self._take()) is not None:
             for batch in length_groups(taken, self.pad_ratio):
                 self._run(batch)
+            if self._trim is not None and time.monotonic() - self._trimmed > 1.0:
+                # Batches of ever-changing shapes leave freed blocks that glibc keeps; without this the
+                # server's RSS creeps up under load (benchmarks/serve_load.py soak).
+                self._trim(0)
+                self._trimmed = time.monotonic()
 
     def _run(self, batch: list[Work]) -> None:
         started = time.perf_counter()
