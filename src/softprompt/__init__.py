@@ -13,20 +13,20 @@ from .data import BUILTIN_DATASETS, TaskData, load_task
 from .errors import (BackboneError, ConfigError, DataError, IncompatiblePromptError, PromptFileError,
                      SoftPromptError)
 from .evaluation import evaluate
-from .formats import load_prompted_model, read_prompt_file, save_prompt
+from .formats import load_prompted_model, read_prompt_file, read_prompt_tensors, save_prompt
 from .inference import generate
 from .inference.bank import PromptBank
 from .model import PromptedModel, TaskType
-from .prompt import PromptInit, SoftPrompt, initial_embeddings
+from .prompt import DeepPrompt, PromptInit, PromptMethod, SoftPrompt, initial_embeddings
 from .template import Placement, Template, build_template
 from .training import TrainResult, build_prompted_model, train
 from .verbalizer import Verbalizer
 
 __all__ = [
     "BUILTIN_BACKBONES", "BUILTIN_DATASETS", "Backbone", "BackboneError", "BackboneKind", "CausalLMBackbone",
-    "ConfigError", "DataError", "IncompatiblePromptError", "Placement", "PromptFileError", "PromptInit",
-    "PromptBank", "PromptedModel", "SoftPrompt", "SoftPromptError", "TaskData", "TaskType", "Template", "TrainConfig",
+    "ConfigError", "DataError", "DeepPrompt", "IncompatiblePromptError", "Placement", "PromptFileError", "PromptInit",
+    "PromptBank", "PromptMethod", "PromptedModel", "SoftPrompt", "SoftPromptError", "TaskData", "TaskType", "Template", "TrainConfig",
     "TrainResult", "Verbalizer", "build_prompted_model", "build_template", "evaluate", "generate",
-    "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file",
+    "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file", "read_prompt_tensors",
     "resolve_precision", "save_prompt", "train",
 ]

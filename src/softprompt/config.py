@@ -12,7 +12,7 @@ import yaml
 
 from .errors import ConfigError
 from .model import TaskType
-from .prompt import PromptInit
+from .prompt import PromptInit, PromptMethod
 from .template import Placement
 
 
@@ -53,6 +53,10 @@ class TrainConfig:
     labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).")
     skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.")
     output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.")
+    method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input) or deep (trainable "
+                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2).")
+    deep_reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
+                                "prefixes when saved (0 = off).")
     num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).")
     placement: Placement | None = _opt(None, "Where soft tokens go: prefix, suffix, or template ([soft:N] markers); "
                                              "default: template if --template has markers, else prefix.")
@@ -83,7 +87,7 @@ class TrainConfig:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
 
     def __post_init__(self) -> None:
-        for name, enum in (("task", TaskType), ("placement", Placement), ("init", PromptInit),
+        for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
                            ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision)):
             value = getattr(self, name)
             if value is None and name == "placement":
@@ -112,6 +116,12 @@ class TrainConfig:
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}"),
+            (self.deep_reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep_reparam}"),
+            (not (self.method is PromptMethod.DEEP and self.placement is not None),
+             "--placement does not apply to --method deep (its prompt is in every layer, not in the text)"),
+            (not (self.method is PromptMethod.DEEP and self.template and "[soft:" in self.template),
+             "--method deep takes a --template without [soft:N] markers"),
+            (not (self.deep_reparam and self.method is not PromptMethod.DEEP), "--deep-reparam needs --method deep"),
             (self.num_virtual_tokens is None or self.num_virtual_tokens >= 1,
              f"--num-virtual-tokens must be >= 1, got {self.num_virtual_tokens}"),
             (self.data is not None or self.train_file is not None, "give --data NAME_OR_FOLDER or --train-file"),

@@ -1,4 +1,7 @@
-"""The prompt file: safetensors with tensor `prompt_embeddings` [n, d] and JSON metadata.
+"""The prompt file: safetensors with the prompt's tensors and JSON metadata.
+
+Prompt tuning stores `prompt_embeddings` [n, d]; deep prompt tuning stores `prefix_keys` and `prefix_values`
+[layers, n, kv_heads, head_dim] (metadata `method`: prompt or deep).
 
 Metadata names the backbone and its weight fingerprint, the template, the verbaliser, the init and the
 training figures. Loading onto another backbone is refused with `IncompatiblePromptError`. Writes are atomic
@@ -20,7 +23,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from .backbones.base import Backbone
 from .errors import IncompatiblePromptError, PromptFileError
 from .model import PromptedModel
-from .prompt import SoftPrompt
+from .prompt import TENSOR_NAMES, PromptMethod, prompt_from_tensors
 from .template import Template
 from .verbalizer import Verbalizer
 
@@ -40,7 +43,7 @@ def prompt_metadata(model: PromptedModel, **extra: Any) -> dict[str, Any]:
     config = getattr(getattr(backbone, "model", None), "config", None)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "softprompt_version": _version(),
-        "method": "prompt",
+        "method": model.prompt.method,
         "backbone": {"name": backbone.name, "kind": backbone.kind.value, "fingerprint": backbone.fingerprint(),
                      "hidden_size": backbone.hidden_size,
                      "num_layers": getattr(config, "num_hidden_layers", None),
@@ -79,13 +82,22 @@ def save_prompt(path: str | Path, model: PromptedModel, **extra: Any) -> Path:
     >>> save_prompt("runs/rt/prompt.safetensors", model, init="labels")   # doctest: +SKIP
     """
     meta = prompt_metadata(model, **extra)
-    tensor = model.prompt.embeddings.detach().to("cpu", torch.float32).contiguous()
+    tensors = model.prompt.to_tensors()  # a deep prompt's MLP (if any) is folded into plain prefixes
     header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta)}
-    return atomic_write(path, lambda tmp: save_file({TENSOR_NAME: tensor}, tmp, metadata=header))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def read_prompt_file(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(embeddings [n, d] fp32, metadata). Raises `PromptFileError` for anything that is not our file."""
+    """(input embeddings [n, d] fp32, metadata) of a prompt-tuning file. Raises `PromptFileError` for anything
+    that is not our file, and for a deep prompt (which has no input embeddings: see `read_prompt_tensors`)."""
+    tensors, meta = read_prompt_tensors(path)
+    if TENSOR_NAME not in tensors:
+        raise PromptFileError(f"{path} holds a {meta.get('method')} prompt, which has no input embeddings")
+    return tensors[TENSOR_NAME], meta
+
+
+def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors by name in fp32, metadata) of any prompt file. Raises `PromptFileError` for anything else."""
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"prompt file not found: {path}")
@@ -95,16 +107,22 @@ def read_prompt_file(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise PromptFileError(f"{path}: not a readable safetensors file ({exc})") from None
-    if header.get("format") != FORMAT_NAME or TENSOR_NAME not in tensors:
-        raise PromptFileError(f"{path}: not a softprompt file (no '{TENSOR_NAME}' tensor / metadata)")
+    if header.get("format") != FORMAT_NAME:
+        raise PromptFileError(f"{path}: not a softprompt file (no softprompt metadata)")
     try:
         meta = json.loads(header[FORMAT_NAME])
-    except (KeyError, json.JSONDecodeError) as exc:
+        method = PromptMethod(meta.get("method", "prompt"))
+    except (KeyError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise PromptFileError(f"{path}: damaged metadata ({exc})") from None
-    embeddings = tensors[TENSOR_NAME]
-    if embeddings.dim() != 2 or embeddings.shape[0] != meta.get("num_virtual_tokens"):
-        raise PromptFileError(f"{path}: tensor shape {tuple(embeddings.shape)} disagrees with its metadata")
-    return embeddings.to(torch.float32), meta
+    missing = [name for name in TENSOR_NAMES[method] if name not in tensors]
+    if missing:
+        raise PromptFileError(f"{path}: a {method.value} prompt file without tensor(s) {missing}")
+    count = meta.get("num_virtual_tokens")
+    for name in TENSOR_NAMES[method]:
+        shape = tuple(tensors[name].shape)
+        if len(shape) != (2 if method is PromptMethod.PROMPT else 4) or shape[method is PromptMethod.DEEP] != count:
+            raise PromptFileError(f"{path}: tensor '{name}' of shape {shape} disagrees with its metadata")
+    return {name: tensors[name].to(torch.float32) for name in TENSOR_NAMES[method]}, meta
 
 
 def check_compatible(meta: dict[str, Any], backbone: Backbone, path: str | Path = "prompt") -> None:
@@ -125,10 +143,12 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
 
     >>> model = load_prompted_model("runs/rt/prompt.safetensors", load_backbone("smollm2-135m"))  # doctest: +SKIP
     """
-    embeddings, meta = read_prompt_file(path)
+    tensors, meta = read_prompt_tensors(path)
     check_compatible(meta, backbone, path)
     verbalizer = None
     if meta.get("verbalizer"):
         verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])
-    return PromptedModel(backbone, SoftPrompt(embeddings.to(backbone.device)), Template.parse(meta["template"]), verbalizer,
+    prompt = prompt_from_tensors(meta.get("method", "prompt"),
+                                 {k: v.to(backbone.device) for k, v in tensors.items()}, backbone.hidden_size)
+    return PromptedModel(backbone, prompt, Template.parse(meta["template"]), verbalizer,
                          max_length=int(meta.get("max_length", 128)))

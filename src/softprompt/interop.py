@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .backbones.base import Backbone
 from .errors import ConfigError, PromptFileError
-from .formats import read_prompt_file, save_prompt
+from .formats import read_prompt_file, read_prompt_tensors, save_prompt
 from .model import PromptedModel
 from .prompt import SoftPrompt
 from .template import Placement, Template, build_template
@@ -44,6 +44,10 @@ def peft_template_body(template: Template) -> str:
 
 def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name_or_path: str | None = None) -> Path:
     """Write a PEFT prompt-tuning adapter folder for a prefix prompt file (atomically: temp folder, rename)."""
+    _, meta = read_prompt_tensors(prompt_path)
+    if meta.get("method", "prompt") != "prompt":
+        raise ConfigError(f"{prompt_path} is a {meta.get('method')} prompt; PEFT export covers prompt tuning "
+                          "(--method prompt)")
     embeddings, meta = read_prompt_file(prompt_path)
     body = peft_template_body(Template.parse(meta["template"]))
     backbone = meta["backbone"]

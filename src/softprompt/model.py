@@ -55,9 +55,20 @@ class PromptedModel(nn.Module):
             raise IncompatiblePromptError(
                 f"prompt hidden size {prompt.hidden_size} != backbone '{backbone.name}' hidden size "
                 f"{backbone.hidden_size}")
-        if prompt.num_virtual_tokens != template.num_virtual_tokens:
+        self.deep = prompt.method == "deep"
+        if self.deep and template.num_virtual_tokens:
+            raise ConfigError("a deep prompt lives in every layer's keys/values: use a template without [soft:N] "
+                              "markers (and no --placement)")
+        if prompt.num_input_tokens != template.num_virtual_tokens:
             raise ConfigError(f"the prompt has {prompt.num_virtual_tokens} virtual tokens but the template places "
                               f"{template.num_virtual_tokens}")
+        if self.deep:
+            layers, kv_heads, head_dim = backbone.kv_layout()
+            shape = tuple(prompt.layer_prefix()[0][0].shape)
+            if len(prompt.layer_prefix()) != layers or shape[1] != kv_heads or shape[3] != head_dim:
+                raise IncompatiblePromptError(
+                    f"deep prompt for {len(prompt.layer_prefix())} layers x {shape[1]} kv heads x {shape[3]}, but "
+                    f"backbone '{backbone.name}' has {layers} x {kv_heads} x {head_dim}")
         self.backbone = backbone
         self.prompt = prompt
         self.template = template
@@ -98,7 +109,7 @@ class PromptedModel(nn.Module):
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Token embeddings with the prompt's vectors placed at the soft positions: (B, T, d)."""
         tokens = self.backbone.embed(batch["input_ids"])                  # (B, T, d)
-        if self.prompt.num_virtual_tokens == 0:                           # zero-shot: the template alone
+        if self.prompt.num_input_tokens == 0:                             # zero-shot or deep: no input soft tokens
             return tokens
         return place_soft_tokens(tokens, batch["soft_index"], self.prompt())
 
@@ -117,6 +128,10 @@ class PromptedModel(nn.Module):
         """
         if self._prompt_cache_applies(past_key_values):
             hidden, cache, _ = self._hidden_after_prompt_cache(batch)
+            return hidden, (cache if use_cache else None)
+        if self.deep and past_key_values is None:  # training a deep prompt: its prefixes carry gradients
+            layers = [(k.to(self.backbone.dtype), v.to(self.backbone.dtype)) for k, v in self.prompt.layer_prefix()]
+            hidden, cache, _ = self._hidden_after_prompt_cache(batch, layers)
             return hidden, (cache if use_cache else None)
         split = 0
         if self.split_frozen_input and past_key_values is None and not use_cache and torch.is_grad_enabled():
@@ -138,7 +153,10 @@ class PromptedModel(nn.Module):
 
     @property
     def prompt_prefix_length(self) -> int:
-        """Leading positions identical in every row (BOS and the soft runs before any text); 0 if no soft run."""
+        """Leading positions identical in every row (BOS and the soft runs before any text) that a cached prefix
+        replaces; 0 if none (and for deep prompts, whose cache adds columns instead of replacing any)."""
+        if self.deep:
+            return 0
         count = 0
         for seg in self.template.segments:
             if seg.kind != "soft":
@@ -146,10 +164,27 @@ class PromptedModel(nn.Module):
             count += seg.length
         return len(self.encoder.bos) + count if count else 0
 
+    @property
+    def prefix_cache_width(self) -> int:
+        """Columns of the prompt's key/value cache: its replaced leading positions, or a deep prompt's tokens."""
+        return self.prompt.num_virtual_tokens if self.deep else self.prompt_prefix_length
+
+    def cache_plan(self) -> tuple[int, int]:
+        """(row columns the cached prefix replaces, cache columns) for inference; (0, 0) = no cached prefix."""
+        if self.deep:
+            return 0, self.prompt.num_virtual_tokens
+        if self.use_prompt_cache and self.prompt_prefix_length:
+            return self.prompt_prefix_length, self.prompt_prefix_length
+        return 0, 0
+
     def prompt_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (keys, values) of the constant prefix, batch 1; recomputed only when the prompt changes."""
-        weights = self.prompt.embeddings
-        key = (weights.data_ptr(), weights._version, weights.device, self.backbone.dtype)
+        key = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters()) + (
+            self.backbone.device, self.backbone.dtype)
+        if self.deep and (self._prompt_cache is None or self._prompt_cache[0] != key):
+            with torch.no_grad():
+                layers = [(k.to(self.backbone.dtype), v.to(self.backbone.dtype)) for k, v in self.prompt.layer_prefix()]
+            self._prompt_cache = (key, layers)
         if self._prompt_cache is None or self._prompt_cache[0] != key:
             bos = self.encoder.bos
             count = self.prompt_prefix_length - len(bos)
@@ -163,32 +198,26 @@ class PromptedModel(nn.Module):
         return self._prompt_cache[1]
 
     def _prompt_cache_applies(self, past_key_values: Any = None) -> bool:
-        return (self.use_prompt_cache and past_key_values is None and not torch.is_grad_enabled()
-                and self.prompt_prefix_length > 0)
+        return (past_key_values is None and not torch.is_grad_enabled()
+                and (self.deep or (self.use_prompt_cache and self.prompt_prefix_length > 0)))
 
-    @torch.no_grad()
-    def prefill(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """First generation step: hidden states, the key/value cache, and the attention mask that matches the
-        cache's column order (which differs from the batch's when the prompt's cached prefix was reused)."""
-        if self._prompt_cache_applies():
-            return self._hidden_after_prompt_cache(batch)
-        hidden, cache = self.hidden(batch, use_cache=True)
-        return hidden, cache, batch["attention_mask"]
-
-    def _hidden_after_prompt_cache(self, batch: Mapping[str, torch.Tensor]):
-        """Inference for prompts at the start: reuse the prompt's cached keys/values, run only the rest.
-        Returns hidden states of the remaining columns, the cache, and its attention mask [prefix | rest]."""
+    def _hidden_after_prompt_cache(self, batch: Mapping[str, torch.Tensor], layers: list | None = None):
+        """Run a batch after the prompt's key/value prefix (`layers`, default the cached `prompt_cache()`):
+        for prompts at the start the prefix replaces their leading columns; a deep prompt's adds columns
+        before the row. Returns hidden states of the columns that ran, the cache, and its mask [prefix | rest]."""
         from transformers import DynamicCache
 
-        prefix = self.prompt_prefix_length
+        skip, width = self.prompt_prefix_length, self.prefix_cache_width
         mask = batch["attention_mask"]                                    # (B, T), left-padded
-        rows, width = mask.shape
-        pads = width - mask.sum(dim=1, keepdim=True)                       # (B, 1)
-        column = torch.arange(width - prefix, device=mask.device).expand(rows, -1)
-        source = torch.where(column < pads, column, column + prefix)       # skip each row's prefix columns
+        rows, columns = mask.shape
+        pads = columns - mask.sum(dim=1, keepdim=True)                     # (B, 1)
+        column = torch.arange(columns - skip, device=mask.device).expand(rows, -1)
+        source = torch.where(column < pads, column, column + skip)         # skip each row's prefix columns
         rest = {k: batch[k].gather(1, source) for k in ("input_ids", "soft_index", "position_ids")}
-        rest["attention_mask"] = torch.cat([mask.new_ones(rows, prefix), mask.gather(1, source)], dim=1)
-        layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in self.prompt_cache()]
+        rest["position_ids"] = rest["position_ids"] + (width - skip)       # a deep prefix's positions come first
+        rest["attention_mask"] = torch.cat([mask.new_ones(rows, width), mask.gather(1, source)], dim=1)
+        layers = self.prompt_cache() if layers is None else layers
+        layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers]
         cache = DynamicCache(ddp_cache_data=layers, config=self.backbone.model.config)
         with self._autocast():
             hidden, cache = self.backbone.hidden_states(self.embed(rest), rest["attention_mask"],

@@ -49,6 +49,12 @@ class Backbone(Protocol):
     def token_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (..., d) -> logits (..., V), or only the columns `token_ids` when given."""
 
+    def kv_layout(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head dim) of the attention cache (deep prompts' shape)."""
+
+    def keys_values(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer keys and values of a sequence of input vectors (n, d): [layers, n, kv_heads, head_dim]."""
+
     def fingerprint(self) -> str: ...
 
 

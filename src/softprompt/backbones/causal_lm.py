@@ -85,6 +85,26 @@ class CausalLMBackbone(nn.Module):
                                     position_ids=position_ids, cache=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, (out.cache if use_cache else None)
 
+    def kv_layout(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head dim) of the attention cache: the shape of a deep prompt."""
+        config = self.model.config
+        heads = int(config.num_attention_heads)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        return int(config.num_hidden_layers), kv_heads, head_dim
+
+    @torch.no_grad()
+    def keys_values(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values every layer computes for a sequence of input vectors (n, d) at positions 0..n-1,
+        as `[layers, n, kv_heads, head_dim]` fp32 each: real prefixes to start a deep prompt from."""
+        embeds = inputs_embeds.to(self.device, self.dtype)[None]
+        count = embeds.shape[1]
+        mask = torch.ones(1, count, dtype=torch.long, device=self.device)
+        _, cache = self.hidden_states(embeds, mask, torch.arange(count, device=self.device)[None], use_cache=True)
+        keys = torch.stack([layer[0][0] for layer in cache]).transpose(1, 2)      # (L, n, h, hd)
+        values = torch.stack([layer[1][0] for layer in cache]).transpose(1, 2)
+        return keys.float(), values.float()
+
     def token_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         head = self.model.get_output_embeddings()
         weight, bias = head.weight, getattr(head, "bias", None)

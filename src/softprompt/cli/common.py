@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..backbones import load_backbone, resolve_precision
-from ..formats import load_prompted_model, read_prompt_file
+from ..formats import load_prompted_model, read_prompt_tensors
 from ..model import PromptedModel
 
 
@@ -19,7 +19,7 @@ def pick_device(device: str) -> torch.device:
 
 def load_for_inference(prompt: Path, model: str | None, precision: str, device: str) -> tuple[PromptedModel, dict]:
     """Load a prompt file and its backbone (from `model`, else the name in the file's metadata)."""
-    _, meta = read_prompt_file(prompt)
+    _, meta = read_prompt_tensors(prompt)
     target = pick_device(device)
     backbone = load_backbone(model or meta["backbone"]["name"], dtype=resolve_precision(precision, target),
                              device=target)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..formats import read_prompt_file
+from ..formats import read_prompt_tensors
 from . import app
 
 
@@ -18,10 +18,11 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole metadata as JSON.")] = False,
 ) -> None:
     """Metadata, size and backbone fingerprint of a prompt file."""
-    embeddings, meta = read_prompt_file(prompt)
+    tensors, meta = read_prompt_tensors(prompt)
     size = prompt.stat().st_size
-    norms = embeddings.norm(dim=-1)
-    summary = {"file": str(prompt), "bytes": size, "shape": list(embeddings.shape),
+    main = next(iter(tensors.values()))                      # prompt_embeddings [n, d] or prefix_keys [L, n, h, hd]
+    norms = main.flatten(-2).norm(dim=-1) if main.dim() == 4 else main.norm(dim=-1)
+    summary = {"file": str(prompt), "bytes": size, "shape": list(main.shape),
                "norm_mean": round(float(norms.mean()), 4), **meta}
     if as_json:
         print(json.dumps(summary, indent=1))
@@ -29,7 +30,10 @@ def info(
     backbone, training = meta.get("backbone", {}), meta.get("training") or {}
     lines = [
         f"file          {prompt}  ({size / 1024:.1f} KB)",
-        f"prompt        {embeddings.shape[0]} virtual tokens x {embeddings.shape[1]}  (mean norm {norms.mean():.3f})",
+        (f"prompt        {main.shape[0]} virtual tokens x {main.shape[1]}  (mean norm {norms.mean():.3f})"
+         if main.dim() == 2 else
+         f"prompt        deep: {main.shape[1]} virtual tokens x {main.shape[0]} layers x {main.shape[2]} kv heads x "
+         f"{main.shape[3]}, keys and values  (mean key norm {norms.mean():.3f})"),
         f"backbone      {backbone.get('name')}  ({backbone.get('kind')}, hidden size {backbone.get('hidden_size')})",
         f"fingerprint   {backbone.get('fingerprint')}",
         f"template      {meta.get('template')!r}",

@@ -9,7 +9,7 @@ import typer
 
 from ..config import OptimizerName, Precision, SchedulerName, TrainConfig
 from ..model import TaskType
-from ..prompt import PromptInit
+from ..prompt import PromptInit, PromptMethod
 from ..template import Placement
 from . import app
 
@@ -29,6 +29,8 @@ def train(
     labels: Annotated[Optional[str], typer.Option(help=H("labels") + " Comma-separated.")] = None,
     skip_bad_rows: Annotated[Optional[bool], typer.Option("--skip-bad-rows", help=H("skip_bad_rows"))] = None,
     output: Annotated[Optional[str], typer.Option(help=H("output") + "  [default: runs/prompt]")] = None,
+    method: Annotated[Optional[PromptMethod], typer.Option(help=H("method") + "  [default: prompt]")] = None,
+    deep_reparam: Annotated[Optional[int], typer.Option(help=H("deep_reparam"))] = None,
     num_virtual_tokens: Annotated[Optional[int], typer.Option(help=H("num_virtual_tokens"))] = None,
     placement: Annotated[Optional[Placement], typer.Option(help=H("placement"))] = None,
     template: Annotated[Optional[str], typer.Option(help=H("template"))] = None,

@@ -88,7 +88,7 @@ def fields_of(model: PromptedModel, inputs: Mapping[str, str] | str) -> Mapping[
 
 @dataclass
 class _Row:
-    """One backbone row: the part after the cached prefix, and that prefix's length (0 = none)."""
+    """One backbone row: the part after the cached prefix, and that prefix's columns in the cache (0 = none)."""
 
     model: PromptedModel
     rest: Encoded
@@ -107,9 +107,9 @@ class _Decoding:
 
 
 def _split_prefix(model: PromptedModel, encoded: Encoded) -> _Row:
-    prefix = model.prompt_prefix_length if model.use_prompt_cache else 0
-    if prefix and len(encoded.input_ids) > prefix:  # keep at least one column to read the next token from
-        return _Row(model, Encoded(encoded.input_ids[prefix:], encoded.soft_index[prefix:]), prefix)
+    skip, width = model.cache_plan()
+    if width and len(encoded.input_ids) > skip:  # keep at least one column to read the next token from
+        return _Row(model, Encoded(encoded.input_ids[skip:], encoded.soft_index[skip:]), width)
     return _Row(model, encoded, 0)
 
 
@@ -182,14 +182,14 @@ def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
     offsets: dict[int, int] = {}
     tables = []
     for row in rows:
-        if id(row.model) not in offsets and row.model.prompt.num_virtual_tokens:
+        if id(row.model) not in offsets and row.model.prompt.num_input_tokens:
             offsets[id(row.model)] = sum(t.shape[0] for t in tables)
             tables.append(row.model.prompt())
     rests = [Encoded(r.rest.input_ids, [s + offsets[id(r.model)] if s >= 0 else -1 for s in r.rest.soft_index])
              for r in rows]
     batch = {k: v.to(device) for k, v in left_pad(rests, backbone.tokenizer.pad_token_id, SHAPE_MULTIPLE).items()}
     prefix = torch.tensor([r.prefix for r in rows], device=device)
-    positions = batch["position_ids"] + prefix[:, None]
+    positions = batch["position_ids"] + prefix[:, None]                   # rows continue after their prefix
     mask = batch["attention_mask"]
     cache = None
     width = -(-int(prefix.max()) // SHAPE_MULTIPLE) * SHAPE_MULTIPLE

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..model import PromptedModel, backbone_autocast
+from ..model import PromptedModel
 from ..template import left_pad
 from .batch import Request, _advance, _Decoding, _pick, fields_of, run_batch
 
@@ -44,8 +44,7 @@ def _generate_without_cache(model: PromptedModel, req: Request) -> str:
     encoded = model.encoder.encode(fields_of(model, req.inputs))   # the context alone, for any task
     batch = {k: v.to(backbone.device) for k, v in left_pad([encoded], model.encoder.pad_id).items()}
     while state.finish is None and req.max_new_tokens > 0:
-        with backbone_autocast(backbone):
-            hidden, _ = backbone.hidden_states(model.embed(batch), batch["attention_mask"], batch["position_ids"])
+        hidden, _ = _full_pass(model, batch)
         logits = backbone.token_logits(hidden[:, -1]).float().cpu()[0]
         token = _pick(logits, req.temperature, req.top_p, state.generator)
         _advance(state, token, backbone.tokenizer, backbone.tokenizer.eos_token_id)
@@ -55,3 +54,12 @@ def _generate_without_cache(model: PromptedModel, req: Request) -> str:
                  "attention_mask": torch.cat([batch["attention_mask"], one], dim=1),
                  "position_ids": torch.cat([batch["position_ids"], batch["position_ids"][:, -1:] + 1], dim=1)}
     return state.text
+
+
+def _full_pass(model: PromptedModel, batch):
+    """The whole sequence, without the cached prompt prefix (a deep prompt's prefixes still apply)."""
+    prior, model.use_prompt_cache = model.use_prompt_cache, False
+    try:
+        return model.hidden(batch)
+    finally:
+        model.use_prompt_cache = prior

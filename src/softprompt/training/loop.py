@@ -25,8 +25,8 @@ from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
 from ..formats import atomic_write, save_prompt
 from ..model import PromptedModel, TaskType
-from ..prompt import SoftPrompt, initial_embeddings
-from ..template import Placement, TemplateEncoder, build_template
+from ..prompt import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings
+from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
 from .plot import plot_history
 
@@ -49,11 +49,17 @@ class TrainResult:
 def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData) -> PromptedModel:
     """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
     body = config.template or task.default_template
-    placement = resolved_placement(config, body)
-    count = config.num_virtual_tokens
-    if placement is not Placement.TEMPLATE and count is None:
-        count = DEFAULT_NUM_VIRTUAL_TOKENS
-    template = build_template(body, placement, count)
+    deep = config.method is PromptMethod.DEEP
+    if deep:  # the prompt lives in every layer's keys/values; the template holds text and fields only
+        template = Template.parse(body)
+        count = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
+    else:
+        placement = resolved_placement(config, body)
+        count = config.num_virtual_tokens
+        if placement is not Placement.TEMPLATE and count is None:
+            count = DEFAULT_NUM_VIRTUAL_TOKENS
+        template = build_template(body, placement, count)
+        count = template.num_virtual_tokens
     missing = [f for f in template.input_fields if f not in task.text_fields]
     if missing:
         raise ConfigError(f"--template uses field(s) {missing} but the data's text fields are "
@@ -64,11 +70,20 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     encoder = TemplateEncoder(template, backbone.tokenizer, config.max_length)
     word_ids = verbalizer.token_ids(encoder.answer_ids) if verbalizer else []
     generator = torch.Generator().manual_seed(config.seed)
-    vectors = initial_embeddings(config.init, template.num_virtual_tokens, backbone.input_embedding_matrix(),
+    vectors = initial_embeddings(config.init, count, backbone.input_embedding_matrix(),
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
-    prompt = SoftPrompt(vectors.to(backbone.device))
+    if deep:  # start from the keys/values the backbone computes for the same init tokens
+        keys, values = backbone.keys_values(vectors)
+        torch.manual_seed(config.seed)  # the reparameterisation MLP's init
+        prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep_reparam)
+    else:
+        prompt = SoftPrompt(vectors.to(backbone.device))
     return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
+
+
+def _snapshot(prompt: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in prompt.state_dict().items()}
 
 
 def resolved_placement(config: TrainConfig, body: str) -> Placement:
@@ -152,7 +167,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     scheduler = get_scheduler(config.scheduler.value, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    placement = resolved_placement(config, config.template or task.default_template).value
+    placement = ("none" if config.method is PromptMethod.DEEP
+                 else resolved_placement(config, config.template or task.default_template).value)
     resolved = {**config.to_dict(), "template": model.template.source, "placement": placement,
                 "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
                 "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
@@ -171,7 +187,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     # ---- loop ----------------------------------------------------------------------------------------------
     history: list[dict] = []
     best_score, best_step, best_result = -math.inf, 0, {}
-    best_prompt = model.prompt.embeddings.detach().clone()
+    best_prompt = _snapshot(model.prompt)
     evals_without_gain, train_seconds, seen = 0, 0.0, 0
     running_loss, running_acc, running_n, last_loss = 0.0, 0.0, 0, math.nan
     bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
@@ -188,7 +204,9 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             running_n += 1
             seen += len(rows)
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.prompt.parameters(), config.max_grad_norm)
-                     if config.max_grad_norm > 0 else model.prompt.embeddings.grad.norm())
+                     if config.max_grad_norm > 0 else
+                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.prompt.parameters()
+                                                           if p.grad is not None])))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -211,7 +229,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             result = validate(step)
             if primary_metric(result) > best_score:
                 best_score, best_step, best_result = primary_metric(result), step, result
-                best_prompt = model.prompt.embeddings.detach().clone()
+                best_prompt = _snapshot(model.prompt)
                 evals_without_gain = 0
                 save_prompt(prompt_path, model, init=config.init.value, placement=placement,
                             training={"best_step": step, "validation": result,
@@ -225,8 +243,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     bar.close()
 
     # ---- finish: the best prompt, its file, the picture ---------------------------------------------------
-    with torch.no_grad():
-        model.prompt.embeddings.copy_(best_prompt)
+    model.prompt.load_state_dict(best_prompt)
     training = {"best_step": best_step, "validation": best_result, "steps": step, "examples_seen": seen,
                 "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
                 "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
