@@ -122,3 +122,21 @@ def test_deep_and_input_prompts_mix_in_one_batch(tiny_any, tmp_path):
     path = save_prompt(tmp_path / "deep.safetensors", bank.get("deep"))
     bank.add("deep-file", path)
     assert bank.classify([("deep-file", "a great film")])[0].scores == pytest.approx(mixed[0].scores, abs=1e-5)
+
+
+def test_server_serves_a_deep_prompt(tiny_llama, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from softprompt.serve import ServeSettings, create_app
+
+    _, deep = _deep(tiny_llama, count=3)
+    model = PromptedModel(tiny_llama, deep, Template.parse(BODY), Verbalizer.from_spec(["negative", "positive"]))
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    save_prompt(folder / "deep.safetensors", model)
+    with TestClient(create_app(PromptBank(tiny_llama), folder, ServeSettings(reload_interval=0))) as client:
+        prompts = client.get("/v1/prompts").json()["data"]
+        assert prompts[0]["name"] == "deep" and prompts[0]["num_virtual_tokens"] == 3
+        result = client.post("/v1/classify", json={"prompt": "deep", "inputs": ["a great film"]}).json()["results"][0]
+        expected = model.class_scores(model.make_batch([{"text": "a great film"}], label_field=None))[0]
+        assert list(result["scores"].values()) == pytest.approx(expected.tolist(), abs=1e-4)

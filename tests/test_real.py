@@ -101,3 +101,21 @@ def test_mixed_prompt_batch_equals_each_prompt_alone():
         else:
             assert result.text == sp.generate(req.model, [row], max_new_tokens=req.max_new_tokens, use_cache=False)[0]
     assert [mixed[0].label, mixed[3].label] == ["positive", "negative"]
+
+
+def test_deep_prompt_equals_its_tokens_as_input():
+    backbone = sp.load_backbone("smollm2-135m", dtype=torch.float32)
+    vectors = sp.initial_embeddings("text", 6, backbone.input_embedding_matrix(), backbone.tokenizer,
+                                    text="Classify the review.")
+    keys, values = backbone.keys_values(vectors)
+    assert keys.shape == (30, 6, 3, 64)
+    model = sp.PromptedModel(backbone, sp.DeepPrompt(keys, values, backbone.hidden_size),
+                             sp.Template.parse("Review: {text}\nSentiment: {label}"),
+                             sp.Verbalizer.from_spec(["negative", "positive"]))
+    ids = torch.tensor(model.encoder.encode({"text": "A tedious, joyless slog."}).input_ids)
+    embeds = torch.cat([vectors, backbone.embed(ids)])[None]
+    positions = torch.arange(embeds.shape[1])[None]
+    with torch.no_grad():
+        reference, _ = backbone.hidden_states(embeds, torch.ones_like(positions), positions)
+        hidden, _ = model.hidden(model.make_batch([{"text": "A tedious, joyless slog."}], label_field=None))
+    torch.testing.assert_close(hidden[0, -1], reference[0, -1], atol=1e-3, rtol=1e-3)
