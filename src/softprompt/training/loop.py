@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import yaml
@@ -82,8 +82,16 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
 
 
-def _snapshot(prompt: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: value.detach().clone() for name, value in prompt.state_dict().items()}
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters (the best state so far)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in state.items():
+        params[name].copy_(value)
 
 
 def resolved_placement(config: TrainConfig, body: str) -> Placement:
@@ -126,8 +134,13 @@ def _log(path: Path, record: dict) -> None:
 
 
 def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, model: PromptedModel | None = None,
+          save: Callable[[Path, PromptedModel, dict], Path] | None = None) -> TrainResult:
     """Train a soft prompt as `config` says; writes the run directory and returns the best model.
+
+    The loop trains whatever parameters of `model` require gradients: by default the prompt of the model
+    `config` describes; a baseline (LoRA, full fine-tuning, a linear probe: `training.methods`) passes its own
+    model and a `save(out_dir, model, metadata) -> path` that writes its artefact.
 
     >>> result = train(TrainConfig(data="rotten_tomatoes", output="runs/rt", max_steps=200))   # doctest: +SKIP
     >>> result.best_validation["accuracy"]                                                      # doctest: +SKIP
@@ -154,16 +167,20 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     train_rows = task.split("train")
     if config.compile:
         backbone.compile_for_training()
-    model = build_prompted_model(config, backbone, task)
+    model = model if model is not None else build_prompted_model(config, backbone, task)
     model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("the model has no trainable parameters (a zero-shot template trains nothing)")
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    metrics_path, prompt_path = out / "metrics.jsonl", out / "prompt.safetensors"
+    metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
+    write = save or (lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
 
     steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    optimizer = _optimizer(config, model.prompt.parameters())
+    optimizer = _optimizer(config, trainable)
     scheduler = get_scheduler(config.scheduler.value, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -187,7 +204,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     # ---- loop ----------------------------------------------------------------------------------------------
     history: list[dict] = []
     best_score, best_step, best_result = -math.inf, 0, {}
-    best_prompt = _snapshot(model.prompt)
+    best_state = _snapshot(model)
     evals_without_gain, train_seconds, seen = 0, 0.0, 0
     running_loss, running_acc, running_n, last_loss = 0.0, 0.0, 0, math.nan
     bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
@@ -203,10 +220,9 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             running_acc += figures.get("accuracy", 0.0)
             running_n += 1
             seen += len(rows)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.prompt.parameters(), config.max_grad_norm)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                      if config.max_grad_norm > 0 else
-                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.prompt.parameters()
-                                                           if p.grad is not None])))
+                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -229,11 +245,11 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             result = validate(step)
             if primary_metric(result) > best_score:
                 best_score, best_step, best_result = primary_metric(result), step, result
-                best_prompt = _snapshot(model.prompt)
+                best_state = _snapshot(model)
                 evals_without_gain = 0
-                save_prompt(prompt_path, model, init=config.init.value, placement=placement,
-                            training={"best_step": step, "validation": result,
-                                      "train_seconds": round(train_seconds, 3), "in_progress": True})
+                write(out, model, {"init": config.init.value, "placement": placement,
+                                   "training": {"best_step": step, "validation": result,
+                                                "train_seconds": round(train_seconds, 3), "in_progress": True}})
             else:
                 evals_without_gain += 1
             bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{primary_metric(result):.4f}", best=f"{best_score:.4f}")
@@ -243,11 +259,11 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     bar.close()
 
     # ---- finish: the best prompt, its file, the picture ---------------------------------------------------
-    model.prompt.load_state_dict(best_prompt)
+    _restore(model, best_state)
     training = {"best_step": best_step, "validation": best_result, "steps": step, "examples_seen": seen,
                 "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
                 "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
-    save_prompt(prompt_path, model, init=config.init.value, placement=placement, training=training)
+    prompt_path = write(out, model, {"init": config.init.value, "placement": placement, "training": training})
     plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
                  f"{model.prompt.num_virtual_tokens} virtual tokens")
     return TrainResult(model, out, prompt_path, best_step, best_result, step, train_seconds, history)
