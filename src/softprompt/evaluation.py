@@ -24,7 +24,7 @@ def _batches(rows: Sequence[Mapping], batch_size: int, fields: Sequence[str]):
 def predict_scores(model: PromptedModel, rows: Sequence[Mapping], *, batch_size: int = 32,
                    progress: bool = False) -> torch.Tensor:
     """Class scores (N, C) for rows, in input order."""
-    scores = torch.empty(len(rows), len(model.verbalizer.labels))
+    scores = torch.empty(len(rows), len(model.labels))
     bar = tqdm(total=len(rows), desc="scoring", disable=not progress, leave=False)
     for index, chunk in _batches(rows, batch_size, model.template.input_fields):
         batch = {k: v.to(model.backbone.device) for k, v in model.make_batch(chunk, label_field=None).items()}
@@ -60,8 +60,8 @@ def evaluate(model: PromptedModel, rows: Sequence[Mapping], *, label_field: str 
     try:
         if model.task is TaskType.CLASSIFICATION:
             scores = predict_scores(model, rows, batch_size=batch_size, progress=progress)
-            gold = torch.tensor([model.verbalizer.labels.index(str(r[label_field])) for r in rows])
-            result = classification_metrics(scores.argmax(-1), gold, model.verbalizer.labels)
+            gold = torch.tensor([model.labels.index(str(r[label_field])) for r in rows])
+            result = classification_metrics(scores.argmax(-1), gold, model.labels)
         else:
             total, count = 0.0, 0
             for _, chunk in _batches(rows, batch_size, model.template.input_fields):

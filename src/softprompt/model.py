@@ -95,6 +95,13 @@ class PromptedModel(nn.Module):
     def max_length(self) -> int:
         return self.encoder.max_length
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class labels, in score order (classification)."""
+        if self.verbalizer is None:
+            raise ConfigError("a generation prompt has no labels")
+        return tuple(self.verbalizer.labels)
+
     def widen_context(self, max_length: int) -> "PromptedModel":
         """Let contexts grow to `max_length` tokens before inputs are cut (never narrows). A server widens
         its prompts so that no input it accepts is truncated; returns self."""

@@ -169,7 +169,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         backbone.compile_for_training()
     model = model if model is not None else build_prompted_model(config, backbone, task)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad and p.numel()]
     if not trainable:
         raise ConfigError("the model has no trainable parameters (a zero-shot template trains nothing)")
     out = Path(config.output)

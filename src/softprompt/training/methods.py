@@ -1,0 +1,200 @@
+"""Adaptation methods beside prompt tuning, trained by the same loop on the same verbaliser loss.
+
+Each builder takes a freshly loaded backbone (some change it in place) and returns a `Method`: the model to
+train -- a `PromptedModel` whose trainable parameters are the method's -- and how to write its task-specific
+artefact. The template and verbaliser are the task's (zero soft tokens unless the method is a prompt), so the
+methods differ only in what they train.
+
+- `prompt`, `deep`: a soft prompt / per-layer key/value prefixes (`build_prompted_model`).
+- `lora`: low-rank updates of the attention query/value projections through PEFT (`inject_adapter_in_model`).
+- `adapter`: bottleneck adapters (Houlsby et al. 2019: after the attention output projection and after the
+  feed-forward block, inside the residual branch; `pfeiffer`: after the feed-forward block only).
+- `full`: every backbone weight.
+- `probe`: a linear classifier on the frozen last hidden state at the answer position.
+- `zeroshot`: the hand-written template, nothing trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..config import TrainConfig
+from ..data import TaskData
+from ..errors import ConfigError
+from ..formats import atomic_write, save_prompt
+from ..model import PromptedModel, TaskType
+from ..prompt import PromptMethod
+from ..template import Template, left_pad
+from ..verbalizer import Verbalizer
+
+
+class MethodName(str, Enum):
+    PROMPT = "prompt"
+    DEEP = "deep"
+    LORA = "lora"
+    ADAPTER = "adapter"
+    FULL = "full"
+    PROBE = "probe"
+    ZEROSHOT = "zeroshot"
+
+
+# Learning rates that suit each method at this scale (a method's own literature; --lr overrides for all).
+DEFAULT_LR = {MethodName.PROMPT: 3e-2, MethodName.DEEP: 1e-2, MethodName.LORA: 1e-3, MethodName.ADAPTER: 1e-3,
+              MethodName.FULL: 2e-5, MethodName.PROBE: 1e-2, MethodName.ZEROSHOT: 0.0}
+
+
+@dataclass
+class Method:
+    name: MethodName
+    model: PromptedModel
+    save: Callable[[Path, PromptedModel, dict], Path] | None   # None: nothing to write (zero-shot)
+    trains: bool = True
+
+
+def trainable_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _save_trainable(name: str) -> Callable[[Path, PromptedModel, dict], Path]:
+    """Write the method's trainable tensors (its whole task-specific artefact) as safetensors."""
+    def write(folder: Path, model: PromptedModel, extra: dict) -> Path:
+        tensors = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        path = folder / f"{name}.safetensors"
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"method": name}))
+    return write
+
+
+def _plain_model(backbone: Backbone, task: TaskData, config: TrainConfig) -> PromptedModel:
+    body = config.template or task.default_template
+    if "[soft:" in body:
+        raise ConfigError("baselines use the task's template without [soft:N] markers")
+    verbalizer = Verbalizer.from_spec(task.labels, config.label_words) if task.labels else None
+    return PromptedModel.zero_shot(backbone, body, verbalizer, max_length=config.max_length)
+
+
+def _decoder_layers(backbone: Backbone) -> list[nn.Module]:
+    body = backbone.model.base_model
+    for name in ("layers", "h"):  # Llama / Gemma / Mistral families, GPT-2 family
+        if hasattr(body, name):
+            return list(getattr(body, name))
+    raise ConfigError(f"backbone '{backbone.name}': no decoder layer list ('layers' or 'h') to attach adapters to")
+
+
+def _attention_output(layer: nn.Module) -> nn.Module:
+    for path in ("self_attn.o_proj", "attn.c_proj"):
+        module = layer
+        try:
+            for part in path.split("."):
+                module = getattr(module, part)
+            return module
+        except AttributeError:
+            continue
+    raise ConfigError("no attention output projection (self_attn.o_proj or attn.c_proj) in a decoder layer")
+
+
+class Bottleneck(nn.Module):
+    """x -> x + W_up(act(W_down(x))), with W_up starting at zero (the adapter starts as the identity)."""
+
+    def __init__(self, hidden_size: int, bottleneck: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(hidden_size, bottleneck)
+        self.up = nn.Linear(bottleneck, hidden_size)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(torch.nn.functional.gelu(self.down(x.to(self.down.weight.dtype)))).to(x.dtype)
+
+
+class BottleneckAdapters(nn.Module):
+    """Adapters hooked onto sublayer outputs of a frozen decoder (their parameters live here, not in it)."""
+
+    def __init__(self, backbone: Backbone, bottleneck: int = 64, placement: str = "houlsby") -> None:
+        super().__init__()
+        if placement not in ("houlsby", "pfeiffer"):
+            raise ConfigError(f"adapter placement {placement!r}: use houlsby or pfeiffer")
+        self.adapters = nn.ModuleList()
+        self._handles = []
+        for layer in _decoder_layers(backbone):
+            targets = [layer.mlp] if placement == "pfeiffer" else [_attention_output(layer), layer.mlp]
+            for target in targets:
+                adapter = Bottleneck(backbone.hidden_size, bottleneck).to(backbone.device)
+                self.adapters.append(adapter)
+                self._handles.append(target.register_forward_hook(lambda _m, _i, out, a=adapter: a(out)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class LinearProbe(PromptedModel):
+    """Class scores from a linear layer on the frozen last hidden state at the answer position."""
+
+    def __init__(self, backbone: Backbone, template: Template, labels: tuple[str, ...], *, max_length: int) -> None:
+        empty = PromptedModel.zero_shot(backbone, template.source, None, max_length=max_length)
+        super().__init__(backbone, empty.prompt, template, None, max_length=max_length)
+        self._labels = tuple(labels)
+        self.head = nn.Linear(backbone.hidden_size, len(labels)).to(backbone.device)
+        self.task = TaskType.CLASSIFICATION
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._labels
+
+    def class_scores(self, batch) -> torch.Tensor:
+        hidden, _ = self.hidden(batch)
+        return self.head(hidden[:, -1].float())
+
+    def _classification_batch(self, examples, label_field):
+        batch = left_pad([self.encoder.encode(ex) for ex in examples], self.encoder.pad_id)
+        if examples and label_field is not None and label_field in examples[0]:
+            batch["targets"] = torch.tensor([self.labels.index(str(ex[label_field])) for ex in examples])
+        return batch
+
+
+def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone, task: TaskData, *,
+                 lora_rank: int = 8, adapter_size: int = 64, adapter_placement: str = "houlsby") -> Method:
+    """The model `name` trains on `backbone` (changed in place for lora/adapter/full: load a fresh one per method)."""
+    from .loop import build_prompted_model
+
+    try:
+        name = MethodName(name)
+    except ValueError:
+        raise ConfigError(f"method {name!r}: choose from {', '.join(m.value for m in MethodName)}") from None
+    if task.labels is None:
+        raise ConfigError("method comparisons are for classification tasks (a label set and a verbaliser)")
+    if name in (MethodName.PROMPT, MethodName.DEEP):
+        method = PromptMethod.DEEP if name is MethodName.DEEP else PromptMethod.PROMPT
+        model = build_prompted_model(config.replace(method=method), backbone, task)
+        return Method(name, model, lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
+    if name is MethodName.ZEROSHOT:
+        return Method(name, _plain_model(backbone, task, config), None, trains=False)
+    if name is MethodName.PROBE:
+        template = _plain_model(backbone, task, config).template
+        return Method(name, LinearProbe(backbone, template, task.labels, max_length=config.max_length),
+                      _save_trainable("probe"))
+    model = _plain_model(backbone, task, config)
+    if name is MethodName.LORA:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        layer = _decoder_layers(backbone)[0]
+        targets = ["q_proj", "v_proj"] if hasattr(layer, "self_attn") else ["c_attn"]
+        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets)
+        inject_adapter_in_model(lora, backbone.model)
+        for param_name, param in backbone.model.named_parameters():
+            param.requires_grad_("lora_" in param_name)
+        return Method(name, model, _save_trainable("lora"))
+    if name is MethodName.ADAPTER:
+        model.add_module("adapters", BottleneckAdapters(backbone, adapter_size, adapter_placement))
+        return Method(name, model, _save_trainable("adapter"))
+    for param in backbone.model.parameters():  # FULL
+        param.requires_grad_(True)
+    return Method(name, model, _save_trainable("full"))
