@@ -75,3 +75,43 @@ def test_zeroshot_trains_nothing_and_bad_names_are_refused(tmp_path, sentiment_d
         train(config, backbone=tiny_llama, task=task, model=method.model, progress=False)
     with pytest.raises(ConfigError, match="choose from"):
         build_method("prefix-lm", config, tiny_llama, task)
+
+
+def test_compare_cli_runs_methods_in_their_own_processes(tmp_path, tiny_model_dir, sentiment_dir, capsys):
+    import json
+
+    from softprompt.cli import main
+
+    out = tmp_path / "cmp"
+    code = main(["compare", "--model", tiny_model_dir, "--data", str(sentiment_dir), "--methods",
+                 "zeroshot,prompt,lora,probe", "--seeds", "2", "--max-steps", "4", "--batch-size", "8",
+                 "--precision", "fp32", "--output", str(out)])
+    assert code == 0
+    table = json.loads((out / "compare.json").read_text())
+    assert [r["method"] for r in table] == ["zeroshot", "prompt", "lora", "probe"]
+    for row in table:
+        assert {"trainable_params", "artifact_bytes", "accuracy", "accuracy_std", "train_seconds", "peak_rss_mb",
+                "latency_ms"} <= set(row), row
+    byname = {r["method"]: r for r in table}
+    assert byname["zeroshot"]["trainable_params"] == 0 and byname["zeroshot"]["seeds"] == 1
+    assert byname["prompt"]["seeds"] == 2 and byname["prompt"]["artifact_bytes"] > 0
+    assert byname["lora"]["trainable_params"] > byname["prompt"]["trainable_params"]
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| lora |" in capsys.readouterr().out
+    assert main(["compare", "--data", str(sentiment_dir), "--methods", "prompt,bitfit"]) == 2
+    assert "unknown method 'bitfit'" in capsys.readouterr().err
+    assert main(["compare", "--data", str(sentiment_dir), "--methods", "prompt", "--seeds", "0"]) == 2
+
+
+def test_a_failed_method_keeps_the_others():
+    from softprompt.compare import aggregate
+    from softprompt.training.methods import MethodName
+
+    ok = {"method": "prompt", "seed": 0, "trainable_params": 10, "backbone_params": 1000, "artifact_bytes": 99,
+          "accuracy": 0.8, "macro_f1": 0.8, "train_seconds": 1.0, "peak_rss_mb": 10.0, "latency_ms": 2.0,
+          "bare_latency_ms": 1.0, "test_n": 8, "steps": 4, "lr": 0.03}
+    table = aggregate([ok, {**ok, "seed": 1, "accuracy": 0.6}, {"method": "full", "seed": 0, "error": "MemoryError"}],
+                      [MethodName.PROMPT, MethodName.FULL])
+    assert table[0]["accuracy"] == pytest.approx(0.7) and table[0]["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert table[0]["trainable_percent"] == pytest.approx(1.0) and table[0]["latency_overhead"] == pytest.approx(2.0)
+    assert table[1] == {"method": "full", "error": "MemoryError"}

@@ -27,10 +27,12 @@ class TaskType(str, Enum):
 
 
 def backbone_autocast(backbone: Backbone):
-    """Autocast to the backbone's dtype when it is not fp32 (fp32 master prompts meet bf16 weights there)."""
-    if backbone.dtype == torch.float32:
+    """Autocast to the backbone's compute dtype: its weights' dtype when not fp32 (fp32 master prompts meet bf16
+    weights there), or `backbone.autocast_dtype` when set (fp32 master weights trained in mixed precision)."""
+    dtype = getattr(backbone, "autocast_dtype", None) or backbone.dtype
+    if dtype == torch.float32:
         return nullcontext()
-    return torch.autocast(backbone.device.type, dtype=backbone.dtype)
+    return torch.autocast(backbone.device.type, dtype=dtype)
 
 
 def place_soft_tokens(tokens: torch.Tensor, soft_index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ class CausalLMBackbone(nn.Module):
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._fingerprint: str | None = None
         self._compiled_body: Any = None
+        self.autocast_dtype: torch.dtype | None = None  # mixed precision over fp32 weights (weight-training baselines)
 
     def train(self, mode: bool = True) -> "CausalLMBackbone":
         # The backbone is frozen: keep it in eval mode whatever the parent asks.

@@ -1,0 +1,263 @@
+"""`softprompt compare`: adaptation methods side by side on one task, at one budget, measured.
+
+Every (method, seed) runs in its own process -- a fresh backbone (LoRA, adapters and full fine-tuning change it
+in place), its own peak memory, and a failure that costs only that row. Each run trains with the same data,
+loop, loss, steps and batch size (`training.methods`), evaluates on the test split and times single-input
+classification against the bare backbone in the same process. The parent aggregates seeds and writes
+`compare.json`, `compare.md` and `compare.png` into the output folder.
+
+    python -m softprompt compare --model smollm2-135m --data rotten_tomatoes --methods prompt,lora,zeroshot
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .errors import ConfigError
+from .training.methods import DEFAULT_LR, MethodName
+
+WEIGHT_METHODS = (MethodName.LORA, MethodName.ADAPTER, MethodName.FULL)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (method, seed) run; the worker process gets it as JSON."""
+
+    method: str
+    seed: int
+    model: str
+    data: str
+    output: str
+    max_steps: int
+    batch_size: int = 16
+    lr: float | None = None          # None: the method's default (DEFAULT_LR)
+    eval_every: int = 0
+    eval_limit: int = 300
+    test_limit: int = 0
+    latency_rows: int = 20
+    precision: str = "auto"
+
+
+def parse_methods(text: str) -> list[MethodName]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--methods is empty: give a comma-separated list, e.g. prompt,lora,zeroshot")
+    methods = []
+    for name in names:
+        try:
+            methods.append(MethodName(name))
+        except ValueError:
+            raise ConfigError(f"--methods: unknown method {name!r}; choose from "
+                              f"{', '.join(m.value for m in MethodName)}") from None
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods lists a method twice: {text}")
+    return methods
+
+
+def _latency_ms(model, rows: Sequence[dict], fields: Sequence[str]) -> float:
+    """Median milliseconds to classify one input (batch of 1), after one warm-up call."""
+    times = []
+    with torch.no_grad():
+        for index, row in enumerate(rows):
+            batch = {k: v.to(model.backbone.device)
+                     for k, v in model.make_batch([{f: row[f] for f in fields}], label_field=None).items()}
+            started = time.perf_counter()
+            model.class_scores(batch)
+            if index:
+                times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Train (unless zero-shot), evaluate and time one method; runs in the worker process."""
+    from .backbones import load_backbone, resolve_precision
+    from .config import TrainConfig
+    from .data import load_task
+    from .evaluation import evaluate
+    from .training import train
+    from .training.methods import build_method, trainable_count
+
+    method = MethodName(spec.method)
+    task = load_task(spec.data)
+    compute = resolve_precision(spec.precision, "cpu" if not torch.cuda.is_available() else "cuda")
+    # Weight-training methods keep fp32 master weights and compute in the same precision as the others.
+    backbone = load_backbone(spec.model, dtype=torch.float32 if method in WEIGHT_METHODS else compute)
+    if method in WEIGHT_METHODS and compute != torch.float32:
+        backbone.autocast_dtype = compute
+    backbone_params = sum(p.numel() for p in backbone.model.parameters())
+    config = TrainConfig(model=spec.model, data=spec.data, output=spec.output, seed=spec.seed,
+                         max_steps=spec.max_steps, batch_size=spec.batch_size, eval_every=spec.eval_every,
+                         eval_limit=spec.eval_limit, lr=spec.lr or DEFAULT_LR[method] or 1e-3,
+                         precision=spec.precision)
+    torch.manual_seed(spec.seed)
+    rows = task.test[: spec.latency_rows + 1]
+    fields = task.text_fields
+    bare = build_method(MethodName.ZEROSHOT, config, backbone, task).model
+    bare_ms = _latency_ms(bare, rows, fields)
+    built = build_method(method, config, backbone, task)
+    row: dict[str, Any] = {"method": method.value, "seed": spec.seed,
+                           "trainable_params": trainable_count(built.model),
+                           "backbone_params": backbone_params}
+    artifact = None
+    train_seconds = 0.0
+    if built.trains:
+        result = train(config, backbone=backbone, task=task, model=built.model, save=built.save, progress=False)
+        built_model, artifact, train_seconds = result.model, result.prompt_path, result.train_seconds
+    else:
+        built_model = built.model
+    test = evaluate(built_model, task.test, label_field=task.label_field, limit=spec.test_limit)
+    latency = _latency_ms(built_model, rows, fields)
+    row.update({"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "test_n": test["n"],
+                "train_seconds": train_seconds, "artifact_bytes": artifact.stat().st_size if artifact else 0,
+                "artifact": str(artifact) if artifact else None,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "latency_ms": latency, "bare_latency_ms": bare_ms, "steps": spec.max_steps if built.trains else 0,
+                "lr": config.lr if built.trains else None})
+    return row
+
+
+def aggregate(rows: list[dict[str, Any]], methods: Sequence[MethodName]) -> list[dict[str, Any]]:
+    """One row per method: means over seeds (accuracy also its standard deviation)."""
+    table = []
+    for method in methods:
+        done = [r for r in rows if r["method"] == method.value and "error" not in r]
+        failed = [r for r in rows if r["method"] == method.value and "error" in r]
+        if not done:
+            table.append({"method": method.value, "error": failed[0]["error"] if failed else "no run"})
+            continue
+        accuracies = [r["accuracy"] for r in done]
+        first = done[0]
+        table.append({
+            "method": method.value, "seeds": len(done), "failed_seeds": len(failed),
+            "trainable_params": first["trainable_params"],
+            "trainable_percent": 100 * first["trainable_params"] / first["backbone_params"],
+            "artifact_bytes": first["artifact_bytes"],
+            "accuracy": statistics.mean(accuracies),
+            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "macro_f1": statistics.mean(r["macro_f1"] for r in done),
+            "train_seconds": statistics.mean(r["train_seconds"] for r in done),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
+            "latency_ms": statistics.median(r["latency_ms"] for r in done),
+            "latency_overhead": statistics.median(r["latency_ms"] / r["bare_latency_ms"] for r in done),
+            "test_n": first["test_n"], "steps": first["steps"], "lr": first["lr"]})
+    return table
+
+
+def _human_bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+def markdown(table: list[dict[str, Any]], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| method | trainable params | % of backbone | artefact | accuracy (mean ± std) | train s | "
+             "peak RSS MB | latency ms (× bare) |", "|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'][:80]} | | | | | | |")
+            continue
+        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_percent']:.3g}% | "
+                     f"{_human_bytes(r['artifact_bytes'])} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
+                     f"(n={r['seeds']}) | {r['train_seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['latency_ms']:.1f} ({r['latency_overhead']:.2f}×) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .formats import atomic_write
+
+    done = [r for r in table if "error" not in r]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    for r in done:
+        x = max(r["trainable_params"], 1)
+        ax.errorbar(x, 100 * r["accuracy"], yerr=100 * r["accuracy_std"], fmt="o", capsize=3)
+        ax.annotate(r["method"], (x, 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log; zero-shot drawn at 1)")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("accuracy vs trainable parameters")
+    names = [r["method"] for r in done]
+    axes[1].bar(names, [r["train_seconds"] for r in done], color="tab:orange")
+    axes[1].set_ylabel("training seconds")
+    axes[1].set_title("training time (same steps)")
+    axes[2].bar(names, [r["latency_ms"] for r in done], color="tab:green")
+    axes[2].axhline(statistics.median(r["latency_ms"] / r["latency_overhead"] for r in done), color="grey",
+                    linestyle="--", label="bare backbone")
+    axes[2].set_ylabel("ms per input (batch 1)")
+    axes[2].set_title("inference latency")
+    axes[2].legend()
+    for axis in axes[1:]:
+        axis.tick_params(axis="x", rotation=30)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int, max_steps: int, output: Path,
+            batch_size: int = 16, eval_limit: int = 300, test_limit: int = 0, precision: str = "auto",
+            lr: float | None = None, log=print) -> list[dict[str, Any]]:
+    """Run every (method, seed) in its own process; write compare.json/.md/.png; returns the aggregated table."""
+    from .formats import atomic_write
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if max_steps < 1:
+        raise ConfigError(f"--max-steps must be >= 1, got {max_steps}")
+    output.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        for seed in range(seeds if method is not MethodName.ZEROSHOT else 1):  # zero-shot has no randomness
+            spec = RunSpec(method.value, seed, model, data, str(output / "runs" / f"{method.value}-seed{seed}"),
+                           max_steps, batch_size=batch_size, lr=lr, eval_limit=eval_limit, test_limit=test_limit,
+                           precision=precision)
+            started = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "softprompt.compare", json.dumps(asdict(spec))],
+                                  capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if proc.returncode == 0 and lines:
+                row = json.loads(lines[-1])
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                row = {"method": method.value, "seed": seed, "error": tail}
+            rows.append(row)
+            status = row.get("error") or f"accuracy {100 * row['accuracy']:.1f}%"
+            log(f"compare: {method.value} seed {seed}: {status} ({time.perf_counter() - started:.0f} s)")
+            atomic_write(output / "runs.jsonl", lambda tmp: Path(tmp).write_text(
+                "".join(json.dumps(r) + "\n" for r in rows)))
+    table = aggregate(rows, methods)
+    title = f"{model} on {data}, {max_steps} steps x batch {batch_size}, {seeds} seed(s)"
+    atomic_write(output / "compare.json", lambda tmp: Path(tmp).write_text(json.dumps(table, indent=1)))
+    atomic_write(output / "compare.md", lambda tmp: Path(tmp).write_text(markdown(table, title)))
+    if any("error" not in r for r in table):
+        plot(table, output / "compare.png", title)
+    return table
+
+
+if __name__ == "__main__":  # the worker: one RunSpec as JSON -> one result row as JSON on the last line
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = run_one(RunSpec(**json.loads(sys.argv[1])))
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}))
