@@ -45,7 +45,7 @@ class RunSpec:
     eval_every: int = 0
     eval_limit: int = 300
     test_limit: int = 0
-    latency_rows: int = 20
+    latency_rows: int = 50
     precision: str = "auto"
 
 
