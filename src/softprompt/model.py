@@ -65,12 +65,12 @@ class PromptedModel(nn.Module):
             raise ConfigError(f"the prompt has {prompt.num_virtual_tokens} virtual tokens but the template places "
                               f"{template.num_virtual_tokens}")
         if self.deep:
-            layers, kv_heads, head_dim = backbone.kv_layout()
-            shape = tuple(prompt.layer_prefix()[0][0].shape)
-            if len(prompt.layer_prefix()) != layers or shape[1] != kv_heads or shape[3] != head_dim:
-                raise IncompatiblePromptError(
-                    f"deep prompt for {len(prompt.layer_prefix())} layers x {shape[1]} kv heads x {shape[3]}, but "
-                    f"backbone '{backbone.name}' has {layers} x {kv_heads} x {head_dim}")
+            expected = backbone.kv_layout()                               # (layers, kv heads, head dim)
+            prefix = prompt.layer_prefix()
+            found = (len(prefix), prefix[0][0].shape[1], prefix[0][0].shape[3])
+            if found != expected:
+                raise IncompatiblePromptError(f"deep prompt for {found[0]} layers x {found[1]} kv heads x {found[2]}, "
+                                              f"but backbone '{backbone.name}' has {' x '.join(map(str, expected))}")
         self.backbone = backbone
         self.prompt = prompt
         self.template = template

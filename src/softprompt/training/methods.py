@@ -31,7 +31,7 @@ from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import atomic_write, save_prompt
 from ..model import PromptedModel, TaskType
-from ..prompt import PromptMethod
+from ..prompt import PromptMethod, SoftPrompt
 from ..template import Template, left_pad
 from ..verbalizer import Verbalizer
 
@@ -139,8 +139,8 @@ class LinearProbe(PromptedModel):
     """Class scores from a linear layer on the frozen last hidden state at the answer position."""
 
     def __init__(self, backbone: Backbone, template: Template, labels: tuple[str, ...], *, max_length: int) -> None:
-        empty = PromptedModel.zero_shot(backbone, template.source, None, max_length=max_length)
-        super().__init__(backbone, empty.prompt, template, None, max_length=max_length)
+        empty = SoftPrompt(torch.zeros(0, backbone.hidden_size, device=backbone.device))
+        super().__init__(backbone, empty, template, None, max_length=max_length)
         self._labels = tuple(labels)
         self.head = nn.Linear(backbone.hidden_size, len(labels)).to(backbone.device)
         self.task = TaskType.CLASSIFICATION
