@@ -103,8 +103,10 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     torch.manual_seed(spec.seed)
     rows = task.test[: spec.latency_rows + 1]
     fields = task.text_fields
-    bare = build_method(MethodName.ZEROSHOT, config, backbone, task).model
-    bare_ms = _latency_ms(bare, rows, fields)
+    # The bare backbone's latency in the serving dtype (a separate load for methods that train fp32 weights).
+    serving = backbone if method not in WEIGHT_METHODS else load_backbone(spec.model, dtype=compute)
+    bare_ms = _latency_ms(build_method(MethodName.ZEROSHOT, config, serving, task).model, rows, fields)
+    del serving
     built = build_method(method, config, backbone, task)
     row: dict[str, Any] = {"method": method.value, "seed": spec.seed,
                            "trainable_params": trainable_count(built.model),
@@ -116,6 +118,10 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         built_model, artifact, train_seconds = result.model, result.prompt_path, result.train_seconds
     else:
         built_model = built.model
+    if method in WEIGHT_METHODS and compute != torch.float32:  # evaluate and time as served: in `compute`
+        built_model.to(compute)
+        built_model.prompt.to(torch.float32)
+        backbone.autocast_dtype = None
     test = evaluate(built_model, task.test, label_field=task.label_field, limit=spec.test_limit)
     latency = _latency_ms(built_model, rows, fields)
     row.update({"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "test_n": test["n"],
