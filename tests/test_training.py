@@ -134,3 +134,57 @@ def test_length_bucketing_covers_every_row_once_per_epoch():
     assert spread < plain_spread / 4
     again = _batches(lengths, 16, seed=3, bucket=True)
     assert [next(again) for _ in range(63)] == epoch  # seeded
+
+
+def _poisoned(model, bad_steps):
+    """Make model.loss return NaN on the given (1-based) calls."""
+    calls = {"n": 0}
+    original = model.loss
+
+    def loss(batch):
+        calls["n"] += 1
+        value, figures = original(batch)
+        return (value * float("nan") if calls["n"] in bad_steps else value), figures
+    model.loss = loss
+    return model
+
+
+def test_non_finite_loss_rolls_back_and_lowers_the_learning_rate(tmp_path, sentiment_dir):
+    backbone = tiny.tiny_backbone("llama")
+    config = _config(tmp_path, sentiment_dir, "unused", max_steps=16, eval_every=0, lr=0.05)
+    task = load_task(str(sentiment_dir))
+    model = _poisoned(build_prompted_model(config, backbone, task), {5, 12})
+    result = train(config, backbone=backbone, task=task, model=model, progress=False)
+    events = [r for r in result.history if r.get("event") == "rollback"]
+    assert [e["step"] for e in events] == [5, 12] and events[1]["lr"] < events[0]["lr"]
+    assert torch.isfinite(result.model.prompt.embeddings).all()
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("event") == "rollback" for r in logged) == 2
+    assert (tmp_path / "run" / "training.png").exists()
+
+
+def test_persistent_divergence_stops_with_a_clear_error(tmp_path, sentiment_dir):
+    from softprompt.training.guard import TrainingDivergedError
+
+    backbone = tiny.tiny_backbone("llama")
+    config = _config(tmp_path, sentiment_dir, "unused", max_steps=16, eval_every=0, max_rollbacks=2)
+    task = load_task(str(sentiment_dir))
+    model = _poisoned(build_prompted_model(config, backbone, task), set(range(3, 100)))
+    with pytest.raises(TrainingDivergedError, match="after 2 rollbacks.*lower --lr"):
+        train(config, backbone=backbone, task=task, model=model, progress=False)
+
+
+def test_exploding_gradient_is_caught(tmp_path, sentiment_dir):
+    from softprompt.training.guard import DivergenceGuard
+
+    prompt = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(prompt.parameters(), lr=1.0)
+    guard = DivergenceGuard(prompt, optimizer, None)
+    for norm in (1.0, 1.2, 0.9, 1.1, 1.0):
+        assert guard.problem([0.5], norm) is None
+    assert "over 1000x" in guard.problem([0.5], 5e3)
+    before = prompt.weight.detach().clone()
+    with torch.no_grad():
+        prompt.weight.add_(1.0)
+    guard.roll_back(6, "test")
+    assert torch.equal(prompt.weight, before) and optimizer.param_groups[0]["lr"] == 0.5

@@ -44,6 +44,7 @@ def train(
     warmup_ratio: Annotated[Optional[float], typer.Option(help=H("warmup_ratio"))] = None,
     scheduler: Annotated[Optional[SchedulerName], typer.Option(help=H("scheduler"))] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help=H("max_grad_norm"))] = None,
+    max_rollbacks: Annotated[Optional[int], typer.Option(help=H("max_rollbacks"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=H("batch_size") + "  [default: 16]")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=H("grad_accum"))] = None,
     length_bucketing: Annotated[Optional[bool], typer.Option("--length-bucketing/--no-length-bucketing",

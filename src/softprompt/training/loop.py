@@ -28,6 +28,7 @@ from ..model import PromptedModel, TaskType
 from ..prompt import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings
 from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
+from .guard import DivergenceGuard
 from .plot import plot_history
 
 DEFAULT_NUM_VIRTUAL_TOKENS = 20
@@ -208,27 +209,39 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     evals_without_gain, train_seconds, seen = 0, 0.0, 0
     running_loss, running_acc, running_n, last_loss = 0.0, 0.0, 0, math.nan
     bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
+    guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
     step = 0
     for step in range(1, total_steps + 1):
         started = time.perf_counter()
+        losses, accuracies = [], []
         for _ in range(config.grad_accum):
             rows = [train_rows[i] for i in next(stream)]
             batch = {k: v.to(device) for k, v in model.make_batch(rows, task.label_field).items()}
             loss, figures = model.loss(batch)
             accelerator.backward(loss / config.grad_accum)
-            running_loss += loss.item()
-            running_acc += figures.get("accuracy", 0.0)
-            running_n += 1
+            losses.append(loss.item())
+            accuracies.append(figures.get("accuracy", 0.0))
             seen += len(rows)
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                      if config.max_grad_norm > 0 else
                      torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        reason = guard.problem(losses, float(grad_norm))
+        if reason is not None:  # drop the step: back to the last good state, at a lower learning rate
+            optimizer.zero_grad(set_to_none=True)
+            record = guard.roll_back(step, reason)
+            history.append(record)
+            _log(metrics_path, record)
+            bar.write(f"softprompt: step {step}: {reason}; rolled back, learning rate now {record['lr']:.3g}")
+        else:
+            running_loss += sum(losses)
+            running_acc += sum(accuracies)
+            running_n += len(losses)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - started
 
-        if step % LOG_EVERY == 0 or step == total_steps:
+        if (step % LOG_EVERY == 0 or step == total_steps) and running_n:
             record = {"step": step, "split": "train", "loss": running_loss / running_n,
                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "examples": seen,
                       "train_seconds": round(train_seconds, 3)}
@@ -239,6 +252,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             last_loss = record["loss"]
             bar.set_postfix(loss=f"{last_loss:.4f}", best=f"{best_score:.4f}" if best_result else "-")
             running_loss, running_acc, running_n = 0.0, 0.0, 0
+            guard.remember()
         bar.update(1)
 
         if (config.eval_every and step % config.eval_every == 0) or step == total_steps:
