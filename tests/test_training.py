@@ -174,7 +174,7 @@ def test_persistent_divergence_stops_with_a_clear_error(tmp_path, sentiment_dir)
         train(config, backbone=backbone, task=task, model=model, progress=False)
 
 
-def test_exploding_gradient_is_caught(tmp_path, sentiment_dir):
+def test_exploding_gradient_is_caught():
     from softprompt.training.guard import DivergenceGuard
 
     prompt = torch.nn.Linear(2, 2)
