@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from softprompt import ConfigError, TrainConfig, load_task, train
-from softprompt.training.methods import BottleneckAdapters, build_method, trainable_count
+from softprompt.training.methods import BottleneckAdapters, build_method, merge_lora, trainable_count
 
 import tiny
 
@@ -66,6 +66,26 @@ def test_adapters_start_as_the_identity_and_follow_the_paper_placement(tiny_llam
             torch.testing.assert_close(plain.model.class_scores(batch), reference)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_lora_merges_into_the_bare_architecture_with_the_same_scores(arch, tmp_path, sentiment_dir):
+    backbone = tiny.tiny_backbone(arch)
+    task = load_task(str(sentiment_dir))
+    bare = {n: type(m) for n, m in backbone.model.named_modules()}
+    method = build_method("lora", _config(tmp_path, sentiment_dir), backbone, task)
+    with torch.no_grad():
+        for name, param in backbone.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)  # a trained-looking update (B starts at zero)
+    batch = method.model.make_batch(task.test, label_field=None)
+    with torch.no_grad():
+        unmerged = method.model.class_scores(batch)
+        assert merge_lora(backbone.model) == (4 if arch == "llama" else 2)  # q, v (GPT-2: fused c_attn) x 2 layers
+        merged = method.model.class_scores(batch)
+    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
+    assert {n: type(m) for n, m in backbone.model.named_modules()} == bare  # no LoRA layer left
+    assert not any("lora_" in n for n, _ in backbone.model.named_parameters())
+
+
 def test_zeroshot_trains_nothing_and_bad_names_are_refused(tmp_path, sentiment_dir, tiny_llama):
     task = load_task(str(sentiment_dir))
     config = _config(tmp_path, sentiment_dir)
@@ -96,6 +116,9 @@ def test_compare_cli_runs_methods_in_their_own_processes(tmp_path, tiny_model_di
     assert byname["zeroshot"]["trainable_params"] == 0 and byname["zeroshot"]["seeds"] == 1
     assert byname["prompt"]["seeds"] == 2 and byname["prompt"]["artifact_bytes"] > 0
     assert byname["lora"]["trainable_params"] > byname["prompt"]["trainable_params"]
+    assert byname["lora"]["unmerged_latency_overhead"] > 0  # timed unmerged, then served merged
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert all(r["merged_layers"] == 4 for r in runs if r["method"] == "lora")
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| lora |" in capsys.readouterr().out
     assert main(["compare", "--data", str(sentiment_dir), "--methods", "prompt,bitfit"]) == 2

@@ -65,18 +65,23 @@ def parse_methods(text: str) -> list[MethodName]:
     return methods
 
 
-def _latency_ms(model, rows: Sequence[dict], fields: Sequence[str]) -> float:
-    """Median milliseconds to classify one input (batch of 1), after one warm-up call."""
-    times = []
+def _latency_ms(models: Sequence, rows: Sequence[dict], fields: Sequence[str]) -> list[float]:
+    """Median milliseconds each model takes to classify one input (batch of 1).
+
+    The models take turns on every row (after one warm-up call each), so drift of this machine's speed over the
+    measurement hits all of them alike and their ratio is stable.
+    """
+    times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for index, row in enumerate(rows):
-            batch = {k: v.to(model.backbone.device)
-                     for k, v in model.make_batch([{f: row[f] for f in fields}], label_field=None).items()}
-            started = time.perf_counter()
-            model.class_scores(batch)
-            if index:
-                times.append(1000 * (time.perf_counter() - started))
-    return statistics.median(times)
+            for model, bucket in zip(models, times):
+                batch = {k: v.to(model.backbone.device)
+                         for k, v in model.make_batch([{f: row[f] for f in fields}], label_field=None).items()}
+                started = time.perf_counter()
+                model.class_scores(batch)
+                if index:
+                    bucket.append(1000 * (time.perf_counter() - started))
+    return [statistics.median(bucket) for bucket in times]
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
@@ -86,7 +91,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     from .data import load_task
     from .evaluation import evaluate
     from .training import train
-    from .training.methods import build_method, trainable_count
+    from .training.methods import build_method, merge_lora, trainable_count
 
     method = MethodName(spec.method)
     task = load_task(spec.data)
@@ -103,12 +108,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     torch.manual_seed(spec.seed)
     rows = task.test[: spec.latency_rows + 1]
     fields = task.text_fields
-    # The bare backbone's latency in the serving dtype (a separate load for methods that train fp32 weights).
-    serving = backbone if method not in WEIGHT_METHODS else load_backbone(spec.model, dtype=compute)
-    bare_ms = _latency_ms(build_method(MethodName.ZEROSHOT, config, serving, task).model, rows, fields)
-    del serving
     built = build_method(method, config, backbone, task)
-    row: dict[str, Any] = {"method": method.value, "seed": spec.seed,
+    row: dict[str, Any] = {"method": method.value, "seed": spec.seed, "model": spec.model, "data": spec.data,
                            "trainable_params": trainable_count(built.model),
                            "backbone_params": backbone_params}
     artifact = None
@@ -122,14 +123,23 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         built_model.to(compute)
         built_model.prompt.to(torch.float32)
         backbone.autocast_dtype = None
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bare copy below loads
+    # The bare backbone in the serving dtype, timed in turns with the method (its own load for weight methods).
+    serving = backbone if method not in WEIGHT_METHODS else load_backbone(spec.model, dtype=compute)
+    bare = build_method(MethodName.ZEROSHOT, config, serving, task).model
+    extra: dict[str, Any] = {}
+    if method is MethodName.LORA:  # served merged (no extra matmuls); the unmerged latency is kept beside it
+        unmerged_ms, unmerged_bare_ms = _latency_ms([built_model, bare], rows, fields)
+        extra["unmerged_latency_overhead"] = unmerged_ms / unmerged_bare_ms
+        extra["merged_layers"] = merge_lora(backbone.model)
     test = evaluate(built_model, task.test, label_field=task.label_field, limit=spec.test_limit)
-    latency = _latency_ms(built_model, rows, fields)
+    latency, bare_ms = _latency_ms([built_model, bare], rows, fields)
     row.update({"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "test_n": test["n"],
                 "train_seconds": train_seconds, "artifact_bytes": artifact.stat().st_size if artifact else 0,
                 "artifact": str(artifact) if artifact else None,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb,
                 "latency_ms": latency, "bare_latency_ms": bare_ms, "steps": spec.max_steps if built.trains else 0,
-                "lr": config.lr if built.trains else None})
+                "lr": config.lr if built.trains else None, "batch_size": spec.batch_size, **extra})
     return row
 
 
@@ -157,6 +167,8 @@ def aggregate(rows: list[dict[str, Any]], methods: Sequence[MethodName]) -> list
             "latency_ms": statistics.median(r["latency_ms"] for r in done),
             "latency_overhead": statistics.median(r["latency_ms"] / r["bare_latency_ms"] for r in done),
             "test_n": first["test_n"], "steps": first["steps"], "lr": first["lr"]})
+        if all("unmerged_latency_overhead" in r for r in done):
+            table[-1]["unmerged_latency_overhead"] = statistics.median(r["unmerged_latency_overhead"] for r in done)
     return table
 
 
@@ -166,6 +178,11 @@ def _human_bytes(count: int) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return str(count)
+
+
+def _unmerged(row: dict[str, Any]) -> str:
+    overhead = row.get("unmerged_latency_overhead")
+    return f"; merged, unmerged {overhead:.2f}×" if overhead is not None else ""
 
 
 def markdown(table: list[dict[str, Any]], title: str) -> str:
@@ -179,7 +196,7 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
         lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['trainable_percent']:.3g}% | "
                      f"{_human_bytes(r['artifact_bytes'])} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} "
                      f"(n={r['seeds']}) | {r['train_seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['latency_ms']:.1f} ({r['latency_overhead']:.2f}×) |")
+                     f"{r['latency_ms']:.1f} ({r['latency_overhead']:.2f}×{_unmerged(r)}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -223,8 +240,12 @@ def plot(table: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int, max_steps: int, output: Path,
             batch_size: int = 16, eval_limit: int = 300, test_limit: int = 0, precision: str = "auto",
-            lr: float | None = None, log=print) -> list[dict[str, Any]]:
-    """Run every (method, seed) in its own process; write compare.json/.md/.png; returns the aggregated table."""
+            lr: float | None = None, resume: bool = False, log=print) -> list[dict[str, Any]]:
+    """Run every (method, seed) in its own process; write compare.json/.md/.png; returns the aggregated table.
+
+    With `resume`, rows already finished in `output/runs.jsonl` (same model, data, steps and batch
+    size) are kept, not re-run.
+    """
     from .formats import atomic_write
 
     if seeds < 1:
@@ -233,8 +254,19 @@ def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int,
         raise ConfigError(f"--max-steps must be >= 1, got {max_steps}")
     output.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if resume and (output / "runs.jsonl").exists():
+        for line in (output / "runs.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            same = (row.get("model"), row.get("data"), row.get("batch_size")) == (model, data, batch_size)
+            if "error" not in row and same and row.get("steps") in (0, max_steps):
+                done[(row["method"], row["seed"])] = row
     for method in methods:
         for seed in range(seeds if method is not MethodName.ZEROSHOT else 1):  # zero-shot has no randomness
+            if (method.value, seed) in done:
+                rows.append(done[(method.value, seed)])
+                log(f"compare: {method.value} seed {seed}: kept from {output / 'runs.jsonl'}")
+                continue
             spec = RunSpec(method.value, seed, model, data, str(output / "runs" / f"{method.value}-seed{seed}"),
                            max_steps, batch_size=batch_size, lr=lr, eval_limit=eval_limit, test_limit=test_limit,
                            precision=precision)

@@ -29,11 +29,13 @@ def compare(
                                                 "master weights and compute in this precision).")] = "auto",
     output: Annotated[Path, typer.Option(help="Folder for compare.json, compare.md, compare.png, runs/.")] = Path(
         "runs/compare"),
+    resume: Annotated[bool, typer.Option(help="Keep the (method, seed) rows already finished in OUTPUT/runs.jsonl "
+                                              "and run only the rest.")] = False,
 ) -> None:
     """Train and measure each method (own process per method and seed); print the table."""
     from ..compare import compare as run, parse_methods
 
     chosen = parse_methods(methods)
     run(model, data, chosen, seeds=seeds, max_steps=max_steps, output=output, batch_size=batch_size,
-        eval_limit=eval_limit, test_limit=test_limit, precision=precision, lr=lr)
+        eval_limit=eval_limit, test_limit=test_limit, precision=precision, lr=lr, resume=resume)
     print((output / "compare.md").read_text())

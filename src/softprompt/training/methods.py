@@ -160,6 +160,23 @@ class LinearProbe(PromptedModel):
         return batch
 
 
+def merge_lora(module: nn.Module) -> int:
+    """Fold every PEFT LoRA update into its base weight and put the plain layer back; returns how many merged.
+
+    After this the model is the bare architecture with changed weights: LoRA's "no inference cost" claim, measured.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    merged = 0
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                child.merge()
+                setattr(parent, child_name, child.get_base_layer())
+                merged += 1
+    return merged
+
+
 def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone, task: TaskData, *,
                  lora_rank: int = 8, adapter_size: int = 64, adapter_placement: str = "houlsby") -> Method:
     """The model `name` trains on `backbone` (changed in place for lora/adapter/full: load a fresh one per method)."""
