@@ -34,7 +34,7 @@ SIZE_METHODS = ("prompt", "deep", "lora")  # the rows whose gap to `full` is plo
 # name -> (model, data, methods, seeds, steps, test rows (0 = all))
 SUITES = {
     "rt135": ("smollm2-135m", "rotten_tomatoes", ALL, 3, 60, 1000),
-    "rt270": ("gemma3-270m", "rotten_tomatoes", "prompt,deep,lora,full,zeroshot", 2, 60, 500),
+    "rt270": ("gemma3-270m", "rotten_tomatoes", "prompt,deep,lora,full,zeroshot", 1, 60, 500),
     "bbc135": ("smollm2-135m", "bbc_news", ALL, 1, 40, 300),
 }
 BACKBONE_PARAMS = {}  # filled from the rows (parameters of the loaded backbone)
