@@ -121,7 +121,7 @@ def test_adafactor_two_fields_and_suffix(tmp_path, tiny_llama):
 
 
 def test_length_bucketing_covers_every_row_once_per_epoch():
-    from softprompt.training.loop import _batches
+    from softprompt.training.checkpoint import BatchStream as _batches
 
     lengths = [((i * 37) % 101) for i in range(1000)]
     stream = _batches(lengths, 16, seed=3, bucket=True)

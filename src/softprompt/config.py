@@ -73,6 +73,9 @@ class TrainConfig:
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
     max_rollbacks: int = _opt(3, "Non-finite loss or exploding gradients: roll back to the last good state and halve "
                                  "the learning rate, at most this many times, then stop.")
+    checkpoint_every: int = _opt(50, "Write the whole run state (prompt, optimiser, scheduler, RNG, data position) to "
+                                     "OUTPUT/checkpoint.pt every K steps, atomically; `train --resume OUTPUT` "
+                                     "continues from it (0 = off).")
     batch_size: int = _opt(16, "Examples per optimiser step (before accumulation).")
     grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.")
     length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).")
@@ -119,6 +122,7 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}"),
             (self.max_rollbacks >= 0, f"--max-rollbacks must be >= 0, got {self.max_rollbacks}"),
+            (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),
             (self.deep_reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep_reparam}"),
             (not (self.method is PromptMethod.DEEP and self.placement is not None),
              "--placement does not apply to --method deep (its prompt is in every layer, not in the text)"),

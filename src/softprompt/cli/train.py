@@ -45,6 +45,7 @@ def train(
     scheduler: Annotated[Optional[SchedulerName], typer.Option(help=H("scheduler"))] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help=H("max_grad_norm"))] = None,
     max_rollbacks: Annotated[Optional[int], typer.Option(help=H("max_rollbacks"))] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help=H("checkpoint_every") + "  [default: 50]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=H("batch_size") + "  [default: 16]")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=H("grad_accum"))] = None,
     length_bucketing: Annotated[Optional[bool], typer.Option("--length-bucketing/--no-length-bucketing",
@@ -60,20 +61,30 @@ def train(
     precision: Annotated[Optional[Precision], typer.Option(help=H("precision"))] = None,
     device: Annotated[Optional[str], typer.Option(help=H("device"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags given here win).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue the run in this folder from its checkpoint.pt (its own settings; no other options).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a soft prompt; writes OUTPUT/prompt.safetensors (best by validation), metrics.jsonl, training.png
     and config.yaml, then prints a JSON summary."""
     options = dict(locals())  # first line: only the parameters
-    options.pop("config"), options.pop("quiet")
+    options.pop("config"), options.pop("quiet"), options.pop("resume")
     import json
 
-    from ..training import train as run_training
+    from ..errors import ConfigError
+    from ..training import resume as resume_training, train as run_training
 
-    if options["label_words"] is not None:
-        options["label_words"] = tuple(options["label_words"])
-    cfg = TrainConfig.from_sources(config, **options)
-    result = run_training(cfg, progress=not quiet)
+    if resume is not None:
+        given = sorted(k for k, v in options.items() if v is not None)
+        if given or config is not None:
+            raise ConfigError(f"--resume continues a run with the settings it started with; drop "
+                              f"{', '.join('--' + k.replace('_', '-') for k in given) or '--config'}")
+        result = resume_training(resume, progress=not quiet)
+    else:
+        if options["label_words"] is not None:
+            options["label_words"] = tuple(options["label_words"])
+        cfg = TrainConfig.from_sources(config, **options)
+        result = run_training(cfg, progress=not quiet)
     summary = {"prompt": str(result.prompt_path), "best_step": result.best_step, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 1), "validation": result.best_validation}
     print(json.dumps(summary))

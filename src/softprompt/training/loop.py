@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -28,6 +28,7 @@ from ..model import PromptedModel, TaskType
 from ..prompt import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings
 from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
+from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .guard import DivergenceGuard
 from .plot import plot_history
 
@@ -100,27 +101,6 @@ def resolved_placement(config: TrainConfig, body: str) -> Placement:
     return config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
 
 
-def _batches(lengths: list[int], batch_size: int, seed: int, bucket: bool) -> Iterator[list[int]]:
-    """Endless seeded shuffles of the training rows, cut into batches (a short last batch is kept).
-
-    With `bucket`, each run of 50 batches is sorted by length before cutting, and the batches are shuffled
-    again: rows of similar length share a batch, so left padding (and wasted compute) stays small.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    window = batch_size * 50
-    while True:
-        order = torch.randperm(len(lengths), generator=generator).tolist()
-        if not bucket:
-            yield from (order[s:s + batch_size] for s in range(0, len(order), batch_size))
-            continue
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
-            batches += [chunk[s:s + batch_size] for s in range(0, len(chunk), batch_size)]
-        for i in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[i]
-
-
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer is OptimizerName.ADAFACTOR:
         from transformers.optimization import Adafactor
@@ -134,14 +114,31 @@ def _log(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def resume(run_dir: str | Path, *, progress: bool = True, **kwargs: Any) -> TrainResult:
+    """Continue the run in `run_dir` from its last checkpoint, to the same end an uninterrupted run reaches.
+
+    The config comes from the checkpoint (the run folder may have moved); `kwargs` go to `train` (a baseline
+    passes its `model` and `save` again).
+    """
+    state = load_checkpoint(run_dir)
+    clear_interrupted_writes(run_dir)
+    config = TrainConfig(**{**state["config"], "output": str(run_dir)})
+    return train(config, progress=progress, resume_state=state, **kwargs)
+
+
 def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
           progress: bool = True, model: PromptedModel | None = None,
-          save: Callable[[Path, PromptedModel, dict], Path] | None = None) -> TrainResult:
+          save: Callable[[Path, PromptedModel, dict], Path] | None = None,
+          resume_state: dict[str, Any] | None = None,
+          on_validation: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train a soft prompt as `config` says; writes the run directory and returns the best model.
 
     The loop trains whatever parameters of `model` require gradients: by default the prompt of the model
     `config` describes; a baseline (LoRA, full fine-tuning, a linear probe: `training.methods`) passes its own
-    model and a `save(out_dir, model, metadata) -> path` that writes its artefact.
+    model and a `save(out_dir, model, metadata) -> path` that writes its artefact. Every
+    `config.checkpoint_every` steps the whole run state goes to OUT/checkpoint.pt; `resume_state` (see
+    `resume`) continues from one. `on_validation(step, result)` is called after every validation (a sweep
+    reports to its pruner there; an exception it raises stops the run).
 
     >>> result = train(TrainConfig(data="rotten_tomatoes", output="runs/rt", max_steps=200))   # doctest: +SKIP
     >>> result.best_validation["accuracy"]                                                      # doctest: +SKIP
@@ -176,7 +173,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    metrics_path.unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
     write = save or (lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
 
     steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * config.grad_accum))
@@ -192,7 +189,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
     atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
     lengths = [sum(len(str(row[f])) for f in model.template.input_fields) for row in train_rows]
-    stream = _batches(lengths, config.batch_size, config.seed, config.length_bucketing)
+    stream = BatchStream(lengths, config.batch_size, config.seed, config.length_bucketing)
 
     def validate(step: int) -> dict:
         result = evaluate(model, task.split("validation"), label_field=task.label_field,
@@ -211,7 +208,40 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
     guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
     step = 0
-    for step in range(1, total_steps + 1):
+    if resume_state is not None:
+        trainable_names = [n for n, p in model.named_parameters() if p.requires_grad and p.numel()]
+        if sorted(resume_state["trainable"]) != sorted(trainable_names):
+            raise ConfigError(f"--resume {out}: the checkpoint's trainable parameters do not match this model's "
+                              f"({len(resume_state['trainable'])} vs {len(trainable_names)} tensors)")
+        _restore(model, resume_state["trainable"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        guard.load_state_dict(resume_state["guard"])
+        stream.load_state_dict(resume_state["stream"])
+        loop = resume_state["loop"]
+        history = loop["history"]
+        best_score, best_step, best_result = loop["best_score"], loop["best_step"], loop["best_result"]
+        best_state, evals_without_gain = loop["best_state"], loop["evals_without_gain"]
+        train_seconds, seen, last_loss = loop["train_seconds"], loop["seen"], loop["last_loss"]
+        running_loss, running_acc, running_n = loop["running_loss"], loop["running_acc"], loop["running_n"]
+        step = resume_state["step"]
+        atomic_write(metrics_path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history)))
+        set_rng_state(resume_state["rng"])
+        bar.update(step)
+        bar.write(f"softprompt: resumed {out} at step {step} of {total_steps}")
+
+    def checkpoint() -> None:
+        save_checkpoint(out, {
+            "config": config.to_dict(), "step": step, "total_steps": total_steps,
+            "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.numel()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "guard": guard.state_dict(),
+            "stream": stream.state_dict(), "rng": rng_state(),
+            "loop": {"history": history, "best_score": best_score, "best_step": best_step, "best_result": best_result,
+                     "best_state": best_state, "evals_without_gain": evals_without_gain,
+                     "train_seconds": train_seconds, "seen": seen, "last_loss": last_loss,
+                     "running_loss": running_loss, "running_acc": running_acc, "running_n": running_n}})
+
+    for step in range(step + 1, total_steps + 1):
         started = time.perf_counter()
         losses, accuracies = [], []
         for _ in range(config.grad_accum):
@@ -267,9 +297,13 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             else:
                 evals_without_gain += 1
             bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{primary_metric(result):.4f}", best=f"{best_score:.4f}")
+            if on_validation is not None:
+                on_validation(step, result)
             if config.patience and evals_without_gain >= config.patience:
                 bar.write(f"softprompt: early stop at step {step}: no validation gain in {config.patience} evaluations")
                 break
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+            checkpoint()
     bar.close()
 
     # ---- finish: the best prompt, its file, the picture ---------------------------------------------------
