@@ -104,7 +104,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     config = TrainConfig(model=spec.model, data=spec.data, output=spec.output, seed=spec.seed,
                          max_steps=spec.max_steps, batch_size=spec.batch_size, eval_every=spec.eval_every,
                          eval_limit=spec.eval_limit, lr=spec.lr or DEFAULT_LR[method] or 1e-3,
-                         precision=spec.precision)
+                         precision=spec.precision,
+                         checkpoint_every=0)  # short runs; a full fine-tune's run state would be gigabytes
     torch.manual_seed(spec.seed)
     rows = task.test[: spec.latency_rows + 1]
     fields = task.text_fields
