@@ -87,4 +87,7 @@ def train(
         result = run_training(cfg, progress=not quiet)
     summary = {"prompt": str(result.prompt_path), "best_step": result.best_step, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 1), "validation": result.best_validation}
-    print(json.dumps(summary))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary under `accelerate launch`
+        print(json.dumps(summary))

@@ -109,9 +109,33 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _log(path: Path, record: dict) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _log(path: Path, record: dict, main: bool = True) -> None:
+    if main:
+        with path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _reduce_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Average the trainable parameters' gradients over the processes: one all-reduce of one flat tensor.
+
+    Only these (the prompt's, for prompt tuning) cross the wire; the frozen backbone has no gradients.
+    """
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for param, grad in zip(params, grads):
+        param.grad = flat[offset:offset + grad.numel()].view_as(param).to(param.dtype)
+        offset += grad.numel()
+
+
+def _mean_over_processes(values: list[float], world: int, device: torch.device) -> list[float]:
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return (tensor / world).tolist()
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, **kwargs: Any) -> TrainResult:
@@ -149,8 +173,11 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     from transformers import get_scheduler
 
     # ---- setup ---------------------------------------------------------------------------------------------
-    accelerator = Accelerator(cpu=config.device == "cpu")
+    accelerator = Accelerator(cpu=config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()))
     device = torch.device(config.device) if config.device.startswith("cuda:") else accelerator.device
+    # Data parallel (`accelerate launch --num_processes N`): every process holds the backbone and the prompt,
+    # takes every N-th row of each global batch (batch_size x N rows), and the prompt's gradients are averaged.
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     set_seed(config.seed)
     # Data first: a bad row is reported before a large backbone is loaded.
     if task is None:
@@ -173,10 +200,18 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
-    write = save or (lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
+    if main:
+        metrics_path.unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
+    save_file = save or (lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
 
-    steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * config.grad_accum))
+    def write(folder: Path, m: PromptedModel, extra: dict) -> Path:  # one writer: the main process
+        if world == 1:
+            return save_file(folder, m, extra)
+        written = [save_file(folder, m, extra) if main else None]
+        torch.distributed.broadcast_object_list(written, src=0)  # also: no process runs ahead of the file
+        return written[0]
+
+    steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * world * config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     optimizer = _optimizer(config, trainable)
     scheduler = get_scheduler(config.scheduler.value, optimizer,
@@ -186,17 +221,19 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                  else resolved_placement(config, config.template or task.default_template).value)
     resolved = {**config.to_dict(), "template": model.template.source, "placement": placement,
                 "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
-                "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
-    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
+                "total_steps": total_steps, "labels": list(task.labels) if task.labels else None,
+                "processes": world}
+    if main:
+        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
     lengths = [sum(len(str(row[f])) for f in model.template.input_fields) for row in train_rows]
-    stream = BatchStream(lengths, config.batch_size, config.seed, config.length_bucketing)
+    stream = BatchStream(lengths, config.batch_size * world, config.seed, config.length_bucketing)
 
     def validate(step: int) -> dict:
         result = evaluate(model, task.split("validation"), label_field=task.label_field,
                           batch_size=max(config.batch_size, 32), limit=config.eval_limit)
         record = {"step": step, "split": "validation", **result}
         history.append(record)
-        _log(metrics_path, record)
+        _log(metrics_path, record, main)
         return result
 
     # ---- loop ----------------------------------------------------------------------------------------------
@@ -205,7 +242,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     best_state = _snapshot(model)
     evals_without_gain, train_seconds, seen = 0, 0.0, 0
     running_loss, running_acc, running_n, last_loss = 0.0, 0.0, 0, math.nan
-    bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc="training", disable=not (progress and main), dynamic_ncols=True)
     guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
     step = 0
     if resume_state is not None:
@@ -225,12 +262,15 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         train_seconds, seen, last_loss = loop["train_seconds"], loop["seen"], loop["last_loss"]
         running_loss, running_acc, running_n = loop["running_loss"], loop["running_acc"], loop["running_n"]
         step = resume_state["step"]
-        atomic_write(metrics_path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history)))
+        if main:
+            atomic_write(metrics_path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history)))
         set_rng_state(resume_state["rng"])
         bar.update(step)
         bar.write(f"softprompt: resumed {out} at step {step} of {total_steps}")
 
     def checkpoint() -> None:
+        if not main:
+            return
         save_checkpoint(out, {
             "config": config.to_dict(), "step": step, "total_steps": total_steps,
             "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.numel()},
@@ -245,13 +285,23 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         started = time.perf_counter()
         losses, accuracies = [], []
         for _ in range(config.grad_accum):
-            rows = [train_rows[i] for i in next(stream)]
+            chosen = next(stream)
+            rows = [train_rows[i] for i in chosen[rank::world]]
+            seen += len(chosen)
+            if not rows:  # a short last batch with fewer rows than processes: this one adds nothing
+                losses.append(0.0)
+                accuracies.append(0.0)
+                continue
             batch = {k: v.to(device) for k, v in model.make_batch(rows, task.label_field).items()}
             loss, figures = model.loss(batch)
-            accelerator.backward(loss / config.grad_accum)
-            losses.append(loss.item())
-            accuracies.append(figures.get("accuracy", 0.0))
-            seen += len(rows)
+            share = len(rows) * world / len(chosen)  # rows' weight in the global batch's mean
+            accelerator.backward(loss * share / config.grad_accum)
+            losses.append(loss.item() * share)
+            accuracies.append(figures.get("accuracy", 0.0) * share)
+        if world > 1:
+            _reduce_gradients(trainable, world)
+            losses = _mean_over_processes(losses, world, device)
+            accuracies = _mean_over_processes(accuracies, world, device)
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                      if config.max_grad_norm > 0 else
                      torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
@@ -260,7 +310,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             optimizer.zero_grad(set_to_none=True)
             record = guard.roll_back(step, reason)
             history.append(record)
-            _log(metrics_path, record)
+            _log(metrics_path, record, main)
             bar.write(f"softprompt: step {step}: {reason}; rolled back, learning rate now {record['lr']:.3g}")
         else:
             running_loss += sum(losses)
@@ -278,7 +328,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             if model.task is TaskType.CLASSIFICATION:
                 record["accuracy"] = running_acc / running_n
             history.append(record)
-            _log(metrics_path, record)
+            _log(metrics_path, record, main)
             last_loss = record["loss"]
             bar.set_postfix(loss=f"{last_loss:.4f}", best=f"{best_score:.4f}" if best_result else "-")
             running_loss, running_acc, running_n = 0.0, 0.0, 0
@@ -312,6 +362,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
                 "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
     prompt_path = write(out, model, {"init": config.init.value, "placement": placement, "training": training})
-    plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
-                 f"{model.prompt.num_virtual_tokens} virtual tokens")
+    if main:
+        plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
+                     f"{model.prompt.num_virtual_tokens} virtual tokens")
     return TrainResult(model, out, prompt_path, best_step, best_result, step, train_seconds, history)
