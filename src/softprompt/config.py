@@ -20,6 +20,7 @@ class Precision(str, Enum):
     AUTO = "auto"  # bf16 autocast where the hardware runs bf16 natively, else fp32
     FP32 = "fp32"
     BF16 = "bf16"
+    FP16 = "fp16"  # GPUs without bf16 (V100, T4): fp16 weights, fp32 master prompt, dynamic loss scaling
 
 
 class OptimizerName(str, Enum):
@@ -88,8 +89,14 @@ class TrainConfig:
     seed: int = _opt(0, "Random seed (prompt init, data order).")
     compile: bool = _opt(False, "torch.compile the backbone's training forward (faster steps; the first compile "
                                 "takes minutes on a small CPU, then inductor's disk cache makes it seconds).")
-    precision: Precision = _opt(Precision.AUTO, "auto, fp32 or bf16 (bf16 autocast, fp32 master prompt).")
+    precision: Precision = _opt(Precision.AUTO, "auto, fp32, bf16 or fp16 (half-precision backbone, fp32 master "
+                                                "prompt; fp16 adds dynamic loss scaling).")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+    gradient_checkpointing: bool = _opt(False, "Keep only each decoder layer's input during the forward pass and "
+                                               "recompute the rest in the backward pass (less activation memory, "
+                                               "~1.3x compute); the gradient still reaches the prompt.")
+    load_in: str | None = _opt(None, "Quantise the frozen backbone at load: 8bit or 4bit (bitsandbytes, CUDA). "
+                                     "The prompt stays fp32.")
 
     def __post_init__(self) -> None:
         for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
@@ -122,6 +129,9 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}"),
             (self.max_rollbacks >= 0, f"--max-rollbacks must be >= 0, got {self.max_rollbacks}"),
+            (self.load_in in (None, "8bit", "4bit"), f"--load-in {self.load_in!r}: choose 8bit or 4bit"),
+            (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
+             "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),
             (self.deep_reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep_reparam}"),
             (not (self.method is PromptMethod.DEEP and self.placement is not None),

@@ -60,15 +60,21 @@ def train(
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=H("compile"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help=H("precision"))] = None,
     device: Annotated[Optional[str], typer.Option(help=H("device"))] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing", help=H("gradient_checkpointing"))] = None,
+    load_in: Annotated[Optional[str], typer.Option(help=H("load_in"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags given here win).")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue the run in this folder from its checkpoint.pt (its own settings; no other options).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the memory this run needs (weights, prompt and "
+                                                            "optimiser, activations) without loading weights; "
+                                                            "train nothing.")] = False,
 ) -> None:
     """Train a soft prompt; writes OUTPUT/prompt.safetensors (best by validation), metrics.jsonl, training.png
     and config.yaml, then prints a JSON summary."""
     options = dict(locals())  # first line: only the parameters
-    options.pop("config"), options.pop("quiet"), options.pop("resume")
+    options.pop("config"), options.pop("quiet"), options.pop("resume"), options.pop("dry_run")
     import json
 
     from ..errors import ConfigError
@@ -84,6 +90,11 @@ def train(
         if options["label_words"] is not None:
             options["label_words"] = tuple(options["label_words"])
         cfg = TrainConfig.from_sources(config, **options)
+        if dry_run:
+            from ..memory import estimate_training_memory
+
+            print(estimate_training_memory(cfg).table())
+            return
         result = run_training(cfg, progress=not quiet)
     summary = {"prompt": str(result.prompt_path), "best_step": result.best_step, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 1), "validation": result.best_validation}

@@ -186,12 +186,14 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                          label_field=config.label_field, labels=config.labels, skip_bad_rows=config.skip_bad_rows)
     if backbone is None:
         dtype = resolve_precision(config.precision.value, device)
-        backbone = load_backbone(config.model, dtype=dtype, device=device)
+        backbone = load_backbone(config.model, dtype=dtype, device=device, load_in=config.load_in)
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
     if config.compile:
         backbone.compile_for_training()
+    if config.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
     model = model if model is not None else build_prompted_model(config, backbone, task)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad and p.numel()]
@@ -214,6 +216,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * world * config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     optimizer = _optimizer(config, trainable)
+    compute_dtype = getattr(backbone, "autocast_dtype", None) or backbone.dtype
+    scaler = torch.amp.GradScaler(device.type) if compute_dtype == torch.float16 else None  # fp16 only
     scheduler = get_scheduler(config.scheduler.value, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -254,6 +258,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         guard.load_state_dict(resume_state["guard"])
+        if scaler is not None and "scaler" in resume_state:
+            scaler.load_state_dict(resume_state["scaler"])
         stream.load_state_dict(resume_state["stream"])
         loop = resume_state["loop"]
         history = loop["history"]
@@ -276,6 +282,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.numel()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "guard": guard.state_dict(),
             "stream": stream.state_dict(), "rng": rng_state(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
             "loop": {"history": history, "best_score": best_score, "best_step": best_step, "best_result": best_result,
                      "best_state": best_state, "evals_without_gain": evals_without_gain,
                      "train_seconds": train_seconds, "seen": seen, "last_loss": last_loss,
@@ -295,18 +302,26 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             batch = {k: v.to(device) for k, v in model.make_batch(rows, task.label_field).items()}
             loss, figures = model.loss(batch)
             share = len(rows) * world / len(chosen)  # rows' weight in the global batch's mean
-            accelerator.backward(loss * share / config.grad_accum)
+            scaled = loss * share / config.grad_accum
+            accelerator.backward(scaler.scale(scaled) if scaler is not None else scaled)
             losses.append(loss.item() * share)
             accuracies.append(figures.get("accuracy", 0.0) * share)
         if world > 1:
             _reduce_gradients(trainable, world)
             losses = _mean_over_processes(losses, world, device)
             accuracies = _mean_over_processes(accuracies, world, device)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                      if config.max_grad_norm > 0 else
                      torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
-        reason = guard.problem(losses, float(grad_norm))
-        if reason is not None:  # drop the step: back to the last good state, at a lower learning rate
+        overflow = scaler is not None and not math.isfinite(float(grad_norm)) and all(map(math.isfinite, losses))
+        reason = None if overflow else guard.problem(losses, float(grad_norm))
+        if overflow:  # fp16 loss scale too high: the scaler skips this step and lowers the scale
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        elif reason is not None:  # drop the step: back to the last good state, at a lower learning rate
             optimizer.zero_grad(set_to_none=True)
             record = guard.roll_back(step, reason)
             history.append(record)
@@ -316,7 +331,11 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             running_loss += sum(losses)
             running_acc += sum(accuracies)
             running_n += len(losses)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - started
