@@ -37,10 +37,6 @@ class MemoryEstimate:
     def total(self) -> int:
         return sum(r[1] for r in self.rows)
 
-    def sharded_total(self, processes: int) -> int:
-        """Per process when the backbone's weights are sharded over `processes` (FSDP / ZeRO-3)."""
-        return sum(b // processes if name == "backbone weights" else b for name, b, _ in self.rows)
-
     def table(self) -> str:
         b, t = self.batch_tokens
         lines = [f"dry run: {self.model} ({self.parameters / 1e6:,.0f}M parameters, {self.dtype}) on {self.device}, "
@@ -50,9 +46,8 @@ class MemoryEstimate:
             lines.append(f"{name:<26}{count / GIB:>10.3f}  {how}")
         lines.append(f"{'total per process':<26}{self.total / GIB:>10.3f}  (+ runtime: CUDA context ~0.5 GiB, "
                      f"allocator slack)")
-        for n in (2, 8):
-            lines.append(f"{f'backbone sharded over {n}':<26}{self.sharded_total(n) / GIB:>10.3f}  per process "
-                         f"(FSDP / DeepSpeed ZeRO-3; data parallel without sharding: the total above)")
+        lines.append(f"data parallel over N processes (accelerate launch / torchrun): the same per process, "
+                     f"{b} rows each, N x {b} rows per step")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,9 +122,9 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     dtype = resolve_precision(config.precision.value, device)
     folder = _model_folder(config.model)
     hf_config = AutoConfig.from_pretrained(folder)
-    attention = "eager" if torch.device(device).type == "cpu" else "sdpa"  # as load_backbone chooses
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attention)
+    fused = torch.device(device).type != "cpu"  # load_backbone: eager attention on CPU, SDPA elsewhere
+    with torch.device("meta"):  # eager on the meta device (SDPA's mask checks need real values)
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")
     model.requires_grad_(False)
     parameters = sum(p.numel() for p in model.parameters())
     hidden = hf_config.hidden_size
@@ -145,6 +140,12 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     tokens = config.max_length + n  # worst case: every row at --max-length, with the virtual tokens
     batch = config.batch_size
     activations = saved_activation_bytes(model, batch, tokens, dtype)
+    how = "saved for backward, counted on a meta-device forward (eager attention)"
+    if fused:  # a fused SDPA kernel keeps no T x T scores: take eager's quadratic term out, measured from T/2
+        half = saved_activation_bytes(model, batch, tokens // 2, dtype)
+        quadratic = max(0, activations - 2 * half) * tokens ** 2 / (tokens ** 2 - 2 * (tokens // 2) ** 2)
+        activations -= int(quadratic)
+        how = "meta-device count less the T x T attention scores a fused SDPA kernel does not keep"
     rows = [("backbone weights", _parameter_bytes(model, dtype, config.load_in),
              f"{parameters:,} parameters at " + (config.load_in or str(dtype).replace("torch.", ""))),
             ("prompt + grad + AdamW", prompt_params * 16,
@@ -157,8 +158,7 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
         rows += [("activations (layer inputs)", kept, "gradient checkpointing: inputs of every layer"),
                  ("one layer recomputed", per_layer, "its activations during its backward")]
     else:
-        rows.append(("activations", activations, f"saved for backward, counted on a meta-device forward "
-                                                 f"({attention} attention)"))
+        rows.append(("activations", activations, how))
     vocab = hf_config.vocab_size
     rows.append(("answer logits", batch * vocab * 4 * 2, "fp32 log-probabilities and their gradient at the answer "
                                                           "position"))
