@@ -163,7 +163,7 @@ def aggregate(rows: list[dict[str, Any]], methods: Sequence[MethodName]) -> list
             "accuracy": statistics.mean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "macro_f1": statistics.mean(r["macro_f1"] for r in done),
-            "train_seconds": statistics.mean(r["train_seconds"] for r in done),
+            "train_seconds": statistics.median(r["train_seconds"] for r in done),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
             "latency_ms": statistics.median(r["latency_ms"] for r in done),
             "latency_overhead": statistics.median(r["latency_ms"] / r["bare_latency_ms"] for r in done),

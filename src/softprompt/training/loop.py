@@ -173,7 +173,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     from transformers import get_scheduler
 
     # ---- setup ---------------------------------------------------------------------------------------------
-    accelerator = Accelerator(cpu=config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available()))
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=on_cpu)  # cpu=True also makes several CPU processes one gloo group
     device = torch.device(config.device) if config.device.startswith("cuda:") else accelerator.device
     # Data parallel (`accelerate launch --num_processes N`): every process holds the backbone and the prompt,
     # takes every N-th row of each global batch (batch_size x N rows), and the prompt's gradients are averaged.
@@ -250,6 +251,9 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
     step = 0
     if resume_state is not None:
+        if resume_state.get("processes", 1) != world:
+            raise ConfigError(f"--resume {out}: the run was checkpointed with {resume_state.get('processes', 1)} "
+                              f"process(es) and continues with {world}: launch it the same way")
         trainable_names = [n for n, p in model.named_parameters() if p.requires_grad and p.numel()]
         if sorted(resume_state["trainable"]) != sorted(trainable_names):
             raise ConfigError(f"--resume {out}: the checkpoint's trainable parameters do not match this model's "
@@ -278,7 +282,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         if not main:
             return
         save_checkpoint(out, {
-            "config": config.to_dict(), "step": step, "total_steps": total_steps,
+            "config": config.to_dict(), "step": step, "total_steps": total_steps, "processes": world,
             "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.numel()},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "guard": guard.state_dict(),
             "stream": stream.state_dict(), "rng": rng_state(),
