@@ -188,7 +188,7 @@ def _unmerged(row: dict[str, Any]) -> str:
 
 def markdown(table: list[dict[str, Any]], title: str) -> str:
     lines = [f"### {title}", "",
-             "| method | trainable params | % of backbone | artefact | accuracy (mean ± std) | train s | "
+             "| method | trainable params | % of backbone | artefact | accuracy (mean ± std) | train s (median) | "
              "peak RSS MB | latency ms (× bare) |", "|---|---|---|---|---|---|---|---|"]
     for r in table:
         if "error" in r:
