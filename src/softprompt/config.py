@@ -66,6 +66,8 @@ class TrainConfig:
     label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")
     init_text: str | None = _opt(None, "Text whose token embeddings initialise the prompt (--init text).")
+    init_from: str | None = _opt(None, "Start from another task's prompt file (prompt transfer, SPoT): same backbone "
+                                       "and method, its length; --init is then unused.")
     optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.")
     lr: float = _opt(3e-2, "Peak learning rate of the prompt.")
     weight_decay: float = _opt(0.0, "Weight decay on the prompt.")
@@ -150,6 +152,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def init_name(self) -> str:
+        """How the prompt starts, for its metadata: the init strategy, or the file it was transferred from."""
+        return f"from:{Path(self.init_from).name}" if self.init_from else self.init.value
 
     @property
     def text_fields(self) -> tuple[str, ...]:

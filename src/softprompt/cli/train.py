@@ -38,6 +38,7 @@ def train(
         help=H("label_words") + " Repeat the flag or quote several in one.")] = None,
     init: Annotated[Optional[PromptInit], typer.Option(help=H("init") + "  [default: labels]")] = None,
     init_text: Annotated[Optional[str], typer.Option(help=H("init_text"))] = None,
+    init_from: Annotated[Optional[str], typer.Option(help=H("init_from"))] = None,
     optimizer: Annotated[Optional[OptimizerName], typer.Option(help=H("optimizer"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=H("lr") + "  [default: 0.03]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=H("weight_decay"))] = None,

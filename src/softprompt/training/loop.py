@@ -52,6 +52,9 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
     body = config.template or task.default_template
     deep = config.method is PromptMethod.DEEP
+    source = _transfer_source(config, backbone) if config.init_from else None
+    if source is not None:
+        config = config.replace(num_virtual_tokens=source[0])
     if deep:  # the prompt lives in every layer's keys/values; the template holds text and fields only
         template = Template.parse(body)
         count = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
@@ -62,6 +65,8 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
             count = DEFAULT_NUM_VIRTUAL_TOKENS
         template = build_template(body, placement, count)
         count = template.num_virtual_tokens
+    if source is not None and count != source[0]:
+        raise ConfigError(f"--template has {count} [soft:N] tokens; --init-from {config.init_from} has {source[0]}")
     missing = [f for f in template.input_fields if f not in task.text_fields]
     if missing:
         raise ConfigError(f"--template uses field(s) {missing} but the data's text fields are "
@@ -75,13 +80,35 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     vectors = initial_embeddings(config.init, count, backbone.input_embedding_matrix(),
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
-    if deep:  # start from the keys/values the backbone computes for the same init tokens
+    if source is not None:  # prompt transfer: the other task's trained vectors
+        tensors = {k: v.to(backbone.device) for k, v in source[1].items()}
+        torch.manual_seed(config.seed)
+        prompt = (DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], backbone.hidden_size,
+                             reparam_hidden=config.deep_reparam) if deep else SoftPrompt(tensors["prompt_embeddings"]))
+    elif deep:  # start from the keys/values the backbone computes for the same init tokens
         keys, values = backbone.keys_values(vectors)
         torch.manual_seed(config.seed)  # the reparameterisation MLP's init
         prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep_reparam)
     else:
         prompt = SoftPrompt(vectors.to(backbone.device))
     return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
+
+
+def _transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor]]:
+    """(length, tensors) of the --init-from prompt, checked against this backbone, method and length."""
+    from ..formats import check_compatible, read_prompt_tensors
+
+    tensors, meta = read_prompt_tensors(config.init_from)
+    check_compatible(meta, backbone, config.init_from)
+    method = PromptMethod(meta.get("method", "prompt"))
+    if method is not config.method:
+        raise ConfigError(f"--init-from {config.init_from} is a {method.value} prompt; this run trains "
+                          f"--method {config.method.value}")
+    count = int(meta["num_virtual_tokens"])
+    if config.num_virtual_tokens not in (None, count):
+        raise ConfigError(f"--init-from {config.init_from} has {count} virtual tokens; drop --num-virtual-tokens "
+                          f"{config.num_virtual_tokens} or give {count}")
+    return count, tensors
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -364,7 +391,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 best_score, best_step, best_result = primary_metric(result), step, result
                 best_state = _snapshot(model)
                 evals_without_gain = 0
-                write(out, model, {"init": config.init.value, "placement": placement,
+                write(out, model, {"init": config.init_name, "placement": placement,
                                    "training": {"best_step": step, "validation": result,
                                                 "train_seconds": round(train_seconds, 3), "in_progress": True}})
             else:
@@ -384,7 +411,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     training = {"best_step": best_step, "validation": best_result, "steps": step, "examples_seen": seen,
                 "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
                 "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
-    prompt_path = write(out, model, {"init": config.init.value, "placement": placement, "training": training})
+    prompt_path = write(out, model, {"init": config.init_name, "placement": placement, "training": training})
     if main:
         plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
                      f"{model.prompt.num_virtual_tokens} virtual tokens")
