@@ -27,6 +27,8 @@ def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir)
     checkpointed = {n: c for n, c, _ in estimate_training_memory(config.replace(gradient_checkpointing=True)).rows}
     assert checkpointed["activations (layer inputs)"] < by_name["activations"] / 3
     assert estimate.total == sum(by_name.values())
+    layers = sum(p.numel() for p in real.model.model.layers.parameters()) * 4  # tied embedding: not split
+    assert estimate.shardable == layers and estimate.sharded_total(2) < estimate.total
 
 
 def test_dry_run_cli_loads_nothing_and_prints_the_table(tiny_model_dir, sentiment_dir, capsys, monkeypatch):

@@ -32,10 +32,17 @@ class MemoryEstimate:
     parameters: int
     batch_tokens: tuple[int, int]
     rows: list[tuple[str, int, str]]  # (component, bytes, how counted)
+    shardable: int = 0  # weight bytes FSDP splits (decoder layers; the input embedding when untied)
+    unit: int = 0  # the largest of those units (gathered whole while it runs)
 
     @property
     def total(self) -> int:
         return sum(r[1] for r in self.rows)
+
+    def sharded_total(self, processes: int) -> int:
+        """Per process with `accelerate launch --config_file examples/accelerate/fsdp.yaml`: the split weights
+        divided over the processes, plus two whole units (the one running and the one prefetched)."""
+        return self.total - self.shardable + self.shardable // processes + 2 * self.unit
 
     def table(self) -> str:
         b, t = self.batch_tokens
@@ -48,6 +55,9 @@ class MemoryEstimate:
                      f"allocator slack)")
         lines.append(f"data parallel over N processes (accelerate launch / torchrun): the same per process, "
                      f"{b} rows each, N x {b} rows per step")
+        for n in (2, 8):
+            lines.append(f"{f'sharded over {n} (FSDP)':<26}{self.sharded_total(n) / GIB:>10.3f}  per process: "
+                         f"decoder layers (and an untied input embedding) split, two units gathered at a time")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,5 +172,10 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     vocab = hf_config.vocab_size
     rows.append(("answer logits", batch * vocab * 4 * 2, "fp32 log-probabilities and their gradient at the answer "
                                                           "position"))
+    size = torch.tensor([], dtype=dtype).element_size()
+    units = [sum(p.numel() for p in layer.parameters()) * size for layer in decoder_layers_of(model) or []]
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    if output is None or output.weight is not embedding.weight:
+        units.append(embedding.weight.numel() * size)
     return MemoryEstimate(str(config.model), device, str(dtype).replace("torch.", ""), parameters, (batch, tokens),
-                          rows)
+                          rows, shardable=sum(units), unit=max(units, default=0))

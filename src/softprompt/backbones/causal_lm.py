@@ -118,7 +118,29 @@ class CausalLMBackbone(nn.Module):
         return self.model.get_input_embeddings()(input_ids)
 
     def input_embedding_matrix(self) -> torch.Tensor:
-        return self.model.get_input_embeddings().weight
+        weight = self.model.get_input_embeddings().weight
+        return weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # gathered when sharded
+
+    def shard(self, mesh) -> str:
+        """Split the frozen weights over the processes of `mesh` (FSDP2 `fully_shard`); returns what was split.
+
+        Each decoder layer is its own unit (gathered for its forward, freed after), and so is the input
+        embedding when the output layer has its own weight; a tied embedding stays whole (the verbaliser reads
+        rows of it directly). The fingerprint is taken first, from the whole weights. Initialising a prompt
+        from a sharded embedding gathers it once (`input_embedding_matrix`).
+        """
+        from torch.distributed.fsdp import fully_shard
+
+        self.fingerprint()
+        layers = self.decoder_layers()
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)
+        embedding, output = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        parts = [f"{len(layers)} decoder layers"]
+        if output is None or output.weight is not embedding.weight:
+            fully_shard(embedding, mesh=mesh)
+            parts.append("the input embedding")
+        return " and ".join(parts)
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: torch.Tensor, past_key_values: Any = None,

@@ -136,6 +136,17 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _fsdp_requested(accelerator) -> bool:
+    """An FSDP launch: accelerate says so (GPUs), or its launcher's environment does (CPU processes, where
+    accelerate reports plain multi-CPU)."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    return (accelerator.distributed_type == DistributedType.FSDP
+            or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"))
+
+
 def _log(path: Path, record: dict, main: bool = True) -> None:
     if main:
         with path.open("a") as handle:
@@ -215,6 +226,14 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     if backbone is None:
         dtype = resolve_precision(config.precision.value, device)
         backbone = load_backbone(config.model, dtype=dtype, device=device, load_in=config.load_in)
+    if world > 1 and _fsdp_requested(accelerator):  # `accelerate launch --config_file examples/accelerate/fsdp.yaml`
+        if model is not None:
+            raise ConfigError("a sharded backbone (FSDP) trains prompts only, not the weight-training baselines")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        split = backbone.shard(init_device_mesh(device.type, (world,)))
+        if main:
+            print(f"softprompt: backbone sharded over {world} processes: {split}", flush=True)
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
