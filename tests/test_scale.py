@@ -28,7 +28,8 @@ def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir)
     assert checkpointed["activations (layer inputs)"] < by_name["activations"] / 3
     assert estimate.total == sum(by_name.values())
     layers = sum(p.numel() for p in real.model.model.layers.parameters()) * 4  # tied embedding: not split
-    assert estimate.shardable == layers and estimate.sharded_total(2) < estimate.total
+    assert estimate.shardable == layers and estimate.unit == layers // 2  # two layers, one unit each
+    assert estimate.sharded_total(2) == estimate.total - layers // 2 + layers  # half split away, two units whole
 
 
 def test_dry_run_cli_loads_nothing_and_prints_the_table(tiny_model_dir, sentiment_dir, capsys, monkeypatch):
