@@ -54,8 +54,15 @@ class TrainConfig:
     labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).")
     skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.")
     output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.")
-    method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input) or deep (trainable "
-                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2).")
+    method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input), deep (trainable "
+                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2) "
+                                                     "or multitask (a shared prompt for --tasks, MPT stage 1).")
+    tasks: str | None = _opt(None, "--method multitask: the source tasks, name=data,name=data (built-in names or "
+                                   "folders).")
+    mpt_rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).")
+    mpt_train_shared: bool = _opt(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
+                                         "too, not only the new task's factor.")
+    train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.")
     deep_reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
                                 "prefixes when saved (0 = off).")
     num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).")
@@ -143,7 +150,16 @@ class TrainConfig:
             (not (self.deep_reparam and self.method is not PromptMethod.DEEP), "--deep-reparam needs --method deep"),
             (self.num_virtual_tokens is None or self.num_virtual_tokens >= 1,
              f"--num-virtual-tokens must be >= 1, got {self.num_virtual_tokens}"),
-            (self.data is not None or self.train_file is not None, "give --data NAME_OR_FOLDER or --train-file"),
+            (self.data is not None or self.train_file is not None or self.method is PromptMethod.MULTITASK,
+             "give --data NAME_OR_FOLDER or --train-file"),
+            (not (self.method is PromptMethod.MULTITASK and not self.tasks),
+             "--method multitask needs --tasks name=data,name=data"),
+            (not (self.tasks and self.method is not PromptMethod.MULTITASK), "--tasks is for --method multitask"),
+            (self.mpt_rank >= 1, f"--mpt-rank must be >= 1, got {self.mpt_rank}"),
+            (self.train_per_class is None or self.train_per_class >= 1,
+             f"--train-per-class must be >= 1, got {self.train_per_class}"),
+            (not (self.train_per_class and self.task is TaskType.GENERATION),
+             "--train-per-class is for classification"),
             (not (self.task is TaskType.GENERATION and self.init is PromptInit.LABELS),
              "--init labels needs --task classification; use --init vocab or --init text for generation"),
             (not (self.init is PromptInit.TEXT and not self.init_text), "--init text needs --init-text 'some words'"),

@@ -31,6 +31,10 @@ def train(
     output: Annotated[Optional[str], typer.Option(help=H("output") + "  [default: runs/prompt]")] = None,
     method: Annotated[Optional[PromptMethod], typer.Option(help=H("method") + "  [default: prompt]")] = None,
     deep_reparam: Annotated[Optional[int], typer.Option(help=H("deep_reparam"))] = None,
+    tasks: Annotated[Optional[str], typer.Option(help=H("tasks"))] = None,
+    mpt_rank: Annotated[Optional[int], typer.Option(help=H("mpt_rank"))] = None,
+    mpt_train_shared: Annotated[Optional[bool], typer.Option("--mpt-train-shared", help=H("mpt_train_shared"))] = None,
+    train_per_class: Annotated[Optional[int], typer.Option(help=H("train_per_class"))] = None,
     num_virtual_tokens: Annotated[Optional[int], typer.Option(help=H("num_virtual_tokens"))] = None,
     placement: Annotated[Optional[Placement], typer.Option(help=H("placement"))] = None,
     template: Annotated[Optional[str], typer.Option(help=H("template"))] = None,
@@ -95,6 +99,16 @@ def train(
             from ..memory import estimate_training_memory
 
             print(estimate_training_memory(cfg).table())
+            return
+        if cfg.method is PromptMethod.MULTITASK:
+            from ..multitask import train_multitask
+
+            shared = train_multitask(cfg, progress=not quiet)
+            print(json.dumps({"shared": str(shared.shared_path), "tasks": {k: str(v) for k, v in
+                                                                          shared.task_paths.items()},
+                              "best_step": shared.best_step, "trainable_params": shared.trainable_params,
+                              "train_seconds": round(shared.train_seconds, 1),
+                              "validation": shared.best_validation}))
             return
         result = run_training(cfg, progress=not quiet)
     summary = {"prompt": str(result.prompt_path), "best_step": result.best_step, "steps": result.steps,

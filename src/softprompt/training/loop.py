@@ -80,7 +80,11 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     vectors = initial_embeddings(config.init, count, backbone.input_embedding_matrix(),
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
-    if source is not None:  # prompt transfer: the other task's trained vectors
+    if source is not None and source[2] is PromptMethod.MULTITASK:  # MPT stage 2: a fresh factor on the shared prompt
+        from ..multitask import target_prompt
+
+        prompt = target_prompt(source[1], config.mpt_rank, config.mpt_train_shared, backbone.device)
+    elif source is not None:  # prompt transfer: the other task's trained vectors
         tensors = {k: v.to(backbone.device) for k, v in source[1].items()}
         torch.manual_seed(config.seed)
         prompt = (DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], backbone.hidden_size,
@@ -94,21 +98,23 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
 
 
-def _transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor]]:
-    """(length, tensors) of the --init-from prompt, checked against this backbone, method and length."""
+def _transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor], PromptMethod]:
+    """(length, tensors, method) of the --init-from prompt, checked against this backbone, method and length.
+
+    A multitask shared prompt (MPT stage 1) starts a `--method prompt` run: stage 2."""
     from ..formats import check_compatible, read_prompt_tensors
 
     tensors, meta = read_prompt_tensors(config.init_from)
     check_compatible(meta, backbone, config.init_from)
     method = PromptMethod(meta.get("method", "prompt"))
-    if method is not config.method:
+    if method is not config.method and not (method is PromptMethod.MULTITASK and config.method is PromptMethod.PROMPT):
         raise ConfigError(f"--init-from {config.init_from} is a {method.value} prompt; this run trains "
                           f"--method {config.method.value}")
     count = int(meta["num_virtual_tokens"])
     if config.num_virtual_tokens not in (None, count):
         raise ConfigError(f"--init-from {config.init_from} has {count} virtual tokens; drop --num-virtual-tokens "
                           f"{config.num_virtual_tokens} or give {count}")
-    return count, tensors
+    return count, tensors, method
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -126,6 +132,17 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 def resolved_placement(config: TrainConfig, body: str) -> Placement:
     """--placement, else template when the template has [soft:N] markers, else prefix."""
     return config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
+
+
+def per_class(rows: list[dict], label_field: str, k: int, seed: int) -> list[dict]:
+    """A seeded few-shot subset: up to `k` rows of each label (all of a label's rows if it has fewer)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in sorted({str(r[label_field]) for r in rows}):
+        of_label = [i for i, r in enumerate(rows) if str(r[label_field]) == label]
+        picks = torch.randperm(len(of_label), generator=generator)[:k].tolist()
+        chosen += [of_label[p] for p in picks]
+    return [rows[i] for i in sorted(chosen)]
 
 
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -210,6 +227,9 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
+    if config.method is PromptMethod.MULTITASK:
+        raise ConfigError("--method multitask trains several tasks at once: call softprompt.multitask.train_multitask "
+                          "(the CLI does)")
     # ---- setup ---------------------------------------------------------------------------------------------
     on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     accelerator = Accelerator(cpu=on_cpu)  # cpu=True also makes several CPU processes one gloo group
@@ -237,6 +257,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
+    if config.train_per_class:
+        train_rows = per_class(train_rows, task.label_field, config.train_per_class, config.seed)
     if config.compile:
         backbone.compile_for_training()
     if config.gradient_checkpointing:
@@ -429,7 +451,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     _restore(model, best_state)
     training = {"best_step": best_step, "validation": best_result, "steps": step, "examples_seen": seen,
                 "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
-                "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
+                "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed,
+                "trainable_params": sum(p.numel() for p in trainable)}
     prompt_path = write(out, model, {"init": config.init_name, "placement": placement, "training": training})
     if main:
         plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
