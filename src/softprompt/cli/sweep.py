@@ -13,7 +13,8 @@ from . import app
 @app.command()
 def sweep(
     data: Annotated[str, typer.Option(help="Built-in dataset or folder of split files.")],
-    model: Annotated[str, typer.Option(help="Backbone: built-in name or local folder.")] = "smollm2-135m",
+    model: Annotated[Optional[str], typer.Option(help="Backbone: built-in name or local folder.  [default: "
+                                                      "smollm2-135m]")] = None,
     lr: Annotated[str, typer.Option(help="Learning rates, comma-separated.")] = "3e-3,3e-2,3e-1",
     num_virtual_tokens: Annotated[str, typer.Option(help="Prompt lengths, comma-separated.")] = "1,5,20,100",
     init: Annotated[str, typer.Option(help="Initialisations: random, vocab, labels, text.")] = "random,vocab,labels",
@@ -25,12 +26,13 @@ def sweep(
     evals: Annotated[int, typer.Option(help="Validations per trial (the pruner looks at each).")] = 3,
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Stop trials below the median of earlier "
                                                                    "trials at the same validation step.")] = True,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per step.  [default: 16]")] = None,
     eval_limit: Annotated[int, typer.Option(help="Validation rows per evaluation (0 = all).")] = 300,
-    seed: Annotated[int, typer.Option(help="Seed: the same data order and init draws for every trial.")] = 0,
-    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
+    seed: Annotated[Optional[int], typer.Option(help="Seed: the same data order and init draws for every trial.  "
+                                                     "[default: 0]")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32 or bf16.  [default: auto]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML of fixed train options (template, max length, "
-                                                        "label words, ...).")] = None,
+                                                        "label words, ...); flags given here win.")] = None,
     output: Annotated[Path, typer.Option(help="Sweep folder: study.journal, sweep.json/.md/.png, best.yaml, "
                                               "trials/. Run again with the same folder to continue.")] = Path(
         "runs/sweep"),
