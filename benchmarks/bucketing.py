@@ -1,6 +1,6 @@
 """Length-bucketed vs plain shuffled batches on rotten_tomatoes: padded tokens per step and step time.
 
-Uses the trainer's own batch stream (`softprompt.training.loop._batches`) with the same seed both ways;
+Uses the trainer's own batch stream (`softprompt.training.checkpoint.BatchStream`) with the same seed both ways;
 times forward + backward on the same number of batches, interleaved. Writes results/bucketing.json/.md.
 
     python benchmarks/bucketing.py [--batches 12]
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import softprompt as sp
-from softprompt.training.loop import _batches
+from softprompt.training.checkpoint import BatchStream as _batches
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -80,4 +80,20 @@ def test_builtin_datasets_have_documented_splits():
     bbc = load_task("bbc_news")
     assert (len(bbc.train), len(bbc.validation), len(bbc.test)) == (1558, 223, 444)
     assert bbc.labels == ("business", "entertainment", "politics", "sports", "tech")
-    assert set(BUILTIN_DATASETS) == {"rotten_tomatoes", "bbc_news"}
+    from softprompt.data.builtin import CHAT_LANGUAGES
+
+    assert set(BUILTIN_DATASETS) == {"rotten_tomatoes", "bbc_news", "chatterbot-language"} | {
+        f"chatterbot-{language}" for language in CHAT_LANGUAGES}
+
+
+def test_chatterbot_topics_share_one_label_set_across_languages():
+    english, japanese = load_task("chatterbot-english"), load_task("chatterbot-japanese")
+    assert (len(english.train), len(english.validation), len(english.test)) == (1134, 241, 241)
+    assert len(english.labels) == 18 and set(japanese.labels) <= set(english.labels)
+    assert set(load_task("chatterbot-german").labels) < set(english.labels)  # fewer topics, the same names
+    texts = [{r["text"] for r in split} for split in (english.train, english.validation, english.test)]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert {r["language"] for r in japanese.test} == {"japanese"}
+    language = load_task("chatterbot-language")
+    assert "english" in language.labels and "thai" not in language.labels  # thai has < 100 messages
+    assert load_task("chatterbot-english").test == english.test  # fixed split

@@ -121,7 +121,7 @@ def test_adafactor_two_fields_and_suffix(tmp_path, tiny_llama):
 
 
 def test_length_bucketing_covers_every_row_once_per_epoch():
-    from softprompt.training.loop import _batches
+    from softprompt.training.checkpoint import BatchStream as _batches
 
     lengths = [((i * 37) % 101) for i in range(1000)]
     stream = _batches(lengths, 16, seed=3, bucket=True)
@@ -188,3 +188,26 @@ def test_exploding_gradient_is_caught():
         prompt.weight.add_(1.0)
     guard.roll_back(6, "test")
     assert torch.equal(prompt.weight, before) and optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_init_from_another_prompt_transfers_its_vectors(tmp_path, sentiment_dir, tiny_model_dir):
+    from softprompt import build_prompted_model, load_backbone
+    from softprompt.errors import ConfigError, IncompatiblePromptError
+    from softprompt.formats import read_prompt_tensors
+
+    base = dict(model=tiny_model_dir, data=str(sentiment_dir), max_steps=3, eval_every=0, batch_size=4,
+                precision="fp32", device="cpu", num_virtual_tokens=6)
+    source = train(TrainConfig(**base, output=str(tmp_path / "source")), progress=False).prompt_path
+    backbone = load_backbone(tiny_model_dir, dtype="fp32")
+    task = load_task(str(sentiment_dir))
+    config = TrainConfig(**{**base, "num_virtual_tokens": None}, init_from=str(source), output=str(tmp_path / "t"))
+    model = build_prompted_model(config, backbone, task)
+    torch.testing.assert_close(model.prompt.embeddings.detach(), read_prompt_tensors(source)[0]["prompt_embeddings"])
+    result = train(config, backbone=backbone, task=task, progress=False)
+    assert read_prompt_tensors(result.prompt_path)[1]["init"] == "from:prompt.safetensors"
+    with pytest.raises(ConfigError, match="has 6 virtual tokens"):
+        build_prompted_model(config.replace(num_virtual_tokens=4), backbone, task)
+    with pytest.raises(ConfigError, match="is a prompt prompt; this run trains --method deep"):
+        build_prompted_model(config.replace(method="deep", num_virtual_tokens=None), backbone, task)
+    with pytest.raises(IncompatiblePromptError):
+        build_prompted_model(config, tiny.tiny_backbone("gpt2"), task)

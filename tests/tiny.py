@@ -39,11 +39,11 @@ def tiny_model(arch: str = "llama", seed: int = 0):
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     torch.manual_seed(seed)
-    if arch == "llama":
+    if arch in ("llama", "llama-untied"):
         config = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
-                             initializer_range=0.2)
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                             tie_word_embeddings=arch == "llama", initializer_range=0.2)
     elif arch == "gpt2":
         config = GPT2Config(vocab_size=400, n_embd=32, n_layer=2, n_head=4, n_positions=256,
                             pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.2)

@@ -104,7 +104,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     config = TrainConfig(model=spec.model, data=spec.data, output=spec.output, seed=spec.seed,
                          max_steps=spec.max_steps, batch_size=spec.batch_size, eval_every=spec.eval_every,
                          eval_limit=spec.eval_limit, lr=spec.lr or DEFAULT_LR[method] or 1e-3,
-                         precision=spec.precision)
+                         precision=spec.precision,
+                         checkpoint_every=0)  # short runs; a full fine-tune's run state would be gigabytes
     torch.manual_seed(spec.seed)
     rows = task.test[: spec.latency_rows + 1]
     fields = task.text_fields
@@ -162,7 +163,7 @@ def aggregate(rows: list[dict[str, Any]], methods: Sequence[MethodName]) -> list
             "accuracy": statistics.mean(accuracies),
             "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "macro_f1": statistics.mean(r["macro_f1"] for r in done),
-            "train_seconds": statistics.mean(r["train_seconds"] for r in done),
+            "train_seconds": statistics.median(r["train_seconds"] for r in done),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in done),
             "latency_ms": statistics.median(r["latency_ms"] for r in done),
             "latency_overhead": statistics.median(r["latency_ms"] / r["bare_latency_ms"] for r in done),
@@ -187,7 +188,7 @@ def _unmerged(row: dict[str, Any]) -> str:
 
 def markdown(table: list[dict[str, Any]], title: str) -> str:
     lines = [f"### {title}", "",
-             "| method | trainable params | % of backbone | artefact | accuracy (mean ± std) | train s | "
+             "| method | trainable params | % of backbone | artefact | accuracy (mean ± std) | train s (median) | "
              "peak RSS MB | latency ms (× bare) |", "|---|---|---|---|---|---|---|---|"]
     for r in table:
         if "error" in r:

@@ -20,6 +20,7 @@ class Precision(str, Enum):
     AUTO = "auto"  # bf16 autocast where the hardware runs bf16 natively, else fp32
     FP32 = "fp32"
     BF16 = "bf16"
+    FP16 = "fp16"  # GPUs without bf16 (V100, T4): fp16 weights, fp32 master prompt, dynamic loss scaling
 
 
 class OptimizerName(str, Enum):
@@ -53,8 +54,15 @@ class TrainConfig:
     labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).")
     skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.")
     output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.")
-    method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input) or deep (trainable "
-                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2).")
+    method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input), deep (trainable "
+                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2) "
+                                                     "or multitask (a shared prompt for --tasks, MPT stage 1).")
+    tasks: str | None = _opt(None, "--method multitask: the source tasks, name=data,name=data (built-in names or "
+                                   "folders).")
+    mpt_rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).")
+    mpt_train_shared: bool = _opt(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
+                                         "too, not only the new task's factor.")
+    train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.")
     deep_reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
                                 "prefixes when saved (0 = off).")
     num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).")
@@ -65,6 +73,8 @@ class TrainConfig:
     label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")
     init_text: str | None = _opt(None, "Text whose token embeddings initialise the prompt (--init text).")
+    init_from: str | None = _opt(None, "Start from another task's prompt file (prompt transfer, SPoT): same backbone "
+                                       "and method, its length; --init is then unused.")
     optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.")
     lr: float = _opt(3e-2, "Peak learning rate of the prompt.")
     weight_decay: float = _opt(0.0, "Weight decay on the prompt.")
@@ -73,6 +83,9 @@ class TrainConfig:
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
     max_rollbacks: int = _opt(3, "Non-finite loss or exploding gradients: roll back to the last good state and halve "
                                  "the learning rate, at most this many times, then stop.")
+    checkpoint_every: int = _opt(50, "Write the whole run state (prompt, optimiser, scheduler, RNG, data position) to "
+                                     "OUTPUT/checkpoint.pt every K steps, atomically; `train --resume OUTPUT` "
+                                     "continues from it (0 = off).")
     batch_size: int = _opt(16, "Examples per optimiser step (before accumulation).")
     grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.")
     length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).")
@@ -85,8 +98,14 @@ class TrainConfig:
     seed: int = _opt(0, "Random seed (prompt init, data order).")
     compile: bool = _opt(False, "torch.compile the backbone's training forward (faster steps; the first compile "
                                 "takes minutes on a small CPU, then inductor's disk cache makes it seconds).")
-    precision: Precision = _opt(Precision.AUTO, "auto, fp32 or bf16 (bf16 autocast, fp32 master prompt).")
+    precision: Precision = _opt(Precision.AUTO, "auto, fp32, bf16 or fp16 (half-precision backbone, fp32 master "
+                                                "prompt; fp16 adds dynamic loss scaling).")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+    gradient_checkpointing: bool = _opt(False, "Keep only each decoder layer's input during the forward pass and "
+                                               "recompute the rest in the backward pass (less activation memory, "
+                                               "~1.3x compute); the gradient still reaches the prompt.")
+    load_in: str | None = _opt(None, "Quantise the frozen backbone at load: 8bit or 4bit (bitsandbytes, CUDA). "
+                                     "The prompt stays fp32.")
 
     def __post_init__(self) -> None:
         for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
@@ -119,6 +138,10 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}"),
             (self.max_rollbacks >= 0, f"--max-rollbacks must be >= 0, got {self.max_rollbacks}"),
+            (self.load_in in (None, "8bit", "4bit"), f"--load-in {self.load_in!r}: choose 8bit or 4bit"),
+            (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
+             "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
+            (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),
             (self.deep_reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep_reparam}"),
             (not (self.method is PromptMethod.DEEP and self.placement is not None),
              "--placement does not apply to --method deep (its prompt is in every layer, not in the text)"),
@@ -127,7 +150,16 @@ class TrainConfig:
             (not (self.deep_reparam and self.method is not PromptMethod.DEEP), "--deep-reparam needs --method deep"),
             (self.num_virtual_tokens is None or self.num_virtual_tokens >= 1,
              f"--num-virtual-tokens must be >= 1, got {self.num_virtual_tokens}"),
-            (self.data is not None or self.train_file is not None, "give --data NAME_OR_FOLDER or --train-file"),
+            (self.data is not None or self.train_file is not None or self.method is PromptMethod.MULTITASK,
+             "give --data NAME_OR_FOLDER or --train-file"),
+            (not (self.method is PromptMethod.MULTITASK and not self.tasks),
+             "--method multitask needs --tasks name=data,name=data"),
+            (not (self.tasks and self.method is not PromptMethod.MULTITASK), "--tasks is for --method multitask"),
+            (self.mpt_rank >= 1, f"--mpt-rank must be >= 1, got {self.mpt_rank}"),
+            (self.train_per_class is None or self.train_per_class >= 1,
+             f"--train-per-class must be >= 1, got {self.train_per_class}"),
+            (not (self.train_per_class and self.task is TaskType.GENERATION),
+             "--train-per-class is for classification"),
             (not (self.task is TaskType.GENERATION and self.init is PromptInit.LABELS),
              "--init labels needs --task classification; use --init vocab or --init text for generation"),
             (not (self.init is PromptInit.TEXT and not self.init_text), "--init text needs --init-text 'some words'"),
@@ -136,6 +168,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def init_name(self) -> str:
+        """How the prompt starts, for its metadata: the init strategy, or the file it was transferred from."""
+        return f"from:{Path(self.init_from).name}" if self.init_from else self.init.value
 
     @property
     def text_fields(self) -> tuple[str, ...]:

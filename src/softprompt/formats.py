@@ -120,9 +120,10 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     count = meta.get("num_virtual_tokens")
     for name in TENSOR_NAMES[method]:
         shape = tuple(tensors[name].shape)
-        if len(shape) != (2 if method is PromptMethod.PROMPT else 4) or shape[method is PromptMethod.DEEP] != count:
+        if len(shape) != (4 if method is PromptMethod.DEEP else 2) or shape[method is PromptMethod.DEEP] != count:
             raise PromptFileError(f"{path}: tensor '{name}' of shape {shape} disagrees with its metadata")
-    return {name: tensors[name].to(torch.float32) for name in TENSOR_NAMES[method]}, meta
+    names = tensors if method is PromptMethod.MULTITASK else TENSOR_NAMES[method]  # + the per-task factors
+    return {name: tensors[name].to(torch.float32) for name in names}, meta
 
 
 def check_compatible(meta: dict[str, Any], backbone: Backbone, path: str | Path = "prompt") -> None:

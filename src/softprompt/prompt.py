@@ -57,16 +57,21 @@ class SoftPrompt(nn.Module):
 class PromptMethod(str, Enum):
     PROMPT = "prompt"   # soft tokens in the input sequence
     DEEP = "deep"       # key/value prefixes at every layer
+    MULTITASK = "multitask"  # a shared prompt + per-task low-rank factors (multitask.py); stage-1 files only
 
 
 def prompt_from_tensors(method: str, tensors: dict[str, torch.Tensor], hidden_size: int) -> "SoftPrompt | DeepPrompt":
     """Rebuild a prompt module from a prompt file's tensors."""
+    if PromptMethod(method) is PromptMethod.MULTITASK:
+        raise ConfigError("a multitask shared-prompt file holds no single task's prompt: use a task's prompt file "
+                          "written beside it, or adapt it to a new task with `softprompt train --init-from`")
     if PromptMethod(method) is PromptMethod.DEEP:
         return DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], hidden_size)
     return SoftPrompt(tensors["prompt_embeddings"])
 
 
-TENSOR_NAMES = {PromptMethod.PROMPT: ("prompt_embeddings",), PromptMethod.DEEP: ("prefix_keys", "prefix_values")}
+TENSOR_NAMES = {PromptMethod.PROMPT: ("prompt_embeddings",), PromptMethod.DEEP: ("prefix_keys", "prefix_values"),
+                PromptMethod.MULTITASK: ("shared_prompt",)}
 
 
 def _special_ids(tokenizer) -> set[int]:

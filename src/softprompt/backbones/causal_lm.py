@@ -8,7 +8,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import BackboneError
 from .base import BackboneKind, weights_fingerprint
+
+
+def decoder_layers_of(model: nn.Module) -> list[nn.Module] | None:
+    body = model.base_model
+    for name in ("layers", "h"):  # Llama / Gemma / Mistral families, GPT-2 family
+        if hasattr(body, name):
+            return list(getattr(body, name))
+    return None
+
+
+def checkpoint_layers(layers: list[nn.Module]) -> int:
+    """Wrap each layer's forward in non-reentrant activation checkpointing (gradient-carrying passes only)."""
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = 0
+    for layer in layers:
+        if getattr(layer, "_softprompt_checkpointed", False):
+            continue
+        forward = layer.forward
+
+        def run(*args, _forward=forward, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        layer.forward = run
+        layer._softprompt_checkpointed = True
+        wrapped += 1
+    return wrapped
 
 
 class CausalLMBackbone(nn.Module):
@@ -68,11 +98,49 @@ class CausalLMBackbone(nn.Module):
         if self._compiled_body is None:
             self._compiled_body = torch.compile(self.model.base_model, dynamic=True)
 
+    def decoder_layers(self) -> list[nn.Module]:
+        layers = decoder_layers_of(self.model)
+        if layers is None:
+            raise BackboneError(f"backbone '{self.name}': no decoder layer list ('layers' or 'h')")
+        return layers
+
+    def enable_gradient_checkpointing(self) -> int:
+        """Recompute each decoder layer in the backward pass instead of keeping its activations.
+
+        Only the layer inputs stay in memory during a gradient-carrying forward; inference is unchanged. Works on
+        the frozen model in eval mode (transformers' own switch needs train mode) and, being non-reentrant
+        checkpointing, passes gradients through to the prompt even though no weight in the layer needs one.
+        Returns the number of layers wrapped.
+        """
+        return checkpoint_layers(self.decoder_layers())
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 
     def input_embedding_matrix(self) -> torch.Tensor:
-        return self.model.get_input_embeddings().weight
+        weight = self.model.get_input_embeddings().weight
+        return weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # gathered when sharded
+
+    def shard(self, mesh) -> str:
+        """Split the frozen weights over the processes of `mesh` (FSDP2 `fully_shard`); returns what was split.
+
+        Each decoder layer is its own unit (gathered for its forward, freed after), and so is the input
+        embedding when the output layer has its own weight; a tied embedding stays whole (the verbaliser reads
+        rows of it directly). The fingerprint is taken first, from the whole weights. Initialising a prompt
+        from a sharded embedding gathers it once (`input_embedding_matrix`).
+        """
+        from torch.distributed.fsdp import fully_shard
+
+        self.fingerprint()
+        layers = self.decoder_layers()
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)
+        embedding, output = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        parts = [f"{len(layers)} decoder layers"]
+        if output is None or output.weight is not embedding.weight:
+            fully_shard(embedding, mesh=mesh)
+            parts.append("the input embedding")
+        return " and ".join(parts)
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: torch.Tensor, past_key_values: Any = None,

@@ -152,8 +152,10 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> tor
         return torch.float32
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if precision != "auto":
-        raise BackboneError(f"unknown precision '{precision}': use auto, fp32 or bf16 (--precision)")
+        raise BackboneError(f"unknown precision '{precision}': use auto, fp32, bf16 or fp16 (--precision)")
     if torch.device(device).type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
@@ -182,10 +184,12 @@ def _quiet_transformers():
 
 
 def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
-                  device: torch.device | str = "cpu") -> CausalLMBackbone:
+                  device: torch.device | str = "cpu", load_in: str | None = None) -> CausalLMBackbone:
     """Load a frozen backbone by built-in name, local folder or hub id.
 
     `dtype` is a torch dtype or a precision name ('auto' = bf16 where the hardware runs it natively).
+    `load_in` = "8bit" / "4bit" quantises the linear layers with bitsandbytes (CUDA); `dtype` is then the
+    compute dtype.
 
     >>> backbone = load_backbone("smollm2-135m")   # doctest: +SKIP
     >>> backbone.hidden_size                        # doctest: +SKIP
@@ -210,7 +214,10 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
                                 f"nor a local folder, nor a hub id (owner/name)")
     # On CPU, eager attention trains ~1.6x faster than SDPA's flash kernel at prompt-tuning lengths
     # (its backward dominated the step: benchmarks/README.md); elsewhere keep the library default.
-    extra = {"attn_implementation": "eager"} if torch.device(device).type == "cpu" else {}
+    extra: dict = {"attn_implementation": "eager"} if torch.device(device).type == "cpu" else {}
+    if load_in is not None:
+        extra["quantization_config"] = quantization_config(load_in, dtype, device)
+        extra["device_map"] = {"": str(torch.device(device))}
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -227,4 +234,24 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     except ValueError as exc:
         raise BackboneError(f"--model {name_or_path}: not a causal language model this version can load "
                             f"({str(exc).splitlines()[0]})") from exc
-    return CausalLMBackbone(model.to(device), tokenizer, name=name)
+    if load_in is None:
+        model = model.to(device)  # a quantised model is placed by its loader and cannot move
+    return CausalLMBackbone(model, tokenizer, name=name)
+
+
+def quantization_config(load_in: str, dtype: torch.dtype, device: torch.device | str):
+    """transformers' BitsAndBytesConfig for `--load-in 8bit|4bit`, or a clear error where it cannot run."""
+    import importlib.util
+
+    if load_in not in ("8bit", "4bit"):
+        raise BackboneError(f"--load-in {load_in!r}: choose 8bit or 4bit")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BackboneError(f"--load-in {load_in} needs bitsandbytes: pip install bitsandbytes (and a CUDA GPU)")
+    if torch.device(device).type != "cuda":
+        raise BackboneError(f"--load-in {load_in} quantises on a CUDA GPU; this run is on {device} (use --device cuda)")
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)

@@ -10,11 +10,12 @@ import typer
 from ..errors import SoftPromptError
 
 app = typer.Typer(name="softprompt", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Prompt tuning for frozen Hugging Face models: train, evaluate, compare, predict, inspect, explain, serve.")
+                  help="Prompt tuning for frozen Hugging Face models: train, evaluate, compare, predict, inspect, explain, sweep, serve.")
 
 
 def _register() -> None:
-    from . import compare, eval as eval_cmd, explain, export, import_peft, info, predict, serve, train  # noqa: F401  (each adds a command)
+    from . import (compare, eval as eval_cmd, explain, export, import_peft, info, predict, serve,  # noqa: F401
+                   sweep, train)  # (each adds a command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,10 @@ def train(
     output: Annotated[Optional[str], typer.Option(help=H("output") + "  [default: runs/prompt]")] = None,
     method: Annotated[Optional[PromptMethod], typer.Option(help=H("method") + "  [default: prompt]")] = None,
     deep_reparam: Annotated[Optional[int], typer.Option(help=H("deep_reparam"))] = None,
+    tasks: Annotated[Optional[str], typer.Option(help=H("tasks"))] = None,
+    mpt_rank: Annotated[Optional[int], typer.Option(help=H("mpt_rank"))] = None,
+    mpt_train_shared: Annotated[Optional[bool], typer.Option("--mpt-train-shared", help=H("mpt_train_shared"))] = None,
+    train_per_class: Annotated[Optional[int], typer.Option(help=H("train_per_class"))] = None,
     num_virtual_tokens: Annotated[Optional[int], typer.Option(help=H("num_virtual_tokens"))] = None,
     placement: Annotated[Optional[Placement], typer.Option(help=H("placement"))] = None,
     template: Annotated[Optional[str], typer.Option(help=H("template"))] = None,
@@ -38,6 +42,7 @@ def train(
         help=H("label_words") + " Repeat the flag or quote several in one.")] = None,
     init: Annotated[Optional[PromptInit], typer.Option(help=H("init") + "  [default: labels]")] = None,
     init_text: Annotated[Optional[str], typer.Option(help=H("init_text"))] = None,
+    init_from: Annotated[Optional[str], typer.Option(help=H("init_from"))] = None,
     optimizer: Annotated[Optional[OptimizerName], typer.Option(help=H("optimizer"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=H("lr") + "  [default: 0.03]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=H("weight_decay"))] = None,
@@ -45,6 +50,7 @@ def train(
     scheduler: Annotated[Optional[SchedulerName], typer.Option(help=H("scheduler"))] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help=H("max_grad_norm"))] = None,
     max_rollbacks: Annotated[Optional[int], typer.Option(help=H("max_rollbacks"))] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help=H("checkpoint_every") + "  [default: 50]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=H("batch_size") + "  [default: 16]")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help=H("grad_accum"))] = None,
     length_bucketing: Annotated[Optional[bool], typer.Option("--length-bucketing/--no-length-bucketing",
@@ -59,21 +65,55 @@ def train(
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=H("compile"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help=H("precision"))] = None,
     device: Annotated[Optional[str], typer.Option(help=H("device"))] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing", help=H("gradient_checkpointing"))] = None,
+    load_in: Annotated[Optional[str], typer.Option(help=H("load_in"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags given here win).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue the run in this folder from its checkpoint.pt (its own settings; no other options).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the memory this run needs (weights, prompt and "
+                                                            "optimiser, activations) without loading weights; "
+                                                            "train nothing.")] = False,
 ) -> None:
     """Train a soft prompt; writes OUTPUT/prompt.safetensors (best by validation), metrics.jsonl, training.png
     and config.yaml, then prints a JSON summary."""
     options = dict(locals())  # first line: only the parameters
-    options.pop("config"), options.pop("quiet")
+    options.pop("config"), options.pop("quiet"), options.pop("resume"), options.pop("dry_run")
     import json
 
-    from ..training import train as run_training
+    from ..errors import ConfigError
+    from ..training import resume as resume_training, train as run_training
 
-    if options["label_words"] is not None:
-        options["label_words"] = tuple(options["label_words"])
-    cfg = TrainConfig.from_sources(config, **options)
-    result = run_training(cfg, progress=not quiet)
+    if resume is not None:
+        given = sorted(k for k, v in options.items() if v is not None)
+        if given or config is not None:
+            raise ConfigError(f"--resume continues a run with the settings it started with; drop "
+                              f"{', '.join('--' + k.replace('_', '-') for k in given) or '--config'}")
+        result = resume_training(resume, progress=not quiet)
+    else:
+        if options["label_words"] is not None:
+            options["label_words"] = tuple(options["label_words"])
+        cfg = TrainConfig.from_sources(config, **options)
+        if dry_run:
+            from ..memory import estimate_training_memory
+
+            print(estimate_training_memory(cfg).table())
+            return
+        if cfg.method is PromptMethod.MULTITASK:
+            from ..multitask import train_multitask
+
+            shared = train_multitask(cfg, progress=not quiet)
+            print(json.dumps({"shared": str(shared.shared_path), "tasks": {k: str(v) for k, v in
+                                                                          shared.task_paths.items()},
+                              "best_step": shared.best_step, "trainable_params": shared.trainable_params,
+                              "train_seconds": round(shared.train_seconds, 1),
+                              "validation": shared.best_validation}))
+            return
+        result = run_training(cfg, progress=not quiet)
     summary = {"prompt": str(result.prompt_path), "best_step": result.best_step, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 1), "validation": result.best_validation}
-    print(json.dumps(summary))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary under `accelerate launch`
+        print(json.dumps(summary))

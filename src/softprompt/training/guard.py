@@ -37,6 +37,15 @@ class DivergenceGuard:
         params = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         self._good = (params, copy.deepcopy(self.optimizer.state_dict()))
 
+    def state_dict(self) -> dict:
+        return {"rollbacks": self.rollbacks, "norms": list(self._norms), "good_params": self._good[0],
+                "good_optimizer": self._good[1]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollbacks = state["rollbacks"]
+        self._norms = deque(state["norms"], maxlen=self._norms.maxlen)
+        self._good = (state["good_params"], state["good_optimizer"])
+
     def problem(self, losses: list[float], grad_norm: float) -> str | None:
         """Why this step is bad, or None (a good step's gradient norm joins the recent ones)."""
         if not all(math.isfinite(x) for x in losses):

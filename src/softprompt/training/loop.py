@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -28,6 +28,7 @@ from ..model import PromptedModel, TaskType
 from ..prompt import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings
 from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
+from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .guard import DivergenceGuard
 from .plot import plot_history
 
@@ -51,6 +52,9 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
     body = config.template or task.default_template
     deep = config.method is PromptMethod.DEEP
+    source = _transfer_source(config, backbone) if config.init_from else None
+    if source is not None:
+        config = config.replace(num_virtual_tokens=source[0])
     if deep:  # the prompt lives in every layer's keys/values; the template holds text and fields only
         template = Template.parse(body)
         count = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
@@ -61,6 +65,8 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
             count = DEFAULT_NUM_VIRTUAL_TOKENS
         template = build_template(body, placement, count)
         count = template.num_virtual_tokens
+    if source is not None and count != source[0]:
+        raise ConfigError(f"--template has {count} [soft:N] tokens; --init-from {config.init_from} has {source[0]}")
     missing = [f for f in template.input_fields if f not in task.text_fields]
     if missing:
         raise ConfigError(f"--template uses field(s) {missing} but the data's text fields are "
@@ -74,13 +80,41 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     vectors = initial_embeddings(config.init, count, backbone.input_embedding_matrix(),
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
-    if deep:  # start from the keys/values the backbone computes for the same init tokens
+    if source is not None and source[2] is PromptMethod.MULTITASK:  # MPT stage 2: a fresh factor on the shared prompt
+        from ..multitask import target_prompt
+
+        prompt = target_prompt(source[1], config.mpt_rank, config.mpt_train_shared, backbone.device)
+    elif source is not None:  # prompt transfer: the other task's trained vectors
+        tensors = {k: v.to(backbone.device) for k, v in source[1].items()}
+        torch.manual_seed(config.seed)
+        prompt = (DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], backbone.hidden_size,
+                             reparam_hidden=config.deep_reparam) if deep else SoftPrompt(tensors["prompt_embeddings"]))
+    elif deep:  # start from the keys/values the backbone computes for the same init tokens
         keys, values = backbone.keys_values(vectors)
         torch.manual_seed(config.seed)  # the reparameterisation MLP's init
         prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep_reparam)
     else:
         prompt = SoftPrompt(vectors.to(backbone.device))
     return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
+
+
+def _transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor], PromptMethod]:
+    """(length, tensors, method) of the --init-from prompt, checked against this backbone, method and length.
+
+    A multitask shared prompt (MPT stage 1) starts a `--method prompt` run: stage 2."""
+    from ..formats import check_compatible, read_prompt_tensors
+
+    tensors, meta = read_prompt_tensors(config.init_from)
+    check_compatible(meta, backbone, config.init_from)
+    method = PromptMethod(meta.get("method", "prompt"))
+    if method is not config.method and not (method is PromptMethod.MULTITASK and config.method is PromptMethod.PROMPT):
+        raise ConfigError(f"--init-from {config.init_from} is a {method.value} prompt; this run trains "
+                          f"--method {config.method.value}")
+    count = int(meta["num_virtual_tokens"])
+    if config.num_virtual_tokens not in (None, count):
+        raise ConfigError(f"--init-from {config.init_from} has {count} virtual tokens; drop --num-virtual-tokens "
+                          f"{config.num_virtual_tokens} or give {count}")
+    return count, tensors, method
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -100,25 +134,15 @@ def resolved_placement(config: TrainConfig, body: str) -> Placement:
     return config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
 
 
-def _batches(lengths: list[int], batch_size: int, seed: int, bucket: bool) -> Iterator[list[int]]:
-    """Endless seeded shuffles of the training rows, cut into batches (a short last batch is kept).
-
-    With `bucket`, each run of 50 batches is sorted by length before cutting, and the batches are shuffled
-    again: rows of similar length share a batch, so left padding (and wasted compute) stays small.
-    """
+def per_class(rows: list[dict], label_field: str, k: int, seed: int) -> list[dict]:
+    """A seeded few-shot subset: up to `k` rows of each label (all of a label's rows if it has fewer)."""
     generator = torch.Generator().manual_seed(seed)
-    window = batch_size * 50
-    while True:
-        order = torch.randperm(len(lengths), generator=generator).tolist()
-        if not bucket:
-            yield from (order[s:s + batch_size] for s in range(0, len(order), batch_size))
-            continue
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
-            batches += [chunk[s:s + batch_size] for s in range(0, len(chunk), batch_size)]
-        for i in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[i]
+    chosen = []
+    for label in sorted({str(r[label_field]) for r in rows}):
+        of_label = [i for i, r in enumerate(rows) if str(r[label_field]) == label]
+        picks = torch.randperm(len(of_label), generator=generator)[:k].tolist()
+        chosen += [of_label[p] for p in picks]
+    return [rows[i] for i in sorted(chosen)]
 
 
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -129,19 +153,71 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _log(path: Path, record: dict) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _fsdp_requested(accelerator) -> bool:
+    """An FSDP launch: accelerate says so (GPUs), or its launcher's environment does (CPU processes, where
+    accelerate reports plain multi-CPU)."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    return (accelerator.distributed_type == DistributedType.FSDP
+            or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"))
+
+
+def _log(path: Path, record: dict, main: bool = True) -> None:
+    if main:
+        with path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _reduce_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Average the trainable parameters' gradients over the processes: one all-reduce of one flat tensor.
+
+    Only these (the prompt's, for prompt tuning) cross the wire; the frozen backbone has no gradients.
+    """
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for param, grad in zip(params, grads):
+        param.grad = flat[offset:offset + grad.numel()].view_as(param).to(param.dtype)
+        offset += grad.numel()
+
+
+def _mean_over_processes(values: list[float], world: int, device: torch.device) -> list[float]:
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return (tensor / world).tolist()
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, **kwargs: Any) -> TrainResult:
+    """Continue the run in `run_dir` from its last checkpoint, to the same end an uninterrupted run reaches.
+
+    The config comes from the checkpoint (the run folder may have moved); `kwargs` go to `train` (a baseline
+    passes its `model` and `save` again).
+    """
+    state = load_checkpoint(run_dir)
+    clear_interrupted_writes(run_dir)
+    config = TrainConfig(**{**state["config"], "output": str(run_dir)})
+    return train(config, progress=progress, resume_state=state, **kwargs)
 
 
 def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
           progress: bool = True, model: PromptedModel | None = None,
-          save: Callable[[Path, PromptedModel, dict], Path] | None = None) -> TrainResult:
+          save: Callable[[Path, PromptedModel, dict], Path] | None = None,
+          resume_state: dict[str, Any] | None = None,
+          on_validation: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train a soft prompt as `config` says; writes the run directory and returns the best model.
 
     The loop trains whatever parameters of `model` require gradients: by default the prompt of the model
     `config` describes; a baseline (LoRA, full fine-tuning, a linear probe: `training.methods`) passes its own
-    model and a `save(out_dir, model, metadata) -> path` that writes its artefact.
+    model and a `save(out_dir, model, metadata) -> path` that writes its artefact. Every
+    `config.checkpoint_every` steps the whole run state goes to OUT/checkpoint.pt; `resume_state` (see
+    `resume`) continues from one. `on_validation(step, result)` is called after every validation (a sweep
+    reports to its pruner there; an exception it raises stops the run).
 
     >>> result = train(TrainConfig(data="rotten_tomatoes", output="runs/rt", max_steps=200))   # doctest: +SKIP
     >>> result.best_validation["accuracy"]                                                      # doctest: +SKIP
@@ -151,9 +227,16 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
+    if config.method is PromptMethod.MULTITASK:
+        raise ConfigError("--method multitask trains several tasks at once: call softprompt.multitask.train_multitask "
+                          "(the CLI does)")
     # ---- setup ---------------------------------------------------------------------------------------------
-    accelerator = Accelerator(cpu=config.device == "cpu")
+    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=on_cpu)  # cpu=True also makes several CPU processes one gloo group
     device = torch.device(config.device) if config.device.startswith("cuda:") else accelerator.device
+    # Data parallel (`accelerate launch --num_processes N`): every process holds the backbone and the prompt,
+    # takes every N-th row of each global batch (batch_size x N rows), and the prompt's gradients are averaged.
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     set_seed(config.seed)
     # Data first: a bad row is reported before a large backbone is loaded.
     if task is None:
@@ -162,12 +245,24 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                          label_field=config.label_field, labels=config.labels, skip_bad_rows=config.skip_bad_rows)
     if backbone is None:
         dtype = resolve_precision(config.precision.value, device)
-        backbone = load_backbone(config.model, dtype=dtype, device=device)
+        backbone = load_backbone(config.model, dtype=dtype, device=device, load_in=config.load_in)
+    if world > 1 and _fsdp_requested(accelerator):  # `accelerate launch --config_file examples/accelerate/fsdp.yaml`
+        if model is not None:
+            raise ConfigError("a sharded backbone (FSDP) trains prompts only, not the weight-training baselines")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        split = backbone.shard(init_device_mesh(device.type, (world,)))
+        if main:
+            print(f"softprompt: backbone sharded over {world} processes: {split}", flush=True)
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
+    if config.train_per_class:
+        train_rows = per_class(train_rows, task.label_field, config.train_per_class, config.seed)
     if config.compile:
         backbone.compile_for_training()
+    if config.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
     model = model if model is not None else build_prompted_model(config, backbone, task)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad and p.numel()]
@@ -176,12 +271,22 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    write = save or (lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
+    if main:
+        metrics_path.unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
+    save_file = save or (lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
 
-    steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * config.grad_accum))
+    def write(folder: Path, m: PromptedModel, extra: dict) -> Path:  # one writer: the main process
+        if world == 1:
+            return save_file(folder, m, extra)
+        written = [save_file(folder, m, extra) if main else None]
+        torch.distributed.broadcast_object_list(written, src=0)  # also: no process runs ahead of the file
+        return written[0]
+
+    steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * world * config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     optimizer = _optimizer(config, trainable)
+    compute_dtype = getattr(backbone, "autocast_dtype", None) or backbone.dtype
+    scaler = torch.amp.GradScaler(device.type) if compute_dtype == torch.float16 else None  # fp16 only
     scheduler = get_scheduler(config.scheduler.value, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -189,17 +294,19 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                  else resolved_placement(config, config.template or task.default_template).value)
     resolved = {**config.to_dict(), "template": model.template.source, "placement": placement,
                 "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
-                "total_steps": total_steps, "labels": list(task.labels) if task.labels else None}
-    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
+                "total_steps": total_steps, "labels": list(task.labels) if task.labels else None,
+                "processes": world}
+    if main:
+        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
     lengths = [sum(len(str(row[f])) for f in model.template.input_fields) for row in train_rows]
-    stream = _batches(lengths, config.batch_size, config.seed, config.length_bucketing)
+    stream = BatchStream(lengths, config.batch_size * world, config.seed, config.length_bucketing)
 
     def validate(step: int) -> dict:
         result = evaluate(model, task.split("validation"), label_field=task.label_field,
                           batch_size=max(config.batch_size, 32), limit=config.eval_limit)
         record = {"step": step, "split": "validation", **result}
         history.append(record)
-        _log(metrics_path, record)
+        _log(metrics_path, record, main)
         return result
 
     # ---- loop ----------------------------------------------------------------------------------------------
@@ -208,35 +315,99 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     best_state = _snapshot(model)
     evals_without_gain, train_seconds, seen = 0, 0.0, 0
     running_loss, running_acc, running_n, last_loss = 0.0, 0.0, 0, math.nan
-    bar = tqdm(total=total_steps, desc="training", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, desc="training", disable=not (progress and main), dynamic_ncols=True)
     guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
     step = 0
-    for step in range(1, total_steps + 1):
+    if resume_state is not None:
+        if resume_state.get("processes", 1) != world:
+            raise ConfigError(f"--resume {out}: the run was checkpointed with {resume_state.get('processes', 1)} "
+                              f"process(es) and continues with {world}: launch it the same way")
+        trainable_names = [n for n, p in model.named_parameters() if p.requires_grad and p.numel()]
+        if sorted(resume_state["trainable"]) != sorted(trainable_names):
+            raise ConfigError(f"--resume {out}: the checkpoint's trainable parameters do not match this model's "
+                              f"({len(resume_state['trainable'])} vs {len(trainable_names)} tensors)")
+        _restore(model, resume_state["trainable"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        guard.load_state_dict(resume_state["guard"])
+        if scaler is not None and "scaler" in resume_state:
+            scaler.load_state_dict(resume_state["scaler"])
+        stream.load_state_dict(resume_state["stream"])
+        loop = resume_state["loop"]
+        history = loop["history"]
+        best_score, best_step, best_result = loop["best_score"], loop["best_step"], loop["best_result"]
+        best_state, evals_without_gain = loop["best_state"], loop["evals_without_gain"]
+        train_seconds, seen, last_loss = loop["train_seconds"], loop["seen"], loop["last_loss"]
+        running_loss, running_acc, running_n = loop["running_loss"], loop["running_acc"], loop["running_n"]
+        step = resume_state["step"]
+        if main:
+            atomic_write(metrics_path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history)))
+        set_rng_state(resume_state["rng"])
+        bar.update(step)
+        bar.write(f"softprompt: resumed {out} at step {step} of {total_steps}")
+
+    def checkpoint() -> None:
+        if not main:
+            return
+        save_checkpoint(out, {
+            "config": config.to_dict(), "step": step, "total_steps": total_steps, "processes": world,
+            "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.numel()},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "guard": guard.state_dict(),
+            "stream": stream.state_dict(), "rng": rng_state(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+            "loop": {"history": history, "best_score": best_score, "best_step": best_step, "best_result": best_result,
+                     "best_state": best_state, "evals_without_gain": evals_without_gain,
+                     "train_seconds": train_seconds, "seen": seen, "last_loss": last_loss,
+                     "running_loss": running_loss, "running_acc": running_acc, "running_n": running_n}})
+
+    for step in range(step + 1, total_steps + 1):
         started = time.perf_counter()
         losses, accuracies = [], []
         for _ in range(config.grad_accum):
-            rows = [train_rows[i] for i in next(stream)]
+            chosen = next(stream)
+            rows = [train_rows[i] for i in chosen[rank::world]]
+            seen += len(chosen)
+            if not rows:  # a short last batch with fewer rows than processes: this one adds nothing
+                losses.append(0.0)
+                accuracies.append(0.0)
+                continue
             batch = {k: v.to(device) for k, v in model.make_batch(rows, task.label_field).items()}
             loss, figures = model.loss(batch)
-            accelerator.backward(loss / config.grad_accum)
-            losses.append(loss.item())
-            accuracies.append(figures.get("accuracy", 0.0))
-            seen += len(rows)
+            share = len(rows) * world / len(chosen)  # rows' weight in the global batch's mean
+            scaled = loss * share / config.grad_accum
+            accelerator.backward(scaler.scale(scaled) if scaler is not None else scaled)
+            losses.append(loss.item() * share)
+            accuracies.append(figures.get("accuracy", 0.0) * share)
+        if world > 1:
+            _reduce_gradients(trainable, world)
+            losses = _mean_over_processes(losses, world, device)
+            accuracies = _mean_over_processes(accuracies, world, device)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                      if config.max_grad_norm > 0 else
                      torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
-        reason = guard.problem(losses, float(grad_norm))
-        if reason is not None:  # drop the step: back to the last good state, at a lower learning rate
+        overflow = scaler is not None and not math.isfinite(float(grad_norm)) and all(map(math.isfinite, losses))
+        reason = None if overflow else guard.problem(losses, float(grad_norm))
+        if overflow:  # fp16 loss scale too high: the scaler skips this step and lowers the scale
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        elif reason is not None:  # drop the step: back to the last good state, at a lower learning rate
             optimizer.zero_grad(set_to_none=True)
             record = guard.roll_back(step, reason)
             history.append(record)
-            _log(metrics_path, record)
+            _log(metrics_path, record, main)
             bar.write(f"softprompt: step {step}: {reason}; rolled back, learning rate now {record['lr']:.3g}")
         else:
             running_loss += sum(losses)
             running_acc += sum(accuracies)
             running_n += len(losses)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - started
@@ -248,7 +419,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             if model.task is TaskType.CLASSIFICATION:
                 record["accuracy"] = running_acc / running_n
             history.append(record)
-            _log(metrics_path, record)
+            _log(metrics_path, record, main)
             last_loss = record["loss"]
             bar.set_postfix(loss=f"{last_loss:.4f}", best=f"{best_score:.4f}" if best_result else "-")
             running_loss, running_acc, running_n = 0.0, 0.0, 0
@@ -261,23 +432,29 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 best_score, best_step, best_result = primary_metric(result), step, result
                 best_state = _snapshot(model)
                 evals_without_gain = 0
-                write(out, model, {"init": config.init.value, "placement": placement,
+                write(out, model, {"init": config.init_name, "placement": placement,
                                    "training": {"best_step": step, "validation": result,
                                                 "train_seconds": round(train_seconds, 3), "in_progress": True}})
             else:
                 evals_without_gain += 1
             bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{primary_metric(result):.4f}", best=f"{best_score:.4f}")
+            if on_validation is not None:
+                on_validation(step, result)
             if config.patience and evals_without_gain >= config.patience:
                 bar.write(f"softprompt: early stop at step {step}: no validation gain in {config.patience} evaluations")
                 break
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps:
+            checkpoint()
     bar.close()
 
     # ---- finish: the best prompt, its file, the picture ---------------------------------------------------
     _restore(model, best_state)
     training = {"best_step": best_step, "validation": best_result, "steps": step, "examples_seen": seen,
                 "train_seconds": round(train_seconds, 3), "data": task.name, "train_examples": len(train_rows),
-                "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed}
-    prompt_path = write(out, model, {"init": config.init.value, "placement": placement, "training": training})
-    plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
-                 f"{model.prompt.num_virtual_tokens} virtual tokens")
+                "lr": config.lr, "batch_size": config.batch_size, "seed": config.seed,
+                "trainable_params": sum(p.numel() for p in trainable)}
+    prompt_path = write(out, model, {"init": config.init_name, "placement": placement, "training": training})
+    if main:
+        plot_history(history, out / "training.png", title=f"{backbone.name} / {task.name} / "
+                     f"{model.prompt.num_virtual_tokens} virtual tokens")
     return TrainResult(model, out, prompt_path, best_step, best_result, step, train_seconds, history)

@@ -81,11 +81,7 @@ def _plain_model(backbone: Backbone, task: TaskData, config: TrainConfig) -> Pro
 
 
 def _decoder_layers(backbone: Backbone) -> list[nn.Module]:
-    body = backbone.model.base_model
-    for name in ("layers", "h"):  # Llama / Gemma / Mistral families, GPT-2 family
-        if hasattr(body, name):
-            return list(getattr(body, name))
-    raise ConfigError(f"backbone '{backbone.name}': no decoder layer list ('layers' or 'h') to attach adapters to")
+    return backbone.decoder_layers()
 
 
 def _attention_output(layer: nn.Module) -> nn.Module:

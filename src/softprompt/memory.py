@@ -1,0 +1,181 @@
+"""`softprompt train --dry-run`: the memory a training run needs, worked out without loading any weight.
+
+The backbone is built from its config on PyTorch's meta device (shapes only, no storage), so a 7B or 70B
+config costs a second. Parameter memory is counted from those shapes at the run's dtype (or the bitsandbytes
+width for `--load-in`). Activation memory is not a rule of thumb: one forward of a full batch (every row at
+`--max-length` plus the virtual tokens) runs on the meta model under a saved-tensor hook that adds up every
+tensor autograd keeps for the backward pass -- the same count a real run makes (tested equal on real models).
+Frozen weights are not counted twice (autograd keeps views of them), and with `--gradient-checkpointing` the
+recomputation of one layer in the backward pass is added to the layer inputs kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+from .errors import ConfigError
+from .prompt import PromptMethod
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class MemoryEstimate:
+    model: str
+    device: str
+    dtype: str
+    parameters: int
+    batch_tokens: tuple[int, int]
+    rows: list[tuple[str, int, str]]  # (component, bytes, how counted)
+    shardable: int = 0  # weight bytes FSDP splits (decoder layers; the input embedding when untied)
+    unit: int = 0  # the largest of those units (gathered whole while it runs)
+
+    @property
+    def total(self) -> int:
+        return sum(r[1] for r in self.rows)
+
+    def sharded_total(self, processes: int) -> int:
+        """Per process with `accelerate launch --config_file examples/accelerate/fsdp.yaml`: the split weights
+        divided over the processes, plus two whole units (the one running and the one prefetched)."""
+        return self.total - self.shardable + self.shardable // processes + 2 * self.unit
+
+    def table(self) -> str:
+        b, t = self.batch_tokens
+        lines = [f"dry run: {self.model} ({self.parameters / 1e6:,.0f}M parameters, {self.dtype}) on {self.device}, "
+                 f"batch {b} x {t} tokens; nothing loaded", "",
+                 f"{'component':<26}{'GiB':>10}  how counted"]
+        for name, count, how in self.rows:
+            lines.append(f"{name:<26}{count / GIB:>10.3f}  {how}")
+        lines.append(f"{'total per process':<26}{self.total / GIB:>10.3f}  (+ runtime: CUDA context ~0.5 GiB, "
+                     f"allocator slack)")
+        lines.append(f"data parallel over N processes (accelerate launch / torchrun): the same per process, "
+                     f"{b} rows each, N x {b} rows per step")
+        for n in (2, 8):
+            lines.append(f"{f'sharded over {n} (FSDP)':<26}{self.sharded_total(n) / GIB:>10.3f}  per process: "
+                         f"decoder layers (and an untied input embedding) split, two units gathered at a time")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "device": self.device, "dtype": self.dtype, "parameters": self.parameters,
+                "batch_tokens": list(self.batch_tokens), "total_bytes": self.total,
+                "components": [{"name": n, "bytes": b, "how": h} for n, b, h in self.rows]}
+
+
+def _model_folder(name: str) -> Path:
+    from .backbones.registry import BUILTIN_BACKBONES, builtin_backbone_dir
+
+    if name in BUILTIN_BACKBONES:
+        return builtin_backbone_dir(name)
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--dry-run --model {name}: needs a built-in name or a local folder with config.json "
+                          f"(a config alone is enough: no weights are read)")
+    return path
+
+
+def saved_activation_bytes(model: torch.nn.Module, batch: int, tokens: int, dtype: torch.dtype,
+                           device: str = "meta") -> int:
+    """Bytes autograd keeps for the backward pass of one decoder forward with gradient-carrying inputs.
+
+    Views of frozen parameters are not counted (they are the weights); each storage counts once.
+    """
+    params = {id(p) for p in model.parameters()}
+    seen: set[int] = set()
+    keep: list[torch.Tensor] = []  # hold the tensors so ids stay unique during the pass
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        base = tensor._base if tensor._base is not None else tensor
+        if id(base) not in params and id(base) not in seen:
+            seen.add(id(base))
+            keep.append(base)
+            total += base.untyped_storage().nbytes()
+        return tensor
+
+    hidden = model.config.hidden_size
+    embeds = torch.zeros(batch, tokens, hidden, dtype=dtype, device=device, requires_grad=True)
+    mask = torch.ones(batch, tokens, dtype=torch.long, device=device)
+    positions = torch.arange(tokens, device=device).expand(batch, tokens)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+    return total
+
+
+def _parameter_bytes(model: torch.nn.Module, dtype: torch.dtype, load_in: str | None) -> int:
+    size = torch.tensor([], dtype=dtype).element_size()
+    if load_in is None:
+        return sum(p.numel() for p in model.parameters()) * size
+    per = 1.0 if load_in == "8bit" else 0.5 + 0.127 / 8  # nf4 + double-quantised absmax constants
+    total = 0.0
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            linear = isinstance(module, torch.nn.Linear) and pname == "weight" and "lm_head" not in name
+            total += param.numel() * (per if linear else size)
+    return int(total)
+
+
+def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
+    """Parameter, prompt/optimiser and activation memory of the run `config` describes (no weights loaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .backbones.causal_lm import checkpoint_layers, decoder_layers_of
+    from .backbones.registry import resolve_precision
+    from .training.loop import DEFAULT_NUM_VIRTUAL_TOKENS
+
+    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_precision(config.precision.value, device)
+    folder = _model_folder(config.model)
+    hf_config = AutoConfig.from_pretrained(folder)
+    fused = torch.device(device).type != "cpu"  # load_backbone: eager attention on CPU, SDPA elsewhere
+    with torch.device("meta"):  # eager on the meta device (SDPA's mask checks need real values)
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")
+    model.requires_grad_(False)
+    parameters = sum(p.numel() for p in model.parameters())
+    hidden = hf_config.hidden_size
+    n = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
+    deep = config.method is PromptMethod.DEEP
+    if deep:
+        layers = hf_config.num_hidden_layers
+        kv_heads = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+        head_dim = getattr(hf_config, "head_dim", None) or hidden // hf_config.num_attention_heads
+        prompt_params = layers * n * 2 * kv_heads * head_dim
+    else:
+        prompt_params = n * hidden
+    tokens = config.max_length + n  # worst case: every row at --max-length, with the virtual tokens
+    batch = config.batch_size
+    activations = saved_activation_bytes(model, batch, tokens, dtype)
+    how = "saved for backward, counted on a meta-device forward (eager attention)"
+    if fused:  # a fused SDPA kernel keeps no T x T scores: take eager's quadratic term out, measured from T/2
+        half = saved_activation_bytes(model, batch, tokens // 2, dtype)
+        quadratic = max(0, activations - 2 * half) * tokens ** 2 / (tokens ** 2 - 2 * (tokens // 2) ** 2)
+        activations -= int(quadratic)
+        how = "meta-device count less the T x T attention scores a fused SDPA kernel does not keep"
+    rows = [("backbone weights", _parameter_bytes(model, dtype, config.load_in),
+             f"{parameters:,} parameters at " + (config.load_in or str(dtype).replace("torch.", ""))),
+            ("prompt + grad + AdamW", prompt_params * 16,
+             f"{prompt_params:,} fp32 values x (weight, grad, 2 moments)")]
+    if config.gradient_checkpointing:
+        layer_list = decoder_layers_of(model) or []
+        per_layer = activations // max(1, len(layer_list))
+        checkpoint_layers(layer_list)
+        kept = saved_activation_bytes(model, batch, tokens, dtype)
+        rows += [("activations (layer inputs)", kept, "gradient checkpointing: inputs of every layer"),
+                 ("one layer recomputed", per_layer, "its activations during its backward")]
+    else:
+        rows.append(("activations", activations, how))
+    vocab = hf_config.vocab_size
+    rows.append(("answer logits", batch * vocab * 4 * 2, "fp32 log-probabilities and their gradient at the answer "
+                                                          "position"))
+    size = torch.tensor([], dtype=dtype).element_size()
+    units = [sum(p.numel() for p in layer.parameters()) * size for layer in decoder_layers_of(model) or []]
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    if output is None or output.weight is not embedding.weight:
+        units.append(embedding.weight.numel() * size)
+    return MemoryEstimate(str(config.model), device, str(dtype).replace("torch.", ""), parameters, (batch, tokens),
+                          rows, shardable=sum(units), unit=max(units, default=0))

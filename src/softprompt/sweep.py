@@ -1,0 +1,313 @@
+"""`softprompt sweep`: learning rate x prompt length x initialisation (x placement), searched with optuna.
+
+Every trial trains a prompt at the same step budget, data order and validation set on one loaded backbone;
+its score is the best validation metric (accuracy for classification). `search="grid"` tries every
+combination (queued in a seeded shuffled order); `"random"` and `"tpe"` draw `trials` of them. A median pruner stops
+trials whose validation score at an evaluation is below the median of earlier trials at the same step.
+The study lives in `DIR/study.journal` (optuna's journal storage), so a sweep killed midway continues where it
+stopped when run again with the same output folder: finished trials are kept and a grid runs the ones still
+missing (the one that was running included). Writes `sweep.json`, `sweep.md`, `sweep.png` (best validation score vs prompt
+length, one line per initialisation) and `best.yaml` (usable with `softprompt train --config`).
+
+    softprompt sweep --data rotten_tomatoes --lr 3e-3,3e-2,3e-1 --num-virtual-tokens 1,5,20,100 \\
+        --init random,vocab,labels --budget-steps 60 --output runs/sweep
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from .config import TrainConfig
+from .errors import ConfigError
+from .prompt import PromptInit
+from .template import Placement
+
+SEARCHES = ("grid", "random", "tpe")
+STUDY_NAME = "softprompt-sweep"
+
+
+@dataclass(frozen=True)
+class SweepSpace:
+    """The values each swept option takes (one value = held fixed)."""
+
+    lr: tuple[float, ...]
+    num_virtual_tokens: tuple[int, ...]
+    init: tuple[str, ...]
+    placement: tuple[str, ...]
+
+    def as_grid(self) -> dict[str, list]:
+        return {"lr": list(self.lr), "num_virtual_tokens": list(self.num_virtual_tokens), "init": list(self.init),
+                "placement": list(self.placement)}
+
+    @property
+    def size(self) -> int:
+        return len(self.lr) * len(self.num_virtual_tokens) * len(self.init) * len(self.placement)
+
+
+def _values(flag: str, text: str, kind: Callable[[str], Any], allowed: Sequence[str] | None = None) -> tuple:
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"--{flag} is empty: give comma-separated values")
+    out = []
+    for item in items:
+        try:
+            value = kind(item)
+        except ValueError:
+            raise ConfigError(f"--{flag}: {item!r} is not a valid {kind.__name__}") from None
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"--{flag}: {item!r} is not one of {', '.join(allowed)}")
+        if flag == "lr" and not value > 0:
+            raise ConfigError(f"--lr: {item} must be > 0")
+        if flag == "num-virtual-tokens" and value < 1:
+            raise ConfigError(f"--num-virtual-tokens: {item} must be >= 1")
+        out.append(value)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"--{flag} lists a value twice: {text}")
+    return tuple(out)
+
+
+def parse_space(lr: str, num_virtual_tokens: str, init: str, placement: str) -> SweepSpace:
+    """The search space from the CLI's comma-separated lists, each value checked."""
+    return SweepSpace(_values("lr", lr, float), _values("num-virtual-tokens", num_virtual_tokens, int),
+                      _values("init", init, str, [i.value for i in PromptInit]),
+                      _values("placement", placement, str, [p.value for p in Placement]))
+
+
+def _study(output: Path, search: str, space: SweepSpace, seed: int, prune: bool, warmup_steps: int):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if search in ("grid", "random"):  # a grid's trials are all queued with fixed settings (`_plan`)
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, max(2, space.size // 4)))
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=warmup_steps)
+              if prune else optuna.pruners.NopPruner())
+    storage = JournalStorage(JournalFileBackend(str(output / "study.journal")))
+    study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=STUDY_NAME,
+                                direction="maximize", load_if_exists=True)
+    saved = study.user_attrs.get("space")
+    if saved is not None and (saved != space.as_grid() or study.user_attrs.get("search") != search):
+        raise ConfigError(f"{output} holds a sweep over {saved} ({study.user_attrs.get('search')}); "
+                          f"use another --output for a different search")
+    study.set_user_attr("space", space.as_grid())
+    study.set_user_attr("search", search)
+    return study
+
+
+def _is_done(trial) -> bool:
+    """Complete, pruned, or diverged (a failure with a reason) -- not one interrupted by a kill or Ctrl-C."""
+    return trial.state.name in ("COMPLETE", "PRUNED") or (trial.state.name == "FAIL" and "error" in trial.user_attrs)
+
+
+def _plan(study, space: SweepSpace, search: str, trials: int, seed: int) -> int:
+    """Ready the study for this run; returns how many trials to run now.
+
+    Trials a killed process left RUNNING are marked failed. A grid queues every combination not done yet
+    (nor already queued) in a seeded shuffled order, so an interrupted sweep runs exactly the missing ones.
+    """
+    import itertools
+    import random
+
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    all_trials = study.get_trials(deepcopy=False)
+    done = sum(_is_done(t) for t in all_trials)
+    if search != "grid":
+        return max(0, trials - done)
+    key = ("lr", "num_virtual_tokens", "init", "placement")
+    taken = {tuple(t.params.get(k) for k in key) for t in all_trials if _is_done(t)}
+    waiting = [t for t in all_trials if t.state is TrialState.WAITING]
+    taken |= {tuple(t.system_attrs.get("fixed_params", {}).get(k) for k in key) for t in waiting}
+    grid = list(itertools.product(*(space.as_grid()[k] for k in key)))
+    random.Random(seed).shuffle(grid)
+    missing = [point for point in grid if point not in taken][: max(0, trials - done - len(waiting))]
+    for point in missing:
+        study.enqueue_trial(dict(zip(key, point)))
+    return len(missing) + len(waiting)
+
+
+def trial_rows(study) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if not _is_done(t):
+            continue  # waiting, running, or interrupted (queued again)
+        rows.append({"trial": t.number, **t.params, "state": t.state.name.lower(),
+                     "score": t.value if t.value is not None else
+                     (max(t.intermediate_values.values()) if t.intermediate_values else None),
+                     "last_step": max(t.intermediate_values) if t.intermediate_values else 0,
+                     "seconds": t.user_attrs.get("seconds"), "error": t.user_attrs.get("error")})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [f"### {title}", "", "| rank | lr | tokens | init | placement | validation | state | steps | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    ranked = sorted(rows, key=lambda r: (r["state"] != "complete", -(r["score"] if r["score"] is not None
+                                                                        else -math.inf)))
+    for rank, r in enumerate(ranked, 1):
+        score = f"{100 * r['score']:.1f}" if r["score"] is not None else "—"
+        state = r["state"] + (f" ({r['error'][:60]})" if r.get("error") else "")
+        lines.append(f"| {rank} | {r['lr']:g} | {r['num_virtual_tokens']} | {r['init']} | {r['placement']} | "
+                     f"{score} | {state} | {r['last_step']} | {r['seconds'] or 0:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Best validation score vs prompt length, one line per init; one panel per learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .formats import atomic_write
+
+    scored = [r for r in rows if r["score"] is not None]
+    lrs = sorted({r["lr"] for r in scored})
+    if not lrs:
+        return
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4.6 * len(lrs), 4), sharey=True, squeeze=False)
+    for ax, lr in zip(axes[0], lrs):
+        for init in sorted({r["init"] for r in scored}):
+            points: dict[int, float] = {}
+            for r in scored:
+                if r["lr"] == lr and r["init"] == init:  # over placements: the best
+                    points[r["num_virtual_tokens"]] = max(points.get(r["num_virtual_tokens"], -1), r["score"])
+            if points:
+                xs = sorted(points)
+                ax.plot(xs, [100 * points[x] for x in xs], marker="o", label=init)
+        pruned = [r for r in scored if r["lr"] == lr and r["state"] == "pruned"]
+        if pruned:
+            ax.scatter([r["num_virtual_tokens"] for r in pruned], [100 * r["score"] for r in pruned],
+                       marker="x", color="grey", zorder=3, label="pruned (score when stopped)")
+        ax.set_xscale("log")
+        ax.set_xlabel("virtual tokens (log)")
+        ax.set_title(f"lr {lr:g}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("best validation accuracy %")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def best_yaml(base: TrainConfig, params: dict[str, Any], output: Path) -> str:
+    """The best trial's settings as a `train --config` file: options that differ from the defaults."""
+    best = base.replace(**params, output=str(output / "best"))
+    defaults = TrainConfig(data=best.data).to_dict()
+    chosen = {k: v for k, v in best.to_dict().items() if v != defaults.get(k) or k in params or k == "data"}
+    return yaml.safe_dump(chosen, sort_keys=False)
+
+
+def sweep(base: TrainConfig, space: SweepSpace, output: Path, *, search: str = "grid", trials: int | None = None,
+          budget_steps: int = 60, evals: int = 3, prune: bool = True, log: Callable[[str], None] = print,
+          backbone=None, task=None) -> list[dict[str, Any]]:
+    """Run (or continue) the sweep into `output`; returns one row per finished trial."""
+    import optuna
+
+    from .backbones import load_backbone, resolve_precision
+    from .data import load_task
+    from .evaluation import primary_metric
+    from .formats import atomic_write
+    from .training import train
+    from .training.guard import TrainingDivergedError
+
+    if search not in SEARCHES:
+        raise ConfigError(f"--search {search!r}: choose one of {', '.join(SEARCHES)}")
+    if budget_steps < 1:
+        raise ConfigError(f"--budget-steps must be >= 1, got {budget_steps}")
+    if evals < 1:
+        raise ConfigError(f"--evals must be >= 1, got {evals}")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if search == "grid":
+        trials = space.size if trials is None else min(trials, space.size)
+    elif trials is None:
+        raise ConfigError(f"--search {search} needs --trials N")
+    for lr in space.lr:  # every combination must be a valid config before anything loads
+        for n in space.num_virtual_tokens:
+            for init in space.init:
+                for placement in space.placement:
+                    base.replace(lr=lr, num_virtual_tokens=n, init=init, placement=placement)
+    output.mkdir(parents=True, exist_ok=True)
+    eval_every = max(1, budget_steps // evals)
+    study = _study(output, search, space, base.seed, prune, warmup_steps=eval_every)
+    to_run = _plan(study, space, search, trials, base.seed)
+    done_before = sum(_is_done(t) for t in study.get_trials(deepcopy=False))
+    if done_before:
+        log(f"sweep: continuing {output}: {done_before} trial(s) done, {to_run} to run")
+    if task is None:
+        task = load_task(base.data, train_file=base.train_file, validation_file=base.validation_file,
+                         test_file=base.test_file, task=base.task.value, text_fields=base.text_fields,
+                         label_field=base.label_field, labels=base.labels)
+    if backbone is None:
+        backbone = load_backbone(base.model, dtype=resolve_precision(base.precision.value, "cpu"))
+
+    def finished() -> int:
+        return sum(_is_done(t) for t in study.get_trials(deepcopy=False))
+
+    def objective(trial) -> float:
+        params = {"lr": trial.suggest_categorical("lr", list(space.lr)),
+                  "num_virtual_tokens": trial.suggest_categorical("num_virtual_tokens", list(space.num_virtual_tokens)),
+                  "init": trial.suggest_categorical("init", list(space.init)),
+                  "placement": trial.suggest_categorical("placement", list(space.placement))}
+        name = f"{trial.number:03d}-lr{params['lr']:g}-n{params['num_virtual_tokens']}-{params['init']}-{params['placement']}"
+        config = base.replace(**params, max_steps=budget_steps, eval_every=eval_every, patience=0, checkpoint_every=0,
+                              output=str(output / "trials" / name))
+        started = time.perf_counter()
+
+        def report(step: int, result: dict) -> None:
+            trial.report(primary_metric(result), step)
+            if step < budget_steps and trial.should_prune():
+                trial.set_user_attr("seconds", time.perf_counter() - started)
+                raise optuna.TrialPruned(f"validation {primary_metric(result):.3f} at step {step}")
+
+        try:
+            result = train(config, backbone=backbone, task=task, progress=False, on_validation=report)
+        except TrainingDivergedError as exc:
+            trial.set_user_attr("error", str(exc).split(";")[0])
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            raise
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        return primary_metric(result.best_validation)
+
+    def announce(study_, trial) -> None:
+        params = " ".join(f"{k}={v}" for k, v in trial.params.items())
+        score = trial.value if trial.value is not None else (
+            max(trial.intermediate_values.values()) if trial.intermediate_values else float("nan"))
+        log(f"sweep: trial {trial.number} ({finished()}/{trials}) {params}: {trial.state.name.lower()} "
+            f"{score:.3f} ({trial.user_attrs.get('seconds', 0):.0f} s)")
+        write_outputs()
+
+    title = (f"{base.model} on {base.data}: {search} sweep, {budget_steps} steps x batch {base.batch_size}, "
+             f"validation every {eval_every}")
+
+    def write_outputs() -> list[dict[str, Any]]:
+        rows = trial_rows(study)
+        atomic_write(output / "sweep.json", lambda tmp: Path(tmp).write_text(json.dumps(
+            {"search": search, "space": space.as_grid(), "budget_steps": budget_steps, "rows": rows}, indent=1)))
+        atomic_write(output / "sweep.md", lambda tmp: Path(tmp).write_text(markdown(rows, title)))
+        plot(rows, output / "sweep.png", title)
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        if complete:
+            best = max(complete, key=lambda t: t.value)
+            atomic_write(output / "best.yaml", lambda tmp: Path(tmp).write_text(
+                f"# best of {len(complete)} complete trials: validation {best.value:.4f} (trial {best.number})\n"
+                + best_yaml(base, best.params, output)))
+        return rows
+
+    if to_run > 0:
+        study.optimize(objective, n_trials=to_run, catch=(TrainingDivergedError,), callbacks=[announce])
+    return write_outputs()

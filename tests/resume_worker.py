@@ -1,0 +1,40 @@
+"""A training run in its own process, for the kill -9 tests (tests/test_resume.py).
+
+    python resume_worker.py MODE CONFIG_JSON
+MODE `slow`: every loss call sleeps 50 ms, so a kill lands in the middle of training.
+MODE `hang-in-write`: the second checkpoint write puts some bytes in its temp file, prints IN_WRITE and hangs,
+so a kill lands in the middle of a checkpoint write.
+"""
+
+import json
+import sys
+import time
+
+import softprompt.training.checkpoint as checkpoint
+from softprompt import TrainConfig
+from softprompt.model import PromptedModel
+from softprompt.training import train
+
+mode, config = sys.argv[1], json.loads(sys.argv[2])
+if mode == "slow":
+    original_loss = PromptedModel.loss
+
+    def slow_loss(self, batch):
+        time.sleep(0.05)
+        return original_loss(self, batch)
+
+    PromptedModel.loss = slow_loss
+elif mode == "hang-in-write":
+    original_save, calls = checkpoint.torch.save, {"n": 0}
+
+    def hanging_save(obj, handle):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            handle.write(b"\x00" * 4096)
+            handle.flush()
+            print("IN_WRITE", flush=True)
+            time.sleep(120)
+        return original_save(obj, handle)
+
+    checkpoint.torch.save = hanging_save
+train(TrainConfig(**config), progress=False)

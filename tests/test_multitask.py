@@ -1,0 +1,90 @@
+"""Multitask prompt tuning (shared prompt + rank-r task factors), stage 2 adaptation, few-shot subsets."""
+
+import json
+
+import pytest
+import torch
+
+from softprompt import TrainConfig, load_task, train
+from softprompt.cli import main
+from softprompt.errors import SoftPromptError
+from softprompt.formats import load_prompted_model, read_prompt_tensors
+from softprompt.multitask import parse_tasks, train_multitask
+from softprompt.training.loop import per_class
+
+from conftest import write_jsonl
+
+TOPICS = [("the match ended in a draw", "sport"), ("a fine soup with bread", "food"),
+          ("the striker scored twice", "sport"), ("fresh pasta and sauce", "food")]
+
+
+@pytest.fixture
+def topic_dir(tmp_path):
+    folder = tmp_path / "topics"
+    folder.mkdir()
+    rows = [{"text": t, "label": l} for t, l in TOPICS]
+    for split, repeat in (("train", 6), ("validation", 1), ("test", 1)):
+        write_jsonl(folder / f"{split}.jsonl", rows * repeat)
+    return folder
+
+
+def _config(tmp_path, model_dir, **kw):
+    base = dict(model=model_dir, max_steps=6, eval_every=3, eval_limit=0, batch_size=8, lr=5e-2, precision="fp32",
+                device="cpu", num_virtual_tokens=4, output=str(tmp_path / "mpt"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_stage_one_writes_a_shared_prompt_and_task_prompts(tmp_path, tiny_model_dir, sentiment_dir, topic_dir):
+    from softprompt import load_backbone
+
+    config = _config(tmp_path, tiny_model_dir, method="multitask", tasks=f"senti={sentiment_dir},topic={topic_dir}",
+                     mpt_rank=2)
+    result = train_multitask(config, progress=False)
+    tensors, meta = read_prompt_tensors(result.shared_path)
+    assert meta["method"] == "multitask" and meta["rank"] == 2 and set(meta["tasks"]) == {"senti", "topic"}
+    assert tensors["shared_prompt"].shape == (4, 32) and tensors["task_u.topic"].shape == (4, 2)
+    assert result.trainable_params == 4 * 32 + 2 * (4 * 2 + 32 * 2)
+    backbone = load_backbone(tiny_model_dir, dtype="fp32")
+    topic = load_prompted_model(result.task_paths["topic"], backbone)  # an ordinary prompt file per source task
+    expected = tensors["shared_prompt"] * (tensors["task_u.topic"] @ tensors["task_v.topic"].T)
+    torch.testing.assert_close(topic.prompt.embeddings.detach(), expected)
+    assert topic.labels == ("food", "sport")
+    assert not torch.allclose(tensors["task_u.senti"], tensors["task_u.topic"])  # each task has its own factor
+    with pytest.raises(SoftPromptError, match="holds no single task's prompt"):
+        load_prompted_model(result.shared_path, backbone)
+
+
+def test_stage_two_trains_only_the_new_factor(tmp_path, tiny_model_dir, sentiment_dir, topic_dir):
+    stage1 = _config(tmp_path, tiny_model_dir, method="multitask", tasks=f"senti={sentiment_dir},topic={topic_dir}")
+    shared = train_multitask(stage1, progress=False).shared_path
+    base = dict(model=tiny_model_dir, data=str(topic_dir), max_steps=4, eval_every=0, batch_size=4, lr=5e-2,
+                precision="fp32", device="cpu", init_from=str(shared))
+    result = train(TrainConfig(**base, output=str(tmp_path / "target")), progress=False)
+    _, meta = read_prompt_tensors(result.prompt_path)
+    assert meta["method"] == "prompt" and meta["training"]["trainable_params"] == 4 * 1 + 32 * 1
+    torch.testing.assert_close(result.model.prompt.shared.detach(), read_prompt_tensors(shared)[0]["shared_prompt"])
+    both = train(TrainConfig(**base, mpt_train_shared=True, output=str(tmp_path / "both")), progress=False)
+    assert read_prompt_tensors(both.prompt_path)[1]["training"]["trainable_params"] == 4 * 32 + 4 + 32
+
+
+def test_multitask_cli_and_bad_task_lists(tmp_path, tiny_model_dir, sentiment_dir, topic_dir, capsys):
+    assert main(["train", "--method", "multitask", "--tasks", f"a={sentiment_dir},b={topic_dir}", "--model",
+                 tiny_model_dir, "--max-steps", "2", "--eval-every", "0", "--eval-limit", "0", "--batch-size", "4",
+                 "--num-virtual-tokens", "3", "--precision", "fp32", "--output", str(tmp_path / "cli"),
+                 "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["tasks"]) == {"a", "b"} and summary["shared"].endswith("shared.safetensors")
+    for text, message in (("rt", "not name=data"), ("a=x", "two or more"), ("a=x,a=y", "twice"),
+                          ("1a=x,b=y", "starting with a letter")):
+        with pytest.raises(SoftPromptError, match=message):
+            parse_tasks(text)
+    assert main(["train", "--method", "multitask", "--model", tiny_model_dir]) == 2
+    assert "needs --tasks" in capsys.readouterr().err
+
+
+def test_few_shot_subsets_are_seeded_and_per_class(sentiment_dir):
+    rows = load_task(str(sentiment_dir)).train
+    subset = per_class(rows, "label", 3, seed=1)
+    assert sorted(r["label"] for r in subset) == ["negative"] * 3 + ["positive"] * 3
+    assert subset == per_class(rows, "label", 3, seed=1) and subset != per_class(rows, "label", 3, seed=2)

@@ -1,0 +1,104 @@
+"""Memory-side features for bigger backbones: --dry-run estimates, gradient checkpointing, fp16, --load-in."""
+
+import pytest
+import torch
+
+from softprompt import TrainConfig, load_task, train
+from softprompt.cli import main
+from softprompt.errors import SoftPromptError
+from softprompt.memory import estimate_training_memory, saved_activation_bytes
+from softprompt.training import build_prompted_model
+
+import tiny
+
+
+def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir):
+    from softprompt import load_backbone
+
+    config = TrainConfig(model=tiny_model_dir, data=str(sentiment_dir), batch_size=3, max_length=24,
+                         num_virtual_tokens=5, precision="fp32", device="cpu")
+    estimate = estimate_training_memory(config)
+    real = load_backbone(tiny_model_dir, dtype=torch.float32)
+    by_name = {name: count for name, count, _ in estimate.rows}
+    assert estimate.batch_tokens == (3, 29)
+    assert by_name["activations"] == saved_activation_bytes(real.model, 3, 29, torch.float32, device="cpu")
+    assert by_name["backbone weights"] == 4 * sum(p.numel() for p in real.model.parameters())
+    assert by_name["prompt + grad + AdamW"] == 16 * 5 * real.hidden_size
+    checkpointed = {n: c for n, c, _ in estimate_training_memory(config.replace(gradient_checkpointing=True)).rows}
+    assert checkpointed["activations (layer inputs)"] < by_name["activations"] / 3
+    assert estimate.total == sum(by_name.values())
+    layers = sum(p.numel() for p in real.model.model.layers.parameters()) * 4  # tied embedding: not split
+    assert estimate.shardable == layers and estimate.unit == layers // 2  # two layers, one unit each
+    assert estimate.sharded_total(2) == estimate.total - layers // 2 + layers  # half split away, two units whole
+
+
+def test_dry_run_cli_loads_nothing_and_prints_the_table(tiny_model_dir, sentiment_dir, capsys, monkeypatch):
+    import softprompt.backbones.registry as registry
+
+    monkeypatch.setattr(registry, "load_backbone", lambda *a, **k: pytest.fail("--dry-run loaded weights"))
+    assert main(["train", "--model", tiny_model_dir, "--data", str(sentiment_dir), "--dry-run",
+                 "--gradient-checkpointing", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing loaded" in out and "activations (layer inputs)" in out and "data parallel over N processes" in out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_gradient_checkpointing_gives_the_same_prompt_gradient_with_less_kept(arch, sentiment_dir):
+    task = load_task(str(sentiment_dir))
+    config = TrainConfig(model="unused", data=str(sentiment_dir), num_virtual_tokens=4, precision="fp32")
+    grads = []
+    for checkpointing in (False, True):
+        backbone = tiny.tiny_backbone(arch)
+        if checkpointing:
+            assert backbone.enable_gradient_checkpointing() == len(backbone.decoder_layers())
+        model = build_prompted_model(config, backbone, task)
+        loss, _ = model.loss(model.make_batch(task.train[:6]))
+        loss.backward()
+        grads.append(model.prompt.embeddings.grad.clone())
+        with torch.no_grad():  # inference is untouched by the wrapper
+            model.class_scores(model.make_batch(task.test[:2], label_field=None))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_checkpointing_and_fp16_train_end_to_end(tmp_path, tiny_model_dir, sentiment_dir):
+    from softprompt.training.checkpoint import load_checkpoint
+
+    base = dict(model=tiny_model_dir, data=str(sentiment_dir), max_steps=4, eval_every=0, batch_size=4,
+                device="cpu", checkpoint_every=2, lr=3e-2)
+    plain = train(TrainConfig(**base, precision="fp32", output=str(tmp_path / "plain")), progress=False)
+    ckpt = train(TrainConfig(**base, precision="fp32", gradient_checkpointing=True, output=str(tmp_path / "ck")),
+                 progress=False)
+    torch.testing.assert_close(ckpt.model.prompt.embeddings, plain.model.prompt.embeddings, atol=1e-5, rtol=1e-4)
+    half = train(TrainConfig(**base, precision="fp16", output=str(tmp_path / "fp16")), progress=False)
+    assert half.model.backbone.dtype == torch.float16 and half.model.prompt.embeddings.dtype == torch.float32
+    assert torch.isfinite(half.model.prompt.embeddings).all()
+    assert not torch.equal(half.model.prompt.embeddings, build_prompted_model(
+        TrainConfig(**base, precision="fp16", output="x"), half.model.backbone, load_task(str(sentiment_dir))
+    ).prompt.embeddings)  # it trained
+    assert "scaler" in load_checkpoint(tmp_path / "fp16")  # the loss scale is part of the run state
+
+
+def test_quantised_loading_explains_what_it_needs(tiny_model_dir):
+    from softprompt.backbones.registry import quantization_config
+
+    with pytest.raises(SoftPromptError, match="bitsandbytes|CUDA GPU"):
+        quantization_config("4bit", torch.bfloat16, "cpu")
+    with pytest.raises(SoftPromptError, match="choose 8bit or 4bit"):
+        TrainConfig(data="x", load_in="3bit")
+    with pytest.raises(SoftPromptError, match="method prompt"):
+        TrainConfig(data="x", method="deep", gradient_checkpointing=True)
+
+
+def test_dry_run_for_a_gpu_counts_fused_attention_as_a_real_sdpa_forward_keeps(tiny_model_dir, sentiment_dir):
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(model=tiny_model_dir, data=str(sentiment_dir), batch_size=2, max_length=60,
+                         num_virtual_tokens=4, precision="fp32", device="cuda")  # estimated, not run, on a GPU
+    estimate = {n: c for n, c, _ in estimate_training_memory(config).rows}["activations"]
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").requires_grad_(False)
+    real = saved_activation_bytes(sdpa, 2, 64, torch.float32, device="cpu")  # CPU's fused SDPA kernel
+    eager = {n: c for n, c, _ in estimate_training_memory(config.replace(device="cpu")).rows}["activations"]
+    assert real < eager  # no T x T scores kept
+    assert abs(estimate - real) / real < 0.1, (estimate, real, eager)
+    print(f"fused estimate {estimate}, real sdpa {real}, eager {eager}")
