@@ -101,9 +101,10 @@ def main() -> None:
                         log=lambda line: print(line, flush=True))
         rows = [json.loads(line) for line in (work / name / "runs.jsonl").read_text().splitlines()]
         params = [r["backbone_params"] for r in rows if "backbone_params" in r]
+        before = combined["suites"].get(name, {}).get("wall_seconds", 0.0)  # earlier, interrupted invocations
         combined["suites"][name] = {"model": model, "data": data, "seeds": seeds, "steps": steps, "batch_size": 16,
                                     "test_limit": test_limit, "backbone_params": params[0] if params else None,
-                                    "wall_seconds": time.perf_counter() - started, "table": table}
+                                    "wall_seconds": before + time.perf_counter() - started, "table": table}
         (results / name).mkdir(parents=True, exist_ok=True)
         for file in ("compare.json", "compare.md", "compare.png", "runs.jsonl"):
             if (work / name / file).exists():
@@ -117,7 +118,7 @@ def main() -> None:
     lines = []
     for name, suite in combined["suites"].items():
         lines.append((results / name / "compare.md").read_text())
-        lines.append(f"({suite['wall_seconds'] / 60:.0f} min wall for the runs of this invocation)\n")
+        lines.append(f"({suite['wall_seconds'] / 60:.0f} min wall for all its runs)\n")
     if gaps:
         lines += ["### Gap to full fine-tuning vs backbone size (rotten_tomatoes)", "",
                   "| backbone | method | accuracy | full fine-tuning | gap (points) |", "|---|---|---|---|---|"]
