@@ -2,8 +2,9 @@
 
 learning rate {3e-3, 3e-2, 3e-1} x prompt length {1, 5, 20, 100} x init {random, vocab, labels}, prefix, a
 grid of 36 trials at one step budget with median pruning (softprompt.sweep). Resumable: run it again to
-finish an interrupted sweep. Copies sweep.{json,md,png} and best.yaml to benchmarks/results/sweep/ and adds
-a summary (best score per length and init, over learning rates) to sweep_summary.md.
+finish an interrupted sweep -- also on another machine, since the study journal is kept in
+benchmarks/results/sweep/ beside sweep.{json,md,png}, best.yaml and a summary (best score per length and init,
+over learning rates) in sweep_summary.md.
 
     python benchmarks/sweep_rt.py [--budget-steps 30] [--quick]
 """
@@ -63,11 +64,15 @@ def main() -> None:
         space, steps, out, results = parse_space("3e-3,3e-2,3e-1", "1,5,20,100", "random,vocab,labels", "prefix"), \
             args.budget_steps, Path("runs/bench_sweep"), RESULTS
     base = TrainConfig(model="smollm2-135m", data="rotten_tomatoes", batch_size=16, eval_limit=args.eval_limit)
+    kept = results / "study.journal"
+    if not (out / "study.journal").exists() and kept.exists():  # continue the study kept with the results
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept, out / "study.journal")
     started = time.perf_counter()
     rows = sweep(base, space, out, budget_steps=steps, evals=args.evals,
                  log=lambda line: print(line, flush=True))
     results.mkdir(parents=True, exist_ok=True)
-    for name in ("sweep.json", "sweep.md", "sweep.png", "best.yaml"):
+    for name in ("sweep.json", "sweep.md", "sweep.png", "best.yaml", "study.journal"):
         if (out / name).exists():
             shutil.copyfile(out / name, results / name)
     text = summary(rows) + f"\nwall time of this invocation: {(time.perf_counter() - started) / 60:.1f} min\n"
