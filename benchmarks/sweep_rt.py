@@ -6,7 +6,7 @@ finish an interrupted sweep -- also on another machine, since the study journal 
 benchmarks/results/sweep/ beside sweep.{json,md,png}, best.yaml and a summary (best score per length and init,
 over learning rates) in sweep_summary.md.
 
-    python benchmarks/sweep_rt.py [--budget-steps 30] [--quick]
+    python benchmarks/sweep_rt.py [--budget-steps 24] [--quick]   (the kept study ran 24 steps, 150 rows)
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def summary(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-steps", type=int, default=30)
+    parser.add_argument("--budget-steps", type=int, default=24)
     parser.add_argument("--evals", type=int, default=2)
-    parser.add_argument("--eval-limit", type=int, default=200)
+    parser.add_argument("--eval-limit", type=int, default=150)
     parser.add_argument("--quick", action="store_true", help="2 x 2 x 2 grid, 4 steps: a smoke run")
     args = parser.parse_args()
     if args.quick:
