@@ -80,10 +80,6 @@ def _plain_model(backbone: Backbone, task: TaskData, config: TrainConfig) -> Pro
     return PromptedModel.zero_shot(backbone, body, verbalizer, max_length=config.max_length)
 
 
-def _decoder_layers(backbone: Backbone) -> list[nn.Module]:
-    return backbone.decoder_layers()
-
-
 def _attention_output(layer: nn.Module) -> nn.Module:
     for path in ("self_attn.o_proj", "attn.c_proj"):
         module = layer
@@ -119,7 +115,7 @@ class BottleneckAdapters(nn.Module):
             raise ConfigError(f"adapter placement {placement!r}: use houlsby or pfeiffer")
         self.adapters = nn.ModuleList()
         self._handles = []
-        for layer in _decoder_layers(backbone):
+        for layer in backbone.decoder_layers():
             targets = [layer.mlp] if placement == "pfeiffer" else [_attention_output(layer), layer.mlp]
             for target in targets:
                 adapter = Bottleneck(backbone.hidden_size, bottleneck).to(backbone.device)
@@ -198,7 +194,7 @@ def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone
     if name is MethodName.LORA:
         from peft import LoraConfig, inject_adapter_in_model
 
-        layer = _decoder_layers(backbone)[0]
+        layer = backbone.decoder_layers()[0]
         targets = ["q_proj", "v_proj"] if hasattr(layer, "self_attn") else ["c_attn"]
         lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets)
         inject_adapter_in_model(lora, backbone.model)
