@@ -62,3 +62,47 @@ def save_tiny(folder, arch: str = "llama", seed: int = 0) -> str:
     tiny_model(arch, seed).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+def tiny_encoder_tokenizer():
+    """The tiny BPE vocabulary with the special tokens an encoder needs ([CLS]/[SEP] as <s>/</s>, a mask)."""
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"})
+    return tok
+
+
+def tiny_encoder_model(arch: str = "bert-mlm", seed: int = 0):
+    """Tiny random BERT (bare: `bert`, with its masked-LM head: `bert-mlm`), T5 or BART."""
+    from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, BartConfig, BertConfig,
+                              T5Config)
+
+    torch.manual_seed(seed)
+    if arch in ("bert", "bert-mlm"):
+        config = BertConfig(vocab_size=410, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=256, pad_token_id=0,
+                            initializer_range=0.2)
+        return (AutoModelForMaskedLM if arch == "bert-mlm" else AutoModel).from_config(config).eval()
+    if arch == "t5":
+        config = T5Config(vocab_size=410, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                          pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, initializer_factor=1.0)
+    elif arch == "bart":
+        config = BartConfig(vocab_size=410, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                            max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                            decoder_start_token_id=2, forced_eos_token_id=None, init_std=0.2)
+    else:
+        raise ValueError(arch)
+    return AutoModelForSeq2SeqLM.from_config(config).eval()
+
+
+def tiny_encoder_backbone(arch: str = "bert-mlm", seed: int = 0):
+    from softprompt.backbones import EncoderBackbone, Seq2SeqBackbone
+
+    wrapper = Seq2SeqBackbone if arch in ("t5", "bart") else EncoderBackbone
+    return wrapper(tiny_encoder_model(arch, seed), tiny_encoder_tokenizer(), name=f"tiny-{arch}")
+
+
+def save_tiny_encoder(folder, arch: str = "bert-mlm", seed: int = 0) -> str:
+    tiny_encoder_model(arch, seed).save_pretrained(folder)
+    tiny_encoder_tokenizer().save_pretrained(folder)
+    return str(folder)

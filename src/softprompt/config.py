@@ -71,6 +71,8 @@ class TrainConfig:
     template: str | None = _opt(None, "Template with {text}-style fields, optional [soft:N] runs, and {label} or "
                                       "{target} last; default: the dataset's.")
     label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).")
+    pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
+                                "mean of the final states (mean) or the first token's (cls).")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")
     init_text: str | None = _opt(None, "Text whose token embeddings initialise the prompt (--init text).")
     init_from: str | None = _opt(None, "Start from another task's prompt file (prompt transfer, SPoT): same backbone "
@@ -141,6 +143,7 @@ class TrainConfig:
             (self.load_in in (None, "8bit", "4bit"), f"--load-in {self.load_in!r}: choose 8bit or 4bit"),
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
+            (self.pooling in ("mean", "cls"), f"--pooling {self.pooling!r}: choose mean or cls"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),
             (self.deep_reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep_reparam}"),
             (not (self.method is PromptMethod.DEEP and self.placement is not None),

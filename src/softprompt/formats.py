@@ -55,8 +55,9 @@ def prompt_metadata(model: PromptedModel, **extra: Any) -> dict[str, Any]:
         "task": model.task.value,
         "max_length": model.max_length,
         "verbalizer": model.verbalizer.as_dict() if model.verbalizer else None,
-        "labels": list(model.verbalizer.labels) if model.verbalizer else None,
+        "labels": list(model.labels) if model.task.value == "classification" else None,
     }
+    meta.update(getattr(model, "extra_metadata", dict)())
     meta.update(extra)
     return meta
 
@@ -83,6 +84,7 @@ def save_prompt(path: str | Path, model: PromptedModel, **extra: Any) -> Path:
     """
     meta = prompt_metadata(model, **extra)
     tensors = model.prompt.to_tensors()  # a deep prompt's MLP (if any) is folded into plain prefixes
+    tensors.update(getattr(model, "extra_tensors", dict)())  # an encoder's classification head
     header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
@@ -123,6 +125,9 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         if len(shape) != (4 if method is PromptMethod.DEEP else 2) or shape[method is PromptMethod.DEEP] != count:
             raise PromptFileError(f"{path}: tensor '{name}' of shape {shape} disagrees with its metadata")
     names = tensors if method is PromptMethod.MULTITASK else TENSOR_NAMES[method]  # + the per-task factors
+    names = [*names, *(n for n in tensors if n.startswith("head.") and n not in names)]  # an encoder's head
+    if meta.get("head") and not {"head.weight", "head.bias"} <= set(tensors):
+        raise PromptFileError(f"{path}: metadata names a classification head but the file has no head tensors")
     return {name: tensors[name].to(torch.float32) for name in names}, meta
 
 
@@ -151,5 +156,9 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
         verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])
     prompt = prompt_from_tensors(meta.get("method", "prompt"),
                                  {k: v.to(backbone.device) for k, v in tensors.items()}, backbone.hidden_size)
-    return PromptedModel(backbone, prompt, Template.parse(meta["template"]), verbalizer,
-                         max_length=int(meta.get("max_length", 128)))
+    from .encoders import head_from_tensors, prompted_model
+
+    head = meta.get("head") or {}
+    return prompted_model(backbone, prompt, Template.parse(meta["template"]), verbalizer,
+                          labels=meta.get("labels"), max_length=int(meta.get("max_length", 128)),
+                          pooling=head.get("pooling", "mean"), head=head_from_tensors(tensors))

@@ -81,6 +81,10 @@ def _special_ids(tokenizer) -> set[int]:
 def _vocab_ids(tokenizer, vocab_size: int) -> torch.Tensor:
     special = _special_ids(tokenizer)
     ids = [i for i in range(min(VOCAB_SAMPLE_TOP, vocab_size)) if i not in special]
+    # WordPiece vocabularies open with ~1,000 never-trained placeholders ([unused0], ...): not real tokens.
+    pieces = tokenizer.convert_ids_to_tokens(ids) if hasattr(tokenizer, "convert_ids_to_tokens") else None
+    if pieces is not None:
+        ids = [i for i, piece in zip(ids, pieces) if not str(piece).startswith(("[unused", "<unused"))]
     return torch.tensor(ids, dtype=torch.long)
 
 

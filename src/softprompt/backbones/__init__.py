@@ -1,6 +1,9 @@
 from .base import Backbone, BackboneKind, weights_fingerprint
 from .causal_lm import CausalLMBackbone
-from .registry import BUILTIN_BACKBONES, builtin_backbone_dir, cache_root, load_backbone, resolve_precision
+from .encoder import EncoderBackbone, Seq2SeqBackbone
+from .registry import (BUILTIN_BACKBONES, BUILTIN_FOLDERS, backbone_kind, builtin_backbone_dir, builtin_names,
+                       cache_root, load_backbone, resolve_precision)
 
-__all__ = ["Backbone", "BackboneKind", "CausalLMBackbone", "BUILTIN_BACKBONES", "builtin_backbone_dir",
-           "cache_root", "load_backbone", "resolve_precision", "weights_fingerprint"]
+__all__ = ["Backbone", "BackboneKind", "CausalLMBackbone", "EncoderBackbone", "Seq2SeqBackbone", "BUILTIN_BACKBONES",
+           "BUILTIN_FOLDERS", "backbone_kind", "builtin_backbone_dir", "builtin_names", "cache_root", "load_backbone",
+           "resolve_precision", "weights_fingerprint"]

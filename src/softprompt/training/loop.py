@@ -95,7 +95,10 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
         prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep_reparam)
     else:
         prompt = SoftPrompt(vectors.to(backbone.device))
-    return PromptedModel(backbone, prompt, template, verbalizer, max_length=config.max_length)
+    from ..encoders import prompted_model
+
+    return prompted_model(backbone, prompt, template, verbalizer, labels=task.labels, max_length=config.max_length,
+                          pooling=config.pooling)
 
 
 def _transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor], PromptMethod]:
