@@ -174,3 +174,20 @@ def test_deep_prompts_are_refused_on_encoders(tmp_path, sentiment_dir, backbones
     config = sp.TrainConfig(data=str(sentiment_dir), output=str(tmp_path / "d"), method="deep", max_steps=1)
     with pytest.raises(ConfigError, match="causal"):
         sp.train(config, backbone=backbones["bert-mlm"], progress=False)
+
+
+def test_head_learning_rate_is_its_own_group_and_rollbacks_halve_each_group():
+    from softprompt.training.guard import DivergenceGuard
+    from softprompt.training.loop import _param_groups
+
+    model = torch.nn.Module()
+    model.prompt, model.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    named = list(model.named_parameters())
+    config = sp.TrainConfig(data="x", lr=0.1, head_lr=0.01)
+    groups = _param_groups(config, named)
+    assert [len(g["params"]) for g in groups] == [2, 2] and groups[1]["lr"] == 0.01
+    assert len(_param_groups(config.replace(head_lr=None), named)) == 1
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    guard = DivergenceGuard(model, optimizer, None)
+    guard.roll_back(1, "test")
+    assert [g["lr"] for g in optimizer.param_groups] == [0.05, 0.005]

@@ -79,6 +79,8 @@ class TrainConfig:
                                        "and method, its length; --init is then unused.")
     optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.")
     lr: float = _opt(3e-2, "Peak learning rate of the prompt.")
+    head_lr: float | None = _opt(None, "Peak learning rate of a classification head (encoders without a vocabulary "
+                                       "head, linear probes); default --lr.")
     weight_decay: float = _opt(0.0, "Weight decay on the prompt.")
     warmup_ratio: float = _opt(0.06, "Fraction of steps with a linear warmup.")
     scheduler: SchedulerName = _opt(SchedulerName.COSINE, "Learning-rate schedule after warmup.")
@@ -129,6 +131,7 @@ class TrainConfig:
                 object.__setattr__(self, name, tuple(value))
         checks = [
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.head_lr is None or self.head_lr > 0, f"--head-lr must be > 0, got {self.head_lr}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
             (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),

@@ -67,10 +67,12 @@ class MemoryEstimate:
 
 
 def _model_folder(name: str) -> Path:
-    from .backbones.registry import BUILTIN_BACKBONES, builtin_backbone_dir
+    from .backbones.registry import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir
 
     if name in BUILTIN_BACKBONES:
         return builtin_backbone_dir(name)
+    if name in BUILTIN_FOLDERS:
+        return _builtin_folder(BUILTIN_FOLDERS[name])
     path = Path(name)
     if not (path / "config.json").is_file():
         raise ConfigError(f"--dry-run --model {name}: needs a built-in name or a local folder with config.json "
@@ -132,6 +134,11 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     dtype = resolve_precision(config.precision.value, device)
     folder = _model_folder(config.model)
     hf_config = AutoConfig.from_pretrained(folder)
+    from .backbones import BackboneKind, backbone_kind
+
+    if backbone_kind(hf_config) is not BackboneKind.CAUSAL_LM:
+        raise ConfigError(f"--dry-run estimates causal-LM backbones; --model {config.model} is of kind "
+                          f"{backbone_kind(hf_config).value}")
     fused = torch.device(device).type != "cpu"  # load_backbone: eager attention on CPU, SDPA elsewhere
     with torch.device("meta"):  # eager on the meta device (SDPA's mask checks need real values)
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")

@@ -45,6 +45,8 @@ def train(
     init_from: Annotated[Optional[str], typer.Option(help=H("init_from"))] = None,
     optimizer: Annotated[Optional[OptimizerName], typer.Option(help=H("optimizer"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=H("lr") + "  [default: 0.03]")] = None,
+    head_lr: Annotated[Optional[float], typer.Option(help=H("head_lr"))] = None,
+    pooling: Annotated[Optional[str], typer.Option(help=H("pooling") + "  [default: mean]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=H("weight_decay"))] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option(help=H("warmup_ratio"))] = None,
     scheduler: Annotated[Optional[SchedulerName], typer.Option(help=H("scheduler"))] = None,

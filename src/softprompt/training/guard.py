@@ -61,7 +61,8 @@ class DivergenceGuard:
     def roll_back(self, step: int, reason: str) -> dict:
         """Restore the last good state and lower the learning rate; returns a record for the metrics log."""
         self.rollbacks += 1
-        lr = self.optimizer.param_groups[0]["lr"]
+        lrs = [group["lr"] for group in self.optimizer.param_groups]  # several groups: an encoder's head has its own
+        lr = lrs[0]
         if self.rollbacks > self.max_rollbacks:
             raise TrainingDivergedError(
                 f"training diverged at step {step} ({reason}) after {self.max_rollbacks} rollbacks, each halving "
@@ -71,8 +72,8 @@ class DivergenceGuard:
         for name, value in params.items():
             named[name].copy_(value)
         self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * self.factor
+        for group, before in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = before * self.factor
         if hasattr(self.scheduler, "base_lrs"):
             self.scheduler.base_lrs = [base * self.factor for base in self.scheduler.base_lrs]
         return {"step": step, "split": "event", "event": "rollback", "reason": reason,

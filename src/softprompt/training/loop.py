@@ -148,6 +148,14 @@ def per_class(rows: list[dict], label_field: str, k: int, seed: int) -> list[dic
     return [rows[i] for i in sorted(chosen)]
 
 
+def _param_groups(config: TrainConfig, named: list[tuple[str, torch.Tensor]]) -> list[dict]:
+    """One group at --lr; a classification head (`head.*`) in its own group at --head-lr when given."""
+    head = [p for n, p in named if n.startswith("head.")]
+    if config.head_lr is None or not head:
+        return [{"params": [p for _, p in named]}]
+    return [{"params": [p for n, p in named if not n.startswith("head.")]}, {"params": head, "lr": config.head_lr}]
+
+
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer is OptimizerName.ADAFACTOR:
         from transformers.optimization import Adafactor
@@ -268,7 +276,8 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         backbone.enable_gradient_checkpointing()
     model = model if model is not None else build_prompted_model(config, backbone, task)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad and p.numel()]
+    named_trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.numel()]
+    trainable = [p for _, p in named_trainable]
     if not trainable:
         raise ConfigError("the model has no trainable parameters (a zero-shot template trains nothing)")
     out = Path(config.output)
@@ -287,7 +296,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
 
     steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * world * config.grad_accum))
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    optimizer = _optimizer(config, trainable)
+    optimizer = _optimizer(config, _param_groups(config, named_trainable))
     compute_dtype = getattr(backbone, "autocast_dtype", None) or backbone.dtype
     scaler = torch.amp.GradScaler(device.type) if compute_dtype == torch.float16 else None  # fp16 only
     scheduler = get_scheduler(config.scheduler.value, optimizer,
