@@ -106,3 +106,18 @@ def save_tiny_encoder(folder, arch: str = "bert-mlm", seed: int = 0) -> str:
     tiny_encoder_model(arch, seed).save_pretrained(folder)
     tiny_encoder_tokenizer().save_pretrained(folder)
     return str(folder)
+
+
+def tiny_vit(seed: int = 0, image_size: int = 28, patch_size: int = 7, channels: int = 1):
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=image_size, patch_size=patch_size, num_channels=channels, hidden_size=32,
+                       num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    return ViTModel(config, add_pooling_layer=False).eval()
+
+
+def tiny_vision_backbone(seed: int = 0):
+    from softprompt.backbones.vision import VisionBackbone
+
+    return VisionBackbone(tiny_vit(seed), name="tiny-vit", image_mean=(0.5,), image_std=(0.5,))

@@ -71,6 +71,8 @@ class TrainConfig:
     template: str | None = _opt(None, "Template with {text}-style fields, optional [soft:N] runs, and {label} or "
                                       "{target} last; default: the dataset's.")
     label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).")
+    vpt_deep: bool = _opt(False, "Vision backbones (ViT): a separate set of --num-virtual-tokens prompt tokens before "
+                                 "every layer (VPT-deep) instead of once at the input (VPT-shallow).")
     pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
                                 "mean of the final states (mean) or the first token's (cls).")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")

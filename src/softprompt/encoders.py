@@ -23,6 +23,7 @@ from torch import nn
 from .backbones.base import Backbone, BackboneKind
 from .errors import ConfigError
 from .model import PromptedModel, TaskType
+from .perception import head_tensors, linear_head
 from .prompt import SoftPrompt
 from .template import Encoded, Template, left_pad
 from .verbalizer import Verbalizer
@@ -123,8 +124,7 @@ class EncoderClassifier(_Bidirectional):
         raise ConfigError(f"backbone '{self.backbone.name}' classifies with a head, not label words")
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {"head.weight": self.head.weight.detach().to("cpu", torch.float32).contiguous(),
-                "head.bias": self.head.bias.detach().to("cpu", torch.float32).contiguous()}
+        return head_tensors(self.head)
 
     def extra_metadata(self) -> dict[str, Any]:
         return {"head": {"kind": "linear", "pooling": self.pooling, "labels": list(self._labels),
@@ -249,14 +249,7 @@ def prompted_model(backbone: Backbone, prompt: SoftPrompt, template: Template, v
 
 def head_from_tensors(tensors: Mapping[str, torch.Tensor]) -> nn.Linear | None:
     """The saved classification head of a prompt file, if it has one."""
-    if "head.weight" not in tensors:
-        return None
-    weight = tensors["head.weight"]
-    head = nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        head.weight.copy_(weight)
-        head.bias.copy_(tensors["head.bias"])
-    return head
+    return linear_head(tensors)
 
 
 __all__ = ["EncoderClassifier", "MaskedLMPromptedModel", "Seq2SeqPromptedModel", "head_from_tensors",

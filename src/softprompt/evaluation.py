@@ -14,7 +14,8 @@ from .model import PromptedModel, TaskType
 
 def _batches(rows: Sequence[Mapping], batch_size: int, fields: Sequence[str]):
     # Sorting by length keeps padding low; results are put back in input order by the caller.
-    order = sorted(range(len(rows)), key=lambda i: sum(len(str(rows[i].get(f, ""))) for f in fields))
+    # Only text has a length worth sorting by (an image or audio field is a tensor).
+    order = sorted(range(len(rows)), key=lambda i: sum(len(v) for f in fields if isinstance(v := rows[i].get(f, ""), str)))
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         yield chunk, [rows[i] for i in chunk]

@@ -48,8 +48,8 @@ def prompt_metadata(model: PromptedModel, **extra: Any) -> dict[str, Any]:
                      "hidden_size": backbone.hidden_size,
                      "num_layers": getattr(config, "num_hidden_layers", None),
                      "num_attention_heads": getattr(config, "num_attention_heads", None)},
-        "tokenizer": {"name": getattr(backbone.tokenizer, "name_or_path", "") or backbone.name,
-                      "vocab_size": len(backbone.tokenizer)},
+        "tokenizer": ({"name": getattr(backbone.tokenizer, "name_or_path", "") or backbone.name,
+                       "vocab_size": len(backbone.tokenizer)} if getattr(backbone, "tokenizer", None) else None),
         "num_virtual_tokens": model.prompt.num_virtual_tokens,
         "template": model.template.source,
         "task": model.task.value,
@@ -151,6 +151,10 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
     """
     tensors, meta = read_prompt_tensors(path)
     check_compatible(meta, backbone, path)
+    if (meta.get("backbone") or {}).get("kind") == "vision":
+        from .vision import vision_model_from_file
+
+        return vision_model_from_file(backbone, tensors, meta)
     verbalizer = None
     if meta.get("verbalizer"):
         verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])

@@ -19,6 +19,7 @@ class BackboneKind(str, Enum):
     MASKED_LM = "masked_lm"   # bidirectional encoder with an MLM head: label words scored at [MASK]
     ENCODER = "encoder"       # bidirectional encoder, no vocabulary head: a small trainable head classifies
     SEQ2SEQ = "seq2seq"       # encoder-decoder: prompt in the encoder input, the decoder scores or generates
+    VISION = "vision"         # Vision Transformer: prompt tokens between [CLS] and the patches (VPT), a head
 
 
 @runtime_checkable

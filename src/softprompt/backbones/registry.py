@@ -87,6 +87,10 @@ def backbone_kind(config) -> BackboneKind:
     """Which backbone kind a Hugging Face config describes (its architectures first, then its model type)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+    from .vision import VISION_MODEL_TYPES
+
+    if getattr(config, "model_type", "") in VISION_MODEL_TYPES:
+        return BackboneKind.VISION
     if getattr(config, "is_encoder_decoder", False):
         return BackboneKind.SEQ2SEQ
     architectures = tuple(getattr(config, "architectures", None) or ())
@@ -271,6 +275,8 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     except (OSError, ValueError) as exc:
         raise BackboneError(f"--model {name_or_path}: could not read its config ({exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0]})") from exc
+    if kind is BackboneKind.VISION:
+        return _load_vision(folder, name, dtype, device)
     auto, wrapper = {BackboneKind.CAUSAL_LM: (AutoModelForCausalLM, CausalLMBackbone),
                      BackboneKind.MASKED_LM: (AutoModelForMaskedLM, EncoderBackbone),
                      BackboneKind.ENCODER: (AutoModel, EncoderBackbone),
@@ -301,6 +307,20 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     if load_in is None:
         model = model.to(device)  # a quantised model is placed by its loader and cannot move
     return wrapper(model, tokenizer, name=name)
+
+
+def _load_vision(folder: str | Path, name: str, dtype: torch.dtype, device: torch.device | str):
+    from transformers import AutoModel
+
+    from .vision import VisionBackbone
+
+    try:
+        with _quiet_transformers():
+            model = AutoModel.from_pretrained(folder, dtype=dtype, add_pooling_layer=False)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"--model {name}: could not load ({exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0]})") from exc
+    return VisionBackbone.from_folder(model.to(device), folder, name)
 
 
 def quantization_config(load_in: str, dtype: torch.dtype, device: torch.device | str):

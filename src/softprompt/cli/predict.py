@@ -39,13 +39,19 @@ def predict(
     rows = [{fields[0]: text} for text in texts]
     if prompted.task is TaskType.CLASSIFICATION:
         scores = predict_scores(prompted, rows)
-        labels = prompted.verbalizer.labels
+        labels = prompted.labels
         for row_scores in scores:
             label = labels[int(row_scores.argmax())]
             if as_json:
                 print(json.dumps({"label": label, "scores": dict(zip(labels, map(float, row_scores.tolist())))}))
             else:
                 print(label)
+        return
+    if hasattr(prompted, "generate"):  # an encoder-decoder generates through its own decoder (greedy)
+        if do_sample or stop:
+            raise ConfigError("--sample and --stop are for causal-LM prompts; an encoder-decoder prompt decodes greedily")
+        for text in prompted.generate(rows, max_new_tokens=max_new_tokens):
+            print(json.dumps({"text": text}) if as_json else text)
         return
     outputs = generate(prompted, rows, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                        top_p=top_p, stop=stop or (), seed=seed)

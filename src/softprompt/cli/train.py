@@ -46,6 +46,7 @@ def train(
     optimizer: Annotated[Optional[OptimizerName], typer.Option(help=H("optimizer"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=H("lr") + "  [default: 0.03]")] = None,
     head_lr: Annotated[Optional[float], typer.Option(help=H("head_lr"))] = None,
+    vpt_deep: Annotated[Optional[bool], typer.Option("--vpt-deep", help=H("vpt_deep"))] = None,
     pooling: Annotated[Optional[str], typer.Option(help=H("pooling") + "  [default: mean]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=H("weight_decay"))] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option(help=H("warmup_ratio"))] = None,

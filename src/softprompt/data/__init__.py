@@ -105,7 +105,7 @@ def _load_builtin(spec: BuiltinDataset, labels: Sequence[str] | None) -> TaskDat
     if labels and set(labels) != set(found):
         raise ConfigError(f"--labels {list(labels)} do not match {spec.name}'s labels {list(found)}")
     return TaskData(spec.name, splits["train"], splits["validation"], splits["test"], tuple(labels or found),
-                    ("text",), "label", spec.default_template)
+                    spec.fields, "label", spec.default_template)
 
 
 __all__ = ["BUILTIN_DATASETS", "TaskData", "load_task", "read_rows"]

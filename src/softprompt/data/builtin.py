@@ -39,6 +39,7 @@ class BuiltinDataset:
     default_template: str
     description: str
     loader: Callable[[], dict[str, list[dict]]]
+    fields: tuple[str, ...] = ("text",)
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -172,3 +173,19 @@ BUILTIN_DATASETS.update({
 BUILTIN_DATASETS["chatterbot-language"] = BuiltinDataset(
     "chatterbot-language", CHAT_WHEEL, "Message: {text}\nLanguage: {label}",
     "chat messages, by language (languages with 100+ messages)", _chatterbot_language)
+
+
+def _fashion(classes: tuple[int, ...]) -> Callable[[], dict[str, list[dict]]]:
+    def load() -> dict[str, list[dict]]:
+        from .images import fashion_mnist
+
+        return fashion_mnist(classes)
+    return load
+
+
+for _name, _classes in (("fashion-mnist", tuple(range(10))), ("fashion-mnist-0-4", (0, 1, 2, 3, 4)),
+                        ("fashion-mnist-5-9", (5, 6, 7, 8, 9))):
+    BUILTIN_DATASETS[_name] = BuiltinDataset(
+        _name, "apt: dataset-fashion-mnist", "{image} {label}",
+        f"Fashion-MNIST 28x28 grey images, classes {_classes[0]}-{_classes[-1]} (Debian dataset-fashion-mnist)",
+        _fashion(_classes), fields=("image",))

@@ -50,6 +50,12 @@ class TrainResult:
 
 def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData) -> PromptedModel:
     """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
+    from ..backbones.base import BackboneKind
+
+    if getattr(backbone, "kind", None) is BackboneKind.VISION:
+        from ..vision import build_vision_model
+
+        return build_vision_model(config, backbone, task)
     body = config.template or task.default_template
     deep = config.method is PromptMethod.DEEP
     source = _transfer_source(config, backbone) if config.init_from else None
@@ -310,7 +316,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                 "processes": world}
     if main:
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
-    lengths = [sum(len(str(row[f])) for f in model.template.input_fields) for row in train_rows]
+    lengths = [sum(len(v) for f in model.template.input_fields if isinstance(v := row[f], str)) for row in train_rows]
     stream = BatchStream(lengths, config.batch_size * world, config.seed, config.length_bucketing)
 
     def validate(step: int) -> dict:
