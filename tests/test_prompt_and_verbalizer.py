@@ -82,3 +82,40 @@ def test_class_scores_are_word_log_likelihoods(tiny_any, words):
             per_word.append(sum(logits[len(ctx) - 1 + j, t] for j, t in enumerate(answer)))
         expected.append(torch.logsumexp(torch.stack(per_word), 0))
     torch.testing.assert_close(scores, torch.stack(expected), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("setup", ["prefix", "suffix", "deep"])
+def test_multi_token_words_from_the_shared_context_equal_one_row_per_word(tiny_any, setup):
+    """Words of several tokens are scored from the context's cache repeated per word; the reference runs a
+    full row per (example, word), as the server's batches do."""
+    from softprompt import DeepPrompt, PromptedModel, SoftPrompt, Verbalizer, build_template
+    from softprompt.template import Encoded, Template, left_pad
+
+    torch.manual_seed(0)
+    body = "Review: {text} Sentiment: {label}"
+    verbalizer = Verbalizer.from_spec(["negative", "positive"], ["negative=terrible,dull", "positive=great"])
+    if setup == "deep":
+        layers, heads, dim = tiny_any.kv_layout()
+        prompt = DeepPrompt(torch.randn(layers, 3, heads, dim), torch.randn(layers, 3, heads, dim), tiny_any.hidden_size)
+        model = PromptedModel(tiny_any, prompt, Template.parse(body), verbalizer)
+    else:
+        model = PromptedModel(tiny_any, SoftPrompt(torch.randn(3, tiny_any.hidden_size)),
+                              build_template(body, setup, 3), verbalizer)
+    assert model.max_word_tokens > 1
+    rows = [{"text": "a great film with a fine cast"}, {"text": "boring"}, {"text": "an awful waste of time"}]
+    contexts = [model.encoder.encode(r, reserve=model.max_word_tokens - 1) for r in rows]
+    per_word = left_pad([Encoded(c.input_ids + w[:-1], c.soft_index + [-1] * (len(w) - 1))
+                         for c in contexts for w in model.word_ids], model.encoder.pad_id)
+    model.use_prompt_cache, model.split_frozen_input = False, False
+    with torch.no_grad():
+        hidden, _ = model.hidden(per_word) if setup != "deep" else model._hidden_after_prompt_cache(per_word)[:2]
+        reference = model.word_scores_from_hidden(hidden)
+    model.use_prompt_cache = True
+    batch = model.make_batch(rows, label_field=None)
+    with torch.no_grad():
+        cached = model.word_scores(batch)                    # inference: the prompt's own prefix cache too
+    trained = model.word_scores(batch)                       # gradients on: the plain forward
+    torch.testing.assert_close(cached, reference, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(trained.detach(), reference, atol=2e-5, rtol=1e-4)
+    trained.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prompt.parameters())
