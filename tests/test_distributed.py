@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from softprompt import TrainConfig, train
@@ -65,4 +66,46 @@ def test_a_backbone_sharded_over_two_processes_trains_the_same_prompt(tmp_path, 
     from softprompt.formats import read_prompt_tensors  # the fingerprint is of the whole weights
 
     assert read_prompt_tensors(tmp_path / "fsdp" / "prompt.safetensors")[1]["backbone"]["fingerprint"] == \
+        read_prompt_tensors(single.prompt_path)[1]["backbone"]["fingerprint"]
+
+
+def _deepspeed_missing() -> str | None:
+    try:
+        import deepspeed  # noqa: F401
+    except Exception as err:  # ImportError, or DeepSpeed failing to set itself up
+        return f"deepspeed is not importable ({type(err).__name__}: {err}); pip install deepspeed to run this test"
+    return None
+
+
+def test_a_backbone_partitioned_by_deepspeed_zero3_trains_the_same_prompt(tmp_path, sentiment_dir):
+    import pytest
+
+    import tiny
+
+    if (reason := _deepspeed_missing()) is not None:
+        pytest.skip(reason)
+    model_dir = tiny.save_tiny(tmp_path / "untied", "llama-untied")  # its input embedding gets partitioned too
+    # The tiny model's weights are all under DeepSpeed's default persistence threshold (1e5): 0 partitions them all.
+    # A DeepSpeed JSON replaces the example's `deepspeed_config` fields (accelerate refuses both at once).
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}))
+    launch_config = yaml.safe_load((ROOT / "examples/accelerate/deepspeed_zero3.yaml").read_text())
+    launch_config["deepspeed_config"] = {"deepspeed_config_file": str(ds_config), "zero3_init_flag": False}
+    del launch_config["mixed_precision"]
+    (tmp_path / "zero3.yaml").write_text(yaml.safe_dump(launch_config))
+    common = ["--model", model_dir, "--data", str(sentiment_dir), "--max-steps", "6", "--eval-every", "3",
+              "--eval-limit", "0", "--precision", "fp32", "--lr", "0.05", "--init", "labels", "--quiet"]
+    proc = _launch(str(tmp_path / "zero3.yaml"), common + ["--batch-size", "3", "--output", str(tmp_path / "zero3")])
+    # 2 layers of 9,280 weights and a 400 x 32 embedding, each weight split in two
+    assert ("backbone partitioned (DeepSpeed ZeRO-3) over 2 processes: 2 decoder layers and the input embedding "
+            "(this process holds 15,680 of their 31,360 weights)") in proc.stdout
+    single = train(TrainConfig(model=model_dir, data=str(sentiment_dir), max_steps=6, eval_every=3, eval_limit=0,
+                               precision="fp32", lr=0.05, init="labels", batch_size=6, output=str(tmp_path / "one"),
+                               device="cpu"), progress=False)
+    partitioned = load_file(tmp_path / "zero3" / "prompt.safetensors")
+    torch.testing.assert_close(partitioned["prompt_embeddings"], load_file(single.prompt_path)["prompt_embeddings"],
+                               atol=1e-5, rtol=1e-4)
+    from softprompt.formats import read_prompt_tensors  # the fingerprint is of the whole weights
+
+    assert read_prompt_tensors(tmp_path / "zero3" / "prompt.safetensors")[1]["backbone"]["fingerprint"] == \
         read_prompt_tensors(single.prompt_path)[1]["backbone"]["fingerprint"]

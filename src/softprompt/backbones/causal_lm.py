@@ -41,6 +41,18 @@ def checkpoint_layers(layers: list[nn.Module]) -> int:
     return wrapped
 
 
+def _skip_shm_comm_build() -> None:
+    """Keep deepspeed.comm from compiling its shared-memory all-reduce op on a CPU (g++, ~1.5 min on first use).
+
+    Only DeepSpeed's tensor-parallel inference all-reduce uses that op; ZeRO-3 all-gathers over the process group.
+    """
+    import sys
+
+    import deepspeed.comm.torch  # noqa: F401  (the attribute `deepspeed.comm.torch` is the torch module)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
 class CausalLMBackbone(nn.Module):
     """A frozen `*ForCausalLM` model behind the `Backbone` protocol.
 
@@ -119,6 +131,11 @@ class CausalLMBackbone(nn.Module):
 
     def input_embedding_matrix(self) -> torch.Tensor:
         weight = self.model.get_input_embeddings().weight
+        if hasattr(weight, "ds_id"):  # partitioned by DeepSpeed ZeRO-3: every process gathers it, keeps a copy
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([weight]):
+                return weight.detach().clone()
         return weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # gathered when sharded
 
     def shard(self, mesh) -> str:
@@ -141,6 +158,51 @@ class CausalLMBackbone(nn.Module):
             fully_shard(embedding, mesh=mesh)
             parts.append("the input embedding")
         return " and ".join(parts)
+
+    def shard_zero3(self, zero_config: dict[str, Any] | None = None) -> str:
+        """Partition the frozen weights over all processes with DeepSpeed ZeRO-3; returns what was split.
+
+        The units are those of `shard`: each decoder layer, and the input embedding when the output layer has its
+        own weight, gets DeepSpeed's ZeRO-3 hooks, which gather its weights for its forward (and again for the
+        backward) and free them after; the rest (final norm, output layer, a tied embedding) stays whole.
+        `zero_config` is the `zero_optimization` section of a DeepSpeed config (stage 3; the
+        `stage3_param_persistence_threshold` etc. apply: weights smaller than the threshold stay whole). The
+        fingerprint is taken first, from the whole weights. Needs `torch.distributed` initialised.
+        """
+        import deepspeed
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+        from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+
+        self.fingerprint()
+        section = {**(zero_config or {}), "stage": 3, "memory_efficient_linear": False}  # F.linear left alone
+        try:
+            zero = DeepSpeedZeroConfig(**section)
+        except Exception as err:  # pydantic's message names the bad key
+            raise BackboneError(f"DeepSpeed zero_optimization config: {err}".splitlines()[0]) from err
+        if zero.offload_param is not None and zero.offload_param.device != "none":
+            raise BackboneError("DeepSpeed ZeRO-3 parameter offload is not supported for a frozen backbone yet: "
+                                "set offload_param_device: none")
+        if self.device.type == "cpu":
+            _skip_shm_comm_build()
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+        layers = self.decoder_layers()
+        units: list[nn.Module] = list(layers)
+        embedding, output = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        parts = [f"{len(layers)} decoder layers"]
+        if output is None or output.weight is not embedding.weight:
+            units.append(embedding)
+            parts.append("the input embedding")
+        config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": section}
+        self._zero3 = [DeepSpeedZeRoOffload(unit, timers=None, ds_config=config,
+                                            prefetch_bucket_size=zero.prefetch_bucket_size,
+                                            max_reuse_distance=zero.max_reuse_distance,
+                                            max_live_parameters=zero.max_live_parameters,
+                                            param_persistence_threshold=zero.param_persistence_threshold,
+                                            model_persistence_threshold=zero.model_persistence_threshold)
+                       for unit in units]
+        params = [p for unit in units for p in unit.parameters()]
+        held = sum(p.ds_numel if p.ds_persist else p.ds_tensor.numel() for p in params)
+        return f"{' and '.join(parts)} (this process holds {held:,} of their {sum(p.ds_numel for p in params):,} weights)"
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: torch.Tensor, past_key_values: Any = None,

@@ -181,6 +181,27 @@ def _fsdp_requested(accelerator) -> bool:
             or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"))
 
 
+def _deepspeed_zero_config() -> dict[str, Any] | None:
+    """The `zero_optimization` section of a DeepSpeed launch (`accelerate launch` with a DeepSpeed config sets
+    ACCELERATE_USE_DEEPSPEED in its processes), else None. A `deepspeed_config_file` wins over `zero_stage`."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true"):
+        return None
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if path:
+        try:
+            section = dict(json.loads(Path(path).read_text()).get("zero_optimization", {}))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"DeepSpeed config file {path}: {err}") from err
+    else:
+        section = {"stage": int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0"))}
+    if int(section.get("stage", 0)) != 3:
+        raise ConfigError(f"DeepSpeed ZeRO stage {section.get('stage', 0)} shards optimiser state and gradients, which "
+                          "a frozen backbone has none of: use stage 3 (deepspeed_zero3.yaml) or data_parallel.yaml")
+    return section
+
+
 def _log(path: Path, record: dict, main: bool = True) -> None:
     if main:
         with path.open("a") as handle:
@@ -249,7 +270,10 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                           "(the CLI does)")
     # ---- setup ---------------------------------------------------------------------------------------------
     on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    zero = _deepspeed_zero_config()  # a DeepSpeed launch: the loop keeps its optimiser; DeepSpeed only partitions
     accelerator = Accelerator(cpu=on_cpu)  # cpu=True also makes several CPU processes one gloo group
+    # No `accelerator.prepare`: under DeepSpeed accelerate's backward expects an engine, so call the loss's own.
+    backward = (lambda loss: loss.backward()) if zero is not None else accelerator.backward
     device = torch.device(config.device) if config.device.startswith("cuda:") else accelerator.device
     # Data parallel (`accelerate launch --num_processes N`): every process holds the backbone and the prompt,
     # takes every N-th row of each global batch (batch_size x N rows), and the prompt's gradients are averaged.
@@ -271,6 +295,15 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         split = backbone.shard(init_device_mesh(device.type, (world,)))
         if main:
             print(f"softprompt: backbone sharded over {world} processes: {split}", flush=True)
+    elif world > 1 and zero is not None:  # `accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml`
+        if model is not None:
+            raise ConfigError("a sharded backbone (DeepSpeed ZeRO-3) trains prompts only, not the weight-training "
+                              "baselines")
+        if config.compile:
+            raise ConfigError("--compile is not supported with a DeepSpeed ZeRO-3 backbone")
+        split = backbone.shard_zero3(zero)
+        if main:
+            print(f"softprompt: backbone partitioned (DeepSpeed ZeRO-3) over {world} processes: {split}", flush=True)
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
@@ -393,7 +426,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
             loss, figures = model.loss(batch)
             share = len(rows) * world / len(chosen)  # rows' weight in the global batch's mean
             scaled = loss * share / config.grad_accum
-            accelerator.backward(scaler.scale(scaled) if scaler is not None else scaled)
+            backward(scaler.scale(scaled) if scaler is not None else scaled)
             losses.append(loss.item() * share)
             accuracies.append(figures.get("accuracy", 0.0) * share)
         if world > 1:
