@@ -59,7 +59,7 @@ def multilingual(args, backbone) -> dict:
                        progress=False)
     zeroshot = sp.build_prompted_model(_config(args, "unused", "chatterbot-english"), backbone, english)
     rows = []
-    for language in ("english",) + LANGUAGES:
+    for language in ("english",) + tuple(args.languages):
         task = sp.load_task(f"chatterbot-{language}")
         if len(task.labels) < 4 or len(task.test) < 20:
             continue
@@ -192,9 +192,12 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=300)
     parser.add_argument("--test-limit", type=int, default=1000)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--languages", default=",".join(LANGUAGES),
+                        help="multilingual: the languages besides English (each trains its own prompt too)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, 1 seed, small evaluations")
     args = parser.parse_args()
     args.shots = [int(s) for s in args.shots.split(",")]
+    args.languages = [x for x in args.languages.split(",") if x]
     if args.quick:
         args.steps, args.seeds, args.eval_limit, args.test_limit, args.shots = 2, 1, 20, 20, [16]
     backbone = sp.load_backbone(args.model, dtype=args.precision)
