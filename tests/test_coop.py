@@ -207,3 +207,36 @@ def test_bad_settings_are_one_line_config_errors(backbone):
     assert "--init-from" in _error(lambda: build_coop_model(config, backbone, task))
     assert "image classification" in _error(lambda: build_coop_model(
         config, backbone, SimpleNamespace(labels=None, text_fields=("image",))))
+
+
+def test_train_and_eval_through_the_cli(tmp_path, monkeypatch, capsys):
+    """`softprompt train` / `eval` on a CLIP folder: the kind is read from its config, CoOp is built, the prompt
+    file loads back through `load_prompted_model`."""
+    import json
+
+    import softprompt as sp
+    from softprompt.cli import main
+    from softprompt.data.builtin import BUILTIN_DATASETS, BuiltinDataset
+    from tiny_clip import tiny_clip, tiny_clip_tokenizer
+
+    folder = tmp_path / "clip"
+    tiny_clip().save_pretrained(folder)
+    tiny_clip_tokenizer().save_pretrained(folder)
+    assert sp.load_backbone(str(folder)).kind is BackboneKind.CLIP
+    monkeypatch.setitem(BUILTIN_DATASETS, "tiny-colours", BuiltinDataset(
+        "tiny-colours", "-", "{image} {label}", "colour images",
+        lambda: {"train": _rows(36, 0), "validation": _rows(9, 1), "test": _rows(9, 2)}, fields=("image",)))
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(folder), "--data", "tiny-colours", "--output", str(out), "--max-steps", "40",
+                 "--batch-size", "9", "--init", "text", "--init-text", "a photo of a", "--coop-class-specific",
+                 "--lr", "0.1", "--eval-every", "20", "--precision", "fp32", "--quiet", "--checkpoint-every", "0"])
+    assert code == 0
+    capsys.readouterr()
+    tensors, meta = read_prompt_tensors(out / "prompt.safetensors")
+    assert meta["backbone"]["kind"] == "clip" and meta["coop"]["class_specific"]
+    assert meta["training"]["trainable_params"] == tensors["prompt_embeddings"].numel()
+    code = main(["eval", "--prompt", str(out / "prompt.safetensors"), "--model", str(folder), "--data", "tiny-colours",
+                 "--precision", "fp32", "--quiet"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 9 and result["accuracy"] > 0.6  # chance is 1/3

@@ -73,6 +73,10 @@ class TrainConfig:
     label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).")
     vpt_deep: bool = _opt(False, "Vision backbones (ViT): a separate set of --num-virtual-tokens prompt tokens before "
                                  "every layer (VPT-deep) instead of once at the input (VPT-shallow).")
+    coop_class_specific: bool = _opt(False, "CLIP backbones (CoOp): one context per class instead of one shared by "
+                                            "all classes.")
+    coop_class_token_position: str = _opt("end", "CLIP backbones (CoOp): where the class name goes in "
+                                                 "'[ctx] {class}': end, middle or front.")
     pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
                                 "mean of the final states (mean) or the first token's (cls).")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")
@@ -149,6 +153,8 @@ class TrainConfig:
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
             (self.pooling in ("mean", "cls"), f"--pooling {self.pooling!r}: choose mean or cls"),
+            (self.coop_class_token_position in ("end", "middle", "front"),
+             f"--coop-class-token-position {self.coop_class_token_position!r}: choose end, middle or front"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),
             (self.deep_reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep_reparam}"),
             (not (self.method is PromptMethod.DEEP and self.placement is not None),

@@ -151,10 +151,15 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
     """
     tensors, meta = read_prompt_tensors(path)
     check_compatible(meta, backbone, path)
-    if (meta.get("backbone") or {}).get("kind") == "vision":
+    kind = (meta.get("backbone") or {}).get("kind")
+    if kind == "vision":
         from .vision import vision_model_from_file
 
         return vision_model_from_file(backbone, tensors, meta)
+    if kind == "clip":
+        from .coop import coop_model_from_file
+
+        return coop_model_from_file(backbone, tensors, meta)
     verbalizer = None
     if meta.get("verbalizer"):
         verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])

@@ -87,10 +87,13 @@ def backbone_kind(config) -> BackboneKind:
     """Which backbone kind a Hugging Face config describes (its architectures first, then its model type)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+    from .clip import CLIP_MODEL_TYPES
     from .vision import VISION_MODEL_TYPES
 
     if getattr(config, "model_type", "") in VISION_MODEL_TYPES:
         return BackboneKind.VISION
+    if getattr(config, "model_type", "") in CLIP_MODEL_TYPES:
+        return BackboneKind.CLIP
     if getattr(config, "is_encoder_decoder", False):
         return BackboneKind.SEQ2SEQ
     architectures = tuple(getattr(config, "architectures", None) or ())
@@ -277,6 +280,8 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
                             f"{str(exc).splitlines()[0]})") from exc
     if kind is BackboneKind.VISION:
         return _load_vision(folder, name, dtype, device)
+    if kind is BackboneKind.CLIP:
+        return _load_clip(folder, name, dtype, device)
     auto, wrapper = {BackboneKind.CAUSAL_LM: (AutoModelForCausalLM, CausalLMBackbone),
                      BackboneKind.MASKED_LM: (AutoModelForMaskedLM, EncoderBackbone),
                      BackboneKind.ENCODER: (AutoModel, EncoderBackbone),
@@ -321,6 +326,21 @@ def _load_vision(folder: str | Path, name: str, dtype: torch.dtype, device: torc
         raise BackboneError(f"--model {name}: could not load ({exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0]})") from exc
     return VisionBackbone.from_folder(model.to(device), folder, name)
+
+
+def _load_clip(folder: str | Path, name: str, dtype: torch.dtype, device: torch.device | str):
+    from transformers import AutoTokenizer, CLIPModel
+
+    from .clip import CLIPBackbone
+
+    try:
+        with _quiet_transformers():
+            model = CLIPModel.from_pretrained(folder, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"--model {name}: could not load ({exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0]})") from exc
+    return CLIPBackbone.from_folder(model.to(device), tokenizer, folder, name)
 
 
 def quantization_config(load_in: str, dtype: torch.dtype, device: torch.device | str):
