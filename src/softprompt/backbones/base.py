@@ -63,6 +63,31 @@ class Backbone(Protocol):
     def fingerprint(self) -> str: ...
 
 
+class FrozenBackbone(nn.Module):
+    """What every backbone kind shares: the wrapped model never trains (no parameter requires a gradient and it
+    stays in eval mode whatever a parent module asks), its fingerprint is computed once, and
+    `autocast_dtype` (mixed precision over fp32 weights, for weight-training baselines) starts unset."""
+
+    def __init__(self, model: nn.Module, name: str, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.model.eval()
+        self._fingerprint: str | None = None
+        self.autocast_dtype: torch.dtype | None = None
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: dropout stays off
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+
 def weights_fingerprint(module: nn.Module, *, full: bool = False, samples_per_tensor: int = 2048) -> str:
     """A hex digest that identifies a model's weights.
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BackboneError
-from .base import BackboneKind, weights_fingerprint
+from .base import BackboneKind, FrozenBackbone
 
 
 def decoder_layers_of(model: nn.Module) -> list[nn.Module] | None:
@@ -53,7 +53,7 @@ def _skip_shm_comm_build() -> None:
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
-class CausalLMBackbone(nn.Module):
+class CausalLMBackbone(FrozenBackbone):
     """A frozen `*ForCausalLM` model behind the `Backbone` protocol.
 
     The wrapped model never trains: every parameter has `requires_grad=False` and the model stays in eval mode
@@ -66,24 +66,12 @@ class CausalLMBackbone(nn.Module):
     kind = BackboneKind.CAUSAL_LM
 
     def __init__(self, model: nn.Module, tokenizer: Any, name: str) -> None:
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.name = name
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-        self.model.eval()
+        super().__init__(model, name, tokenizer)
         if tokenizer.pad_token_id is None:
             # Left padding only needs some id; its embedding is masked out by the attention mask.
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
-        self._fingerprint: str | None = None
         self._compiled_body: Any = None
-        self.autocast_dtype: torch.dtype | None = None  # mixed precision over fp32 weights (weight-training baselines)
-
-    def train(self, mode: bool = True) -> "CausalLMBackbone":
-        # The backbone is frozen: keep it in eval mode whatever the parent asks.
-        return super().train(False)
 
     @property
     def hidden_size(self) -> int:
@@ -246,8 +234,3 @@ class CausalLMBackbone(nn.Module):
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
-        return self._fingerprint

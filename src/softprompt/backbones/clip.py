@@ -10,7 +10,6 @@ default). Both return projected, unnormalised features, as `get_text_features` /
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import BackboneKind, weights_fingerprint
+from .base import BackboneKind, FrozenBackbone
+from .vision import image_norm_from_folder, normalised_pixels
 
 CLIP_MODEL_TYPES = ("clip",)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,7 +26,7 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LEGACY_EOS_TOKEN_ID = 2  # transformers' marker for "pool at argmax(input_ids)" (configs from before PR #24773)
 
 
-class CLIPBackbone(nn.Module):
+class CLIPBackbone(FrozenBackbone):
     """A frozen `CLIPModel`: `embed` gives token embeddings, `text_features` runs the text tower from them,
     `image_features` runs the image tower, `logit_scale` is CLIP's learned temperature (exp applied)."""
 
@@ -34,15 +34,9 @@ class CLIPBackbone(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer: Any, name: str, *, image_mean: tuple[float, ...] | None = None,
                  image_std: tuple[float, ...] | None = None) -> None:
-        super().__init__()
         if not hasattr(model, "text_model") or not hasattr(model, "text_projection"):
             raise ConfigError(f"backbone '{name}' is not a CLIPModel (no text_model / text_projection)")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.name = name
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-        self.model.eval()
+        super().__init__(model, name, tokenizer)
         channels = int(model.config.vision_config.num_channels)
         mean = image_mean or (OPENAI_CLIP_MEAN if channels == 3 else (0.0,) * channels)
         std = image_std or (OPENAI_CLIP_STD if channels == 3 else (1.0,) * channels)
@@ -50,21 +44,11 @@ class CLIPBackbone(nn.Module):
             raise ConfigError(f"backbone '{name}': image mean/std need {channels} values, got {mean} / {std}")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self._fingerprint: str | None = None
-        self.autocast_dtype: torch.dtype | None = None
 
     @classmethod
     def from_folder(cls, model: nn.Module, tokenizer: Any, folder: str | Path, name: str) -> CLIPBackbone:
-        processor = Path(folder) / "preprocessor_config.json"
-        mean = std = None
-        if processor.is_file():
-            spec = json.loads(processor.read_text())
-            mean, std = spec.get("image_mean"), spec.get("image_std")
-        return cls(model, tokenizer, name, image_mean=tuple(mean) if mean else None,
-                   image_std=tuple(std) if std else None)
-
-    def train(self, mode: bool = True):
-        return super().train(False)
+        mean, std = image_norm_from_folder(folder)
+        return cls(model, tokenizer, name, image_mean=mean, image_std=std)
 
     # -- shapes, placement --------------------------------------------------------------------------------
     @property
@@ -149,18 +133,10 @@ class CLIPBackbone(nn.Module):
     # -- image tower --------------------------------------------------------------------------------------
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> projected image features (B, P)."""
-        if tuple(pixel_values.shape[1:]) != self.image_shape:
-            raise ConfigError(f"backbone '{self.name}' takes images of shape {self.image_shape}, got "
-                              f"{tuple(pixel_values.shape[1:])}")
-        pixels = (pixel_values.to(device=self.mean.device, dtype=self.mean.dtype) - self.mean) / self.std
+        pixels = normalised_pixels(self, pixel_values)
         weight = self.model.visual_projection.weight
         pooled = self.model.vision_model(pixel_values=pixels.to(weight.dtype)).pooler_output
         return self.model.visual_projection(pooled)
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
-        return self._fingerprint
 
     def kv_layout(self) -> Any:
         raise ConfigError("deep prompts are not implemented for CLIP: CoOp places its context in the text input")

@@ -19,27 +19,16 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError, ConfigError
-from .base import BackboneKind, weights_fingerprint
+from .base import BackboneKind, FrozenBackbone
 
 
-class _FrozenHFBackbone(nn.Module):
-    """The frozen-model plumbing every Hugging Face backbone kind shares."""
+class _FrozenHFBackbone(FrozenBackbone):
+    """The Hugging Face text-model plumbing the encoder kinds share."""
 
     kind: BackboneKind
 
     def __init__(self, model: nn.Module, tokenizer: Any, name: str) -> None:
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
-        self.name = name
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-        self.model.eval()
-        self._fingerprint: str | None = None
-        self.autocast_dtype: torch.dtype | None = None
-
-    def train(self, mode: bool = True):
-        return super().train(False)  # frozen: dropout stays off
+        super().__init__(model, name, tokenizer)
 
     @property
     def hidden_size(self) -> int:
@@ -67,10 +56,6 @@ class _FrozenHFBackbone(nn.Module):
     def keys_values(self, inputs_embeds: torch.Tensor):
         return self.kv_layout()
 
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
-        return self._fingerprint
 
 
 # Attribute names of the masked-LM head in the common families: BERT/MiniLM (cls), RoBERTa/XLM-R (lm_head),

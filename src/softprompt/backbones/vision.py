@@ -15,42 +15,46 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import BackboneKind, weights_fingerprint
+from .base import BackboneKind, FrozenBackbone
 
 VISION_MODEL_TYPES = ("vit",)
 
 
-class VisionBackbone(nn.Module):
+def image_norm_from_folder(folder: str | Path) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(image_mean, image_std) from a model folder's `preprocessor_config.json`, (None, None) without one."""
+    processor = Path(folder) / "preprocessor_config.json"
+    if not processor.is_file():
+        return None, None
+    spec = json.loads(processor.read_text())
+    mean, std = spec.get("image_mean"), spec.get("image_std")
+    return (tuple(mean) if mean else None), (tuple(std) if std else None)
+
+
+def normalised_pixels(backbone: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) pixels in [0, 1], shape-checked against `backbone.image_shape` and normalised with its
+    `mean` / `std` buffers (fp32, on the backbone's device)."""
+    if tuple(pixel_values.shape[1:]) != backbone.image_shape:
+        raise ConfigError(f"backbone '{backbone.name}' takes images of shape {backbone.image_shape}, got "
+                          f"{tuple(pixel_values.shape[1:])}")
+    return (pixel_values.to(device=backbone.mean.device, dtype=backbone.mean.dtype) - backbone.mean) / backbone.std
+
+
+class VisionBackbone(FrozenBackbone):
     """A frozen ViT: `embed` gives [CLS] + patch tokens with positions; `layers` and `final_norm` run them."""
 
     kind = BackboneKind.VISION
-    tokenizer = None
 
     def __init__(self, model: nn.Module, name: str, *, image_mean: tuple[float, ...] | None = None,
                  image_std: tuple[float, ...] | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.name = name
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-        self.model.eval()
+        super().__init__(model, name)
         channels = int(model.config.num_channels)
         self.register_buffer("mean", torch.tensor(image_mean or (0.0,) * channels).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std or (1.0,) * channels).view(1, -1, 1, 1), persistent=False)
-        self._fingerprint: str | None = None
-        self.autocast_dtype: torch.dtype | None = None
 
     @classmethod
     def from_folder(cls, model: nn.Module, folder: str | Path, name: str) -> "VisionBackbone":
-        processor = Path(folder) / "preprocessor_config.json"
-        mean = std = None
-        if processor.is_file():
-            spec = json.loads(processor.read_text())
-            mean, std = spec.get("image_mean"), spec.get("image_std")
-        return cls(model, name, image_mean=tuple(mean) if mean else None, image_std=tuple(std) if std else None)
-
-    def train(self, mode: bool = True):
-        return super().train(False)
+        mean, std = image_norm_from_folder(folder)
+        return cls(model, name, image_mean=mean, image_std=std)
 
     @property
     def hidden_size(self) -> int:
@@ -80,19 +84,11 @@ class VisionBackbone(nn.Module):
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> (B, 1 + patches, d): [CLS] and patch tokens with position embeddings."""
-        if tuple(pixel_values.shape[1:]) != self.image_shape:
-            raise ConfigError(f"backbone '{self.name}' takes images of shape {self.image_shape}, got "
-                              f"{tuple(pixel_values.shape[1:])}")
-        pixels = (pixel_values.to(self.mean.dtype) - self.mean) / self.std
+        pixels = normalised_pixels(self, pixel_values)
         return self.model.embeddings(pixels.to(self.dtype))
 
     def input_embedding_matrix(self) -> torch.Tensor:
         raise ConfigError(f"backbone '{self.name}' is a vision model: it has no vocabulary; use --init random")
-
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
-        return self._fingerprint
 
     def kv_layout(self) -> Any:
         raise ConfigError("deep prompts for vision models are VPT-deep: --vpt-deep, not --method deep")
