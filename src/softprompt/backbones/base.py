@@ -20,6 +20,7 @@ class BackboneKind(str, Enum):
     ENCODER = "encoder"       # bidirectional encoder, no vocabulary head: a small trainable head classifies
     SEQ2SEQ = "seq2seq"       # encoder-decoder: prompt in the encoder input, the decoder scores or generates
     VISION = "vision"         # Vision Transformer: prompt tokens between [CLS] and the patches (VPT), a head
+    SPEECH = "speech"
 
 
 @runtime_checkable
