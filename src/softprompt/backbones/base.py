@@ -21,6 +21,7 @@ class BackboneKind(str, Enum):
     SEQ2SEQ = "seq2seq"       # encoder-decoder: prompt in the encoder input, the decoder scores or generates
     VISION = "vision"         # Vision Transformer: prompt tokens between [CLS] and the patches (VPT), a head
     CLIP = "clip"             # CLIP image + text encoders: learnable context in the class prompts (CoOp)
+    SPEECH = "speech"         # Whisper: prompt tokens on the decoder input (and optionally the encoder output)
 
 
 @runtime_checkable
