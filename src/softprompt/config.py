@@ -77,6 +77,8 @@ class TrainConfig:
                                             "all classes.")
     coop_class_token_position: str = _opt("end", "CLIP backbones (CoOp): where the class name goes in "
                                                  "'[ctx] {class}': end, middle or front.")
+    encoder_prompt_tokens: int = _opt(0, "Speech backbones (Whisper): trained vectors appended to the encoder's "
+                                         "output too (0 = the decoder prompt only).")
     pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
                                 "mean of the final states (mean) or the first token's (cls).")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")
@@ -153,6 +155,7 @@ class TrainConfig:
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
             (self.pooling in ("mean", "cls"), f"--pooling {self.pooling!r}: choose mean or cls"),
+            (self.encoder_prompt_tokens >= 0, f"--encoder-prompt-tokens must be >= 0, got {self.encoder_prompt_tokens}"),
             (self.coop_class_token_position in ("end", "middle", "front"),
              f"--coop-class-token-position {self.coop_class_token_position!r}: choose end, middle or front"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),

@@ -160,6 +160,10 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
         from .coop import coop_model_from_file
 
         return coop_model_from_file(backbone, tensors, meta)
+    if kind == "speech":
+        from .speech import speech_model_from_file
+
+        return speech_model_from_file(backbone, tensors, meta)
     verbalizer = None
     if meta.get("verbalizer"):
         verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])

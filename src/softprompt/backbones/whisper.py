@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError, ConfigError
-from .base import BackboneKind, weights_fingerprint
+from .base import BackboneKind, FrozenBackbone
 from .registry import CACHE_MARKER, _cache_is_complete, _package_dir, _quiet_transformers, cache_root
 
 WHISPER_NAME = "whisper-tiny-en"
@@ -259,7 +259,7 @@ def whisper_tiny_dir(rebuild: bool = False) -> Path:
     return target
 
 
-class SpeechBackbone(nn.Module):
+class SpeechBackbone(FrozenBackbone):
     """A frozen Whisper encoder-decoder: audio -> log-mel features -> encoder states; the decoder scores text.
 
     >>> backbone = load_whisper_backbone()                                   # doctest: +SKIP
@@ -270,25 +270,14 @@ class SpeechBackbone(nn.Module):
     kind = BackboneKind.SPEECH
 
     def __init__(self, model: nn.Module, tokenizer: Any, feature_extractor: Any, name: str) -> None:
-        super().__init__()
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, name, tokenizer)
         self.feature_extractor = feature_extractor
-        self.name = name
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-        self.model.eval()
-        self._fingerprint: str | None = None
-        self.autocast_dtype: torch.dtype | None = None
         start = [model.config.decoder_start_token_id]
         vocab = tokenizer.get_vocab() if tokenizer is not None else {}
         if NO_TIMESTAMPS in vocab:  # English-only Whisper: <|startoftranscript|><|notimestamps|>
             start.append(vocab[NO_TIMESTAMPS])
         self.decoder_prefix_ids: list[int] = start
         self.eos_token_id = int(model.config.eos_token_id)
-
-    def train(self, mode: bool = True):
-        return super().train(False)
 
     @property
     def hidden_size(self) -> int:
@@ -306,10 +295,6 @@ class SpeechBackbone(nn.Module):
     def sample_rate(self) -> int:
         return int(getattr(self.feature_extractor, "sampling_rate", SAMPLE_RATE))
 
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
-        return self._fingerprint
 
     def features(self, audio: Sequence[Any]) -> torch.Tensor:
         """1-D float waveforms at 16 kHz -> log-mel `input_features` (B, mel bins, 3000), padded to 30 s."""

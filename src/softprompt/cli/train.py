@@ -50,6 +50,7 @@ def train(
     coop_class_specific: Annotated[Optional[bool], typer.Option("--coop-class-specific",
                                                                 help=H("coop_class_specific"))] = None,
     coop_class_token_position: Annotated[Optional[str], typer.Option(help=H("coop_class_token_position"))] = None,
+    encoder_prompt_tokens: Annotated[Optional[int], typer.Option(help=H("encoder_prompt_tokens"))] = None,
     pooling: Annotated[Optional[str], typer.Option(help=H("pooling") + "  [default: mean]")] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help=H("weight_decay"))] = None,
     warmup_ratio: Annotated[Optional[float], typer.Option(help=H("warmup_ratio"))] = None,

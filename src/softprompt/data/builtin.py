@@ -189,3 +189,15 @@ for _name, _classes in (("fashion-mnist", tuple(range(10))), ("fashion-mnist-0-4
         _name, "apt: dataset-fashion-mnist", "{image} {label}",
         f"Fashion-MNIST 28x28 grey images, classes {_classes[0]}-{_classes[-1]} (Debian dataset-fashion-mnist)",
         _fashion(_classes), fields=("image",))
+
+
+def _speech_commands() -> dict[str, list[dict]]:
+    from .speech import speech_commands_synth
+
+    return speech_commands_synth()
+
+
+BUILTIN_DATASETS["speech-commands-synth"] = BuiltinDataset(
+    "speech-commands-synth", "apt: espeak-ng sox", "{audio} {label}",
+    "SYNTHETIC spoken commands (yes, no, up, down, left, right, on, off, stop, go) from espeak-ng voices, speeds, "
+    "pitches and noise", _speech_commands, fields=("audio",))

@@ -60,6 +60,10 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
         from ..coop import build_coop_model
 
         return build_coop_model(config, backbone, task)
+    if getattr(backbone, "kind", None) is BackboneKind.SPEECH:
+        from ..speech import build_speech_model
+
+        return build_speech_model(config, backbone, task)
     body = config.template or task.default_template
     deep = config.method is PromptMethod.DEEP
     source = _transfer_source(config, backbone) if config.init_from else None
