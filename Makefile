@@ -61,8 +61,8 @@ sweep-bench: install
 transfer-bench: install
 	$(PY) benchmarks/transfer.py --part multilingual --steps 60 \
 		--languages chinese,italian,japanese,korean,persian,ukrainian,dutch,turkish
-	$(PY) benchmarks/transfer.py --part mpt --steps 50 --seeds 1 --test-limit 500
-	$(PY) benchmarks/transfer.py --part spot --steps 50 --test-limit 500
+	$(PY) benchmarks/transfer.py --part mpt --steps 30 --seeds 1 --test-limit 500
+	$(PY) benchmarks/transfer.py --part spot --steps 30 --test-limit 300
 
 encoders-bench: install
 	$(PY) benchmarks/encoders.py --seeds 1
@@ -71,12 +71,12 @@ encoders-bench: install
 vpt-bench: install
 	test -d /usr/share/datasets/fashion-mnist || test -n "$$SOFTPROMPT_FASHION_MNIST" || \
 		apt-get install -y --no-install-recommends dataset-fashion-mnist
-	$(PY) benchmarks/vpt_fashion.py --pretrain-epochs 3 --steps 200 --seeds 1 --few-shot 20
+	$(PY) benchmarks/vpt_fashion.py --pretrain-epochs 2 --steps 150 --seeds 1 --few-shot 20
 
 # Whisper tiny.en on SYNTHETIC spoken commands (espeak-ng voices + noise): needs espeak-ng and sox (apt).
 speech-bench: install
 	command -v espeak-ng >/dev/null || apt-get install -y --no-install-recommends espeak-ng sox
-	$(PY) benchmarks/speech_commands.py
+	$(PY) benchmarks/speech_commands.py --steps 60
 
 clean:
 	rm -rf runs .pytest_cache
