@@ -1,5 +1,8 @@
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from softprompt import DataError, load_task
 from softprompt.data import BUILTIN_DATASETS
@@ -82,7 +85,8 @@ def test_builtin_datasets_have_documented_splits():
     assert bbc.labels == ("business", "entertainment", "politics", "sports", "tech")
     from softprompt.data.builtin import CHAT_LANGUAGES
 
-    assert set(BUILTIN_DATASETS) == {"rotten_tomatoes", "bbc_news", "chatterbot-language"} | {
+    assert set(BUILTIN_DATASETS) == {"rotten_tomatoes", "bbc_news", "chatterbot-language", "fashion-mnist",
+                                     "fashion-mnist-0-4", "fashion-mnist-5-9", "speech-commands-synth"} | {
         f"chatterbot-{language}" for language in CHAT_LANGUAGES}
 
 
@@ -97,3 +101,16 @@ def test_chatterbot_topics_share_one_label_set_across_languages():
     language = load_task("chatterbot-language")
     assert "english" in language.labels and "thai" not in language.labels  # thai has < 100 messages
     assert load_task("chatterbot-english").test == english.test  # fixed split
+
+
+def test_fashion_mnist_halves_and_idx_reader():
+    from softprompt.data.images import FASHION_CLASSES, FASHION_DIRS
+
+    if not any(Path(d, "train-images-idx3-ubyte.gz").is_file() for d in FASHION_DIRS):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    low, high = load_task("fashion-mnist-0-4"), load_task("fashion-mnist-5-9")
+    assert (len(high.train), len(high.validation), len(high.test)) == (27000, 3000, 5000)
+    assert set(low.labels) == set(FASHION_CLASSES[:5]) and set(high.labels) == set(FASHION_CLASSES[5:])
+    image = high.train[0]["image"]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and int(image.max()) > 0
+    assert high.text_fields == ("image",)
