@@ -119,3 +119,21 @@ def test_multi_token_words_from_the_shared_context_equal_one_row_per_word(tiny_a
     torch.testing.assert_close(trained.detach(), reference, atol=2e-5, rtol=1e-4)
     trained.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prompt.parameters())
+
+
+def test_per_word_rows_equal_the_shared_context(tiny_any):
+    """The full-row layout (used under gradient checkpointing, where a recomputed layer must not write a cache)
+    gives the shared-context scores."""
+    from softprompt import PromptedModel, SoftPrompt, Verbalizer, build_template
+
+    torch.manual_seed(0)
+    verbalizer = Verbalizer.from_spec(["negative", "positive"], ["negative=terrible,dull", "positive=great"])
+    model = PromptedModel(tiny_any, SoftPrompt(torch.randn(3, tiny_any.hidden_size)),
+                          build_template("Review: {text} Sentiment: {label}", "prefix", 3), verbalizer)
+    batch = model.make_batch([{"text": "a great film"}, {"text": "an awful waste of time and money"}], None)
+    model.use_prompt_cache = False
+    with torch.no_grad():
+        shared = model.word_scores(batch)
+        hidden, _ = model.hidden(model._per_word_batch(batch))
+        rows = model.word_scores_from_hidden(hidden)
+    torch.testing.assert_close(rows, shared, atol=2e-5, rtol=1e-4)

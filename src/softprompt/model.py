@@ -299,7 +299,29 @@ class PromptedModel(nn.Module):
         if self.max_word_tokens == 1:
             hidden, _ = self.hidden(batch)                                # (B, T, d)
             return self.word_scores_from_hidden(hidden)
+        if torch.is_grad_enabled() and getattr(self.backbone, "gradient_checkpointing", False):
+            # A recomputed layer would append to the key/value cache a second time: use full rows instead.
+            hidden, _ = self.hidden(self._per_word_batch(batch))          # (B*W, T + K-1, d)
+            return self.word_scores_from_hidden(hidden)
         return self._multi_token_word_scores(batch)
+
+    def _per_word_batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One row per (example, word): the context then the word's leading tokens, left-padded so that every
+        row ends at its word's last input token (the layout `word_scores_from_hidden` reads)."""
+        rows = batch["input_ids"].shape[0]
+        k = self.max_word_tokens - 1
+        per_word = []
+        for ids in self.word_ids:
+            n, pad = len(ids) - 1, k - len(ids) + 1
+            word = torch.tensor(ids[:-1], dtype=torch.long, device=batch["input_ids"].device).expand(rows, -1)
+            fill = batch["input_ids"].new_full((rows, pad), self.encoder.pad_id)
+            per_word.append({
+                "input_ids": torch.cat([fill, batch["input_ids"], word], dim=1),
+                "soft_index": torch.cat([torch.full_like(fill, -1), batch["soft_index"], torch.full_like(word, -1)], 1),
+                "attention_mask": torch.cat([torch.zeros_like(fill), batch["attention_mask"], torch.ones_like(word)], 1),
+                "position_ids": torch.cat([torch.zeros_like(fill), batch["position_ids"],
+                                           batch["position_ids"][:, -1:] + 1 + torch.arange(n, device=word.device)], 1)})
+        return {name: torch.stack([w[name] for w in per_word], dim=1).flatten(0, 1) for name in per_word[0]}
 
     def _context_cache(self, batch: Mapping[str, torch.Tensor]):
         """(last hidden state (B, d), key/value cache, its attention mask (B, C), next position (B, 1))."""

@@ -104,6 +104,12 @@ class CausalLMBackbone(FrozenBackbone):
             raise BackboneError(f"backbone '{self.name}': no decoder layer list ('layers' or 'h')")
         return layers
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the decoder layers recompute their activations in the backward pass."""
+        layers = decoder_layers_of(self.model) or []
+        return any(getattr(layer, "_softprompt_checkpointed", False) for layer in layers)
+
     def enable_gradient_checkpointing(self) -> int:
         """Recompute each decoder layer in the backward pass instead of keeping its activations.
 
