@@ -83,6 +83,15 @@ class FrozenBackbone(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: dropout stays off
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (a text model's input embedding; other kinds override)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = weights_fingerprint(self.model)

@@ -81,14 +81,6 @@ class CausalLMBackbone(FrozenBackbone):
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
     def compile_for_training(self) -> None:
         """torch.compile the decoder for gradient-carrying forwards (training); inference stays eager.
 

@@ -35,14 +35,6 @@ class _FrozenHFBackbone(FrozenBackbone):
         config = self.model.config
         return int(getattr(config, "hidden_size", None) or getattr(config, "d_model"))
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 
