@@ -9,9 +9,10 @@ Three parts (each in one process on one loaded backbone, smollm2-135m by default
   inits; per init: validation accuracy at each evaluation (convergence) and at the end, and each source's
   task similarity (cosine of mean prompt vectors, and of the flattened prompts) with the target prompt
   trained from the label init.
-- `mpt`: stage 1 on bbc_news + chatterbot-english + chatterbot-language; stage 2 on rotten_tomatoes with 16,
-  64 and 256 examples per class, training only the task factor, vs single-task prompt tuning from the label
-  init at the same steps; trainable parameters per task (count and % of the backbone).
+- `mpt`: stage 1 on bbc_news + chatterbot-english + chatterbot-language, plain and distilled from single-task
+  teacher prompts (`--mpt-teachers`; `--no-distill` skips it); stage 2 on rotten_tomatoes with 16, 64 and 256
+  examples per class, training only the task factor, vs single-task prompt tuning from the label init at the
+  same steps; trainable parameters per task (count and % of the backbone).
 
 Writes benchmarks/results/transfer_<part>.{json,md} (and a plot for `multilingual`).
 
@@ -147,22 +148,36 @@ def spot(args, backbone) -> dict:
     return {"rows": rows, "per_class": args.per_class, "table": "\n".join(lines)}
 
 
+MPT_SOURCES = {"bbc": "bbc_news", "chat": "chatterbot-english", "lang": "chatterbot-language"}
+
+
 def mpt(args, backbone) -> dict:
-    stage1 = _config(args, "mpt-stage1", None, method="multitask",
-                     tasks="bbc=bbc_news,chat=chatterbot-english,lang=chatterbot-language",
-                     max_steps=args.steps * 2)
+    tasks = ",".join(f"{k}={v}" for k, v in MPT_SOURCES.items())
+    stage1 = _config(args, "mpt-stage1", None, method="multitask", tasks=tasks, max_steps=args.steps * 2)
+    stages = {}
     started = time.perf_counter()
-    shared = train_multitask(stage1, backbone=backbone, progress=False)
-    stage1_seconds = time.perf_counter() - started
+    stages["MPT"] = (train_multitask(stage1, backbone=backbone, progress=False), time.perf_counter() - started)
+    teachers = {}
+    if args.distill:  # single-task teacher prompts, then the same stage 1 distilled from them
+        for name, data in MPT_SOURCES.items():
+            teachers[name] = sp.train(_config(args, f"mpt-teacher-{name}", data), backbone=backbone,
+                                      progress=False)
+        started = time.perf_counter()
+        distilled = train_multitask(stage1.replace(output=str(WORK / "mpt-stage1-distilled"), mpt_teachers=",".join(
+            f"{k}={v.prompt_path}" for k, v in teachers.items())), backbone=backbone, progress=False)
+        stages["MPT distilled"] = (distilled, time.perf_counter() - started)
     target = sp.load_task("rotten_tomatoes")
     params = sum(p.numel() for p in backbone.model.parameters())
+    methods = [(f"{label} (task factor only)", {"init_from": str(result.shared_path)})
+               for label, (result, _) in stages.items()]
+    methods.append(("prompt tuning from scratch (labels init)", {"init": "labels"}))
     rows = []
     for k in args.shots:
-        for name, extra in (("MPT (task factor only)", {"init_from": str(shared.shared_path)}),
-                            ("prompt tuning from scratch (labels init)", {"init": "labels"})):
+        for name, extra in methods:
             scores = []
             for seed in range(args.seeds):
-                result = sp.train(_config(args, f"mpt-{k}-{seed}-{name.split()[0]}", "rotten_tomatoes",
+                tag = name.split(" (")[0].replace(" ", "-")
+                result = sp.train(_config(args, f"mpt-{k}-{seed}-{tag}", "rotten_tomatoes",
                                           train_per_class=k, seed=seed, **extra), backbone=backbone, task=target,
                                   progress=False)
                 scores.append(_accuracy(result.model, target, args.test_limit))
@@ -175,9 +190,23 @@ def mpt(args, backbone) -> dict:
     for r in rows:
         lines.append(f"| {r['per_class']} | {r['method']} | {r['trainable_params']:,} ({r['trainable_percent']:.4f}%) | "
                      f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} (n={r['seeds']}) |")
-    return {"rows": rows, "stage1": {"tasks": stage1.tasks, "steps": shared.steps, "seconds": stage1_seconds,
-                                     "trainable_params": shared.trainable_params,
-                                     "validation": shared.best_validation},
+    val = " | ".join(f"{t}" for t in MPT_SOURCES)
+    lines += ["", f"Stage 1 ({stage1.max_steps} steps, {stage1.batch_size} rows a step over {len(MPT_SOURCES)} tasks), "
+              "best validation accuracy per source task:", "",
+              f"| stage 1 | {val} | seconds |", "|---|" + "---|" * len(MPT_SOURCES) + "---|"]
+    for label, (result, seconds) in stages.items():
+        lines.append(f"| {label} | " + " | ".join(f"{100 * result.best_validation[t]['accuracy']:.1f}"
+                                                for t in MPT_SOURCES) + f" | {seconds:.0f} |")
+    for name, result in teachers.items():
+        lines.append(f"| single-task teacher {name} ({args.steps} steps) | " + " | ".join(
+            f"{100 * result.best_validation['accuracy']:.1f}" if t == name else "—" for t in MPT_SOURCES)
+            + f" | {result.train_seconds:.0f} |")
+    return {"rows": rows,
+            "stage1": {label: {"tasks": stage1.tasks, "steps": result.steps, "seconds": seconds,
+                               "trainable_params": result.trainable_params, "validation": result.best_validation}
+                       for label, (result, seconds) in stages.items()},
+            "teachers": {name: {"steps": r.steps, "validation": r.best_validation, "prompt": str(r.prompt_path)}
+                         for name, r in teachers.items()},
             "table": "\n".join(lines)}
 
 
@@ -194,6 +223,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--languages", default=",".join(LANGUAGES),
                         help="multilingual: the languages besides English (each trains its own prompt too)")
+    parser.add_argument("--no-distill", dest="distill", action="store_false",
+                        help="mpt: skip the stage 1 distilled from single-task teacher prompts")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, 1 seed, small evaluations")
     args = parser.parse_args()
     args.shots = [int(s) for s in args.shots.split(",")]

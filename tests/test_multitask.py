@@ -88,3 +88,61 @@ def test_few_shot_subsets_are_seeded_and_per_class(sentiment_dir):
     subset = per_class(rows, "label", 3, seed=1)
     assert sorted(r["label"] for r in subset) == ["negative"] * 3 + ["positive"] * 3
     assert subset == per_class(rows, "label", 3, seed=1) and subset != per_class(rows, "label", 3, seed=2)
+
+
+def test_distillation_term_is_temperature_scaled_kl():
+    from softprompt.multitask import distillation_loss
+
+    student, teacher = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]), torch.tensor([[0.0, 1.0, 0.0], [1.0, 2.0, 0.0]])
+    t = 2.0
+    p, q = torch.softmax(teacher / t, -1), torch.softmax(student / t, -1)
+    expected = t * t * (p * (p.log() - q.log())).sum(-1).mean()
+    torch.testing.assert_close(distillation_loss(student, teacher, t), expected)
+    assert float(distillation_loss(teacher, teacher, t)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_stage_one_distils_each_task_from_its_teacher(tmp_path, tiny_model_dir, sentiment_dir, topic_dir, capsys):
+    """A teacher equal to the student's starting prompt gives a zero term at step 1 (same rows, same scores);
+    a trained teacher gives a positive one and changes where the shared prompt ends up."""
+    from softprompt import load_backbone
+    from softprompt.formats import save_prompt
+    from softprompt.prompt import PromptInit, SoftPrompt, initial_embeddings
+    from softprompt.training.loop import build_prompted_model
+
+    tasks = f"senti={sentiment_dir},topic={topic_dir}"
+    stage1 = _config(tmp_path, tiny_model_dir, method="multitask", tasks=tasks, max_steps=3, eval_every=0)
+    backbone = load_backbone(tiny_model_dir, dtype="fp32")
+    start = initial_embeddings(PromptInit.VOCAB, 4, backbone.input_embedding_matrix(), backbone.tokenizer,
+                               generator=torch.Generator().manual_seed(stage1.seed))
+    twin = build_prompted_model(stage1.replace(data=str(topic_dir), method="prompt", tasks=None, init="vocab"),
+                                backbone, load_task(str(topic_dir)))
+    twin.prompt = SoftPrompt(start)
+    twin_path = save_prompt(tmp_path / "twin.safetensors", twin, init="vocab")
+    trained = train(TrainConfig(model=tiny_model_dir, data=str(topic_dir), max_steps=8, eval_every=0, batch_size=8,
+                                lr=0.3, precision="fp32", device="cpu", num_virtual_tokens=4,
+                                output=str(tmp_path / "teacher")), backbone=backbone, progress=False).prompt_path
+
+    def kd_log(teacher, out):
+        result = train_multitask(stage1.replace(mpt_teachers=f"topic={teacher}", output=str(tmp_path / out)),
+                                 progress=False)
+        rows = [json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+        return result, [r["kd.topic"] for r in rows if r["split"] == "train"], rows
+
+    _, twin_kd, rows = kd_log(twin_path, "twin")
+    assert twin_kd[0] == pytest.approx(0.0, abs=1e-6) and twin_kd[-1] > 1e-6
+    assert all("kd.senti" not in r for r in rows)  # a task without a teacher trains on its labels only
+    result, trained_kd, _ = kd_log(trained, "taught")
+    assert trained_kd[0] > 1e-3
+    meta = read_prompt_tensors(result.shared_path)[1]
+    assert meta["training"]["distill"] == {"teachers": {"topic": str(trained)}, "weight": 1.0, "temperature": 2.0}
+    plain = train_multitask(stage1.replace(output=str(tmp_path / "plain")), progress=False)
+    assert not torch.equal(read_prompt_tensors(plain.shared_path)[0]["shared_prompt"],
+                           read_prompt_tensors(result.shared_path)[0]["shared_prompt"])
+
+    for teachers, message in ((f"other={trained}", "not one of --tasks"), ("topic=/no/such.safetensors", "no such file"),
+                              (f"senti={trained}", "are not task 'senti'"), (f"topic{trained}", "not name=")):
+        with pytest.raises(SoftPromptError, match=message):
+            train_multitask(stage1.replace(mpt_teachers=teachers, output=str(tmp_path / "bad")), progress=False)
+    assert main(["train", "--mpt-teachers", f"topic={trained}", "--data", str(topic_dir), "--model",
+                 tiny_model_dir]) == 2
+    assert "--mpt-teachers is for --method multitask" in capsys.readouterr().err

@@ -62,6 +62,13 @@ class TrainConfig:
     mpt_rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).")
     mpt_train_shared: bool = _opt(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
                                          "too, not only the new task's factor.")
+    mpt_teachers: str | None = _opt(None, "--method multitask: distil each source task from its single-task prompt, "
+                                          "name=PROMPT.safetensors,... (files from `softprompt train` on the same "
+                                          "backbone; tasks not named train on their labels only).")
+    mpt_distill_weight: float = _opt(1.0, "--mpt-teachers: weight of the distillation term (KL from the teacher's "
+                                          "class distribution) added to each task's cross-entropy.")
+    mpt_distill_temperature: float = _opt(2.0, "--mpt-teachers: softmax temperature of teacher and student class "
+                                               "scores in the distillation term (the term is scaled by T^2).")
     train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.")
     deep_reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
                                 "prefixes when saved (0 = off).")
@@ -173,6 +180,11 @@ class TrainConfig:
              "--method multitask needs --tasks name=data,name=data"),
             (not (self.tasks and self.method is not PromptMethod.MULTITASK), "--tasks is for --method multitask"),
             (self.mpt_rank >= 1, f"--mpt-rank must be >= 1, got {self.mpt_rank}"),
+            (not (self.mpt_teachers and self.method is not PromptMethod.MULTITASK),
+             "--mpt-teachers is for --method multitask (stage 1)"),
+            (self.mpt_distill_weight > 0, f"--mpt-distill-weight must be > 0, got {self.mpt_distill_weight}"),
+            (self.mpt_distill_temperature > 0,
+             f"--mpt-distill-temperature must be > 0, got {self.mpt_distill_temperature}"),
             (self.train_per_class is None or self.train_per_class >= 1,
              f"--train-per-class must be >= 1, got {self.train_per_class}"),
             (not (self.train_per_class and self.task is TaskType.GENERATION),

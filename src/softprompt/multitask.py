@@ -10,6 +10,11 @@ matrix (U_k [n, r], V_k [d, r]; r = 1 by default, starting as all ones so that P
 - Stage 2, `softprompt train --init-from shared.safetensors --data NEW ...`: a fresh factor for the new task;
   only the factor trains (n·r + d·r numbers: 596 for 20 tokens on SmolLM2), or factor and P with
   `--mpt-train-shared`. The result is saved as an ordinary prompt file (P ∘ UVᵀ), usable everywhere.
+- Distillation (optional, `--mpt-teachers bbc=runs/bbc/prompt.safetensors,...`): as in the MPT paper, each source
+  task's single-task prompt teaches its view of the shared prompt. Each step adds
+  `--mpt-distill-weight · T² · KL(teacher ‖ student)` over the class distributions at temperature T
+  (`--mpt-distill-temperature`) to the task's cross-entropy; the teacher runs without gradients on the same rows
+  through its own template. (The paper also matches hidden states; the class-distribution term is the one kept.)
 """
 
 from __future__ import annotations
@@ -85,6 +90,48 @@ def parse_tasks(text: str | None) -> dict[str, str]:
     return tasks
 
 
+def parse_teachers(text: str | None, tasks: dict[str, str]) -> dict[str, str]:
+    """'bbc=runs/bbc/prompt.safetensors,...' -> {task name: prompt file}; names must be among --tasks."""
+    if not text:
+        return {}
+    teachers: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--mpt-teachers: {item!r} is not name=PROMPT.safetensors")
+        if name not in tasks:
+            raise ConfigError(f"--mpt-teachers: {name!r} is not one of --tasks ({', '.join(tasks)})")
+        if name in teachers:
+            raise ConfigError(f"--mpt-teachers names {name!r} twice")
+        if not Path(path).is_file():
+            raise ConfigError(f"--mpt-teachers {name}={path}: no such file (a prompt file from `softprompt train`)")
+        teachers[name] = path
+    return teachers
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over rows (Hinton et al.'s scaling)."""
+    log_student = torch.log_softmax(student.float() / temperature, dim=-1)
+    log_teacher = torch.log_softmax(teacher.float() / temperature, dim=-1)
+    return temperature ** 2 * torch.nn.functional.kl_div(log_student, log_teacher, log_target=True,
+                                                         reduction="batchmean")
+
+
+def _load_teachers(teachers: dict[str, str], backbone, models: dict) -> dict:
+    from .formats import load_prompted_model
+
+    loaded = {}
+    for name, path in teachers.items():
+        teacher = load_prompted_model(path, backbone)  # refuses another backbone with a one-line error
+        if getattr(teacher, "verbalizer", None) is None or tuple(teacher.labels) != tuple(models[name].labels):
+            raise ConfigError(f"--mpt-teachers {name}={path}: its labels {list(teacher.labels or [])} are not task "
+                              f"{name!r}'s {list(models[name].labels)}; give a prompt trained on that task")
+        teacher.requires_grad_(False)
+        teacher.eval()
+        loaded[name] = teacher
+    return loaded
+
+
 @dataclass
 class MultitaskResult:
     shared_path: Path
@@ -146,6 +193,7 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
             data[name] = load_task(source)
         if data[name].labels is None:
             raise ConfigError(f"--tasks {name}={source}: multitask prompt tuning here is for classification tasks")
+    teacher_paths = parse_teachers(config.mpt_teachers, tasks)
     if backbone is None:
         device = "cuda" if config.device == "auto" and torch.cuda.is_available() else (
             "cpu" if config.device == "auto" else config.device)
@@ -159,11 +207,13 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
     models = {}
     for name in tasks:
         model = build_prompted_model(config.replace(data=tasks[name], init="vocab", num_virtual_tokens=n,
-                                                    init_from=None, method="prompt", tasks=None),
+                                                    init_from=None, method="prompt", tasks=None,
+                                                    mpt_teachers=None),
                                      backbone, data[name])
         model.prompt = views[name]
         model.train()
         models[name] = model
+    teachers = _load_teachers(teacher_paths, backbone, models)
     trainable = [shared] + [p for view in views.values() for p in (view.u, view.v)]
     count = sum(p.numel() for p in trainable)
     per_task = max(1, config.batch_size // len(tasks))
@@ -185,13 +235,26 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
     for step in range(1, total_steps + 1):
         started = time.perf_counter()
         rows_total = per_task * len(tasks)
-        losses = {}
+        losses, kds = {}, {}
         for name, model in models.items():
             rows = [data[name].train[i] for i in next(streams[name])]
             batch = {k: v.to(backbone.device) for k, v in model.make_batch(rows, data[name].label_field).items()}
-            loss, _ = model.loss(batch)
+            if name in teachers:
+                scores = model.class_scores(batch)
+                loss = torch.nn.functional.cross_entropy(scores, batch["targets"])
+                teacher = teachers[name]
+                with torch.no_grad():
+                    teacher_batch = {k: v.to(backbone.device)
+                                     for k, v in teacher.make_batch(rows, data[name].label_field).items()}
+                    teacher_scores = teacher.class_scores(teacher_batch)
+                kd = distillation_loss(scores, teacher_scores, config.mpt_distill_temperature)
+                kds[name] = kd.item()
+                losses[name] = loss.item()
+                loss = loss + config.mpt_distill_weight * kd
+            else:
+                loss, _ = model.loss(batch)
+                losses[name] = loss.item()
             (loss * len(rows) / rows_total).backward()
-            losses[name] = loss.item()
         if config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
@@ -199,6 +262,7 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
         optimizer.zero_grad(set_to_none=True)
         train_seconds += time.perf_counter() - started
         record = {"step": step, "split": "train", **{f"loss.{k}": v for k, v in losses.items()},
+                  **{f"kd.{k}": v for k, v in kds.items()},
                   "lr": scheduler.get_last_lr()[0]}
         history.append(record)
         bar.update(1)
@@ -220,6 +284,9 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
     training = {"best_step": best_step, "validation": best_result, "steps": total_steps,
                 "train_seconds": round(train_seconds, 3), "trainable_params": count, "lr": config.lr,
                 "rows_per_task_per_step": per_task, "seed": config.seed}
+    if teachers:
+        training["distill"] = {"teachers": {k: str(v) for k, v in teacher_paths.items()},
+                               "weight": config.mpt_distill_weight, "temperature": config.mpt_distill_temperature}
     shared_path = _save_shared(out / "shared.safetensors", shared, views, models, tasks, training)
     task_paths = {name: save_prompt(out / f"{name}.safetensors", model, init="multitask",
                                     training={**training, "validation": best_result.get(name), "task": name})
