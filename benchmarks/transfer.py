@@ -14,7 +14,7 @@ Three parts (each in one process on one loaded backbone, smollm2-135m by default
   examples per class, training only the task factor, vs single-task prompt tuning from the label init at the
   same steps; trainable parameters per task (count and % of the backbone).
 
-Writes benchmarks/results/transfer_<part>.{json,md} (and a plot for `multilingual`).
+Writes benchmarks/results/transfer_<part>.{json,md} (and a plot for `multilingual` and `spot`).
 
     python benchmarks/transfer.py --part multilingual|spot|mpt|all [--steps N] [--quick]
 """
@@ -107,6 +107,38 @@ def _plot_languages(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_spot(rows, path: Path) -> None:
+    """Left: validation accuracy while training, one line per init. Right: transfer gain vs task similarity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, gains) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {}
+    for r in rows:
+        style = "-" if r["init"].startswith("from ") else "--"
+        colors[r["init"]] = curves.plot([s for s, _ in r["curve"]], [100 * a for _, a in r["curve"]], style, marker="o", ms=3,
+                    label=r["init"])[0].get_color()
+    curves.set_xlabel("step")
+    curves.set_ylabel("validation accuracy %")
+    curves.set_title("target: few-shot rotten_tomatoes, by prompt init")
+    curves.legend(fontsize=7)
+    base = next(r for r in rows if r["init"] == "labels")["test"]
+    for r in rows:
+        if "mean_cosine" in r:
+            gains.scatter(r["mean_cosine"], 100 * (r["test"] - base), color=colors[r["init"]])
+            gains.annotate(r["init"][5:], (r["mean_cosine"], 100 * (r["test"] - base)), fontsize=7,
+                           xytext=(4, 4), textcoords="offset points")
+    gains.axhline(0, color="grey", lw=0.8)
+    gains.set_xlabel("task similarity: cosine of mean source / target prompt vectors")
+    gains.set_ylabel("test gain vs labels init (points)")
+    gains.set_title("transfer gain vs task similarity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _flat_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
@@ -145,6 +177,7 @@ def spot(args, backbone) -> dict:
         sim = f"{r['mean_cosine']:.2f} / {r['flat_cosine']:.2f}" if "mean_cosine" in r else "—"
         lines.append(f"| {r['init']} | {100 * r['curve'][0][1]:.1f} | {100 * r['best_validation']:.1f} | "
                      f"{100 * r['test']:.1f} | {100 * (r['test'] - base['test']):+.1f} | {sim} |")
+    _plot_spot(rows, args.out_dir / "transfer_spot.png")
     return {"rows": rows, "per_class": args.per_class, "table": "\n".join(lines)}
 
 
