@@ -67,6 +67,8 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["label"] in ("positive", "negative")
     assert (tmp_path / "runs" / "api" / "prompt.safetensors").is_file()
+    stage2 = sp.read_prompt_tensors(tmp_path / "runs" / "lang-mpt" / "prompt.safetensors")[1]
+    assert stage2["training"]["trainable_params"] == 20 + 576 and stage2["labels"][0] == "bengali"
 
 
 def test_mixed_prompt_batch_equals_each_prompt_alone():

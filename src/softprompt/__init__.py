@@ -17,6 +17,7 @@ from .formats import load_prompted_model, read_prompt_file, read_prompt_tensors,
 from .inference import generate
 from .inference.bank import PromptBank
 from .model import PromptedModel, TaskType
+from .multitask import MultitaskResult, train_multitask
 from .prompt import DeepPrompt, PromptInit, PromptMethod, SoftPrompt, initial_embeddings
 from .template import Placement, Template, build_template
 from .training import TrainResult, build_prompted_model, train
@@ -28,5 +29,5 @@ __all__ = [
     "PromptBank", "PromptMethod", "PromptedModel", "SoftPrompt", "SoftPromptError", "TaskData", "TaskType", "Template", "TrainConfig",
     "TrainResult", "Verbalizer", "build_prompted_model", "build_template", "evaluate", "generate",
     "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file", "read_prompt_tensors",
-    "resolve_precision", "save_prompt", "train",
+    "resolve_precision", "save_prompt", "train", "train_multitask", "MultitaskResult",
 ]

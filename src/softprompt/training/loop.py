@@ -274,7 +274,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     from transformers import get_scheduler
 
     if config.method is PromptMethod.MULTITASK:
-        raise ConfigError("--method multitask trains several tasks at once: call softprompt.multitask.train_multitask "
+        raise ConfigError("--method multitask trains several tasks at once: call softprompt.train_multitask "
                           "(the CLI does)")
     # ---- setup ---------------------------------------------------------------------------------------------
     on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
