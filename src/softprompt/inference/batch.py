@@ -4,7 +4,9 @@ Each row is encoded by its own prompt's template. Rows whose template starts wit
 those columns: their keys/values come from the prompt's cached prefix (`PromptedModel.prompt_cache`, computed
 once per prompt), right-aligned into one left-padded prefix block; the rest of the row continues at the
 positions after its prefix. Soft tokens later in a template index one table of the batch's prompt vectors.
-Classification rows are scored from the prefill; generation rows then decode together, each with its own
+Classification rows are scored from the prefill (label words of several tokens: each row's context cache is
+repeated per word and only the words' tokens run after it, so a row costs one context pass however many classes
+its prompt has); generation rows then decode together, each with its own
 sampling settings, stop strings and random generator, leaving the batch as they finish.
 
 Every row's result equals running its prompt alone (to float tolerance; tested), and a seeded sampled row
@@ -129,31 +131,27 @@ def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classific
     for req in requests:
         model = req.model
         fields = fields_of(model, req.inputs)
-        if req.task == "classify":
-            ctx = model.encoder.encode(fields, reserve=model.max_word_tokens - 1)
-            if model.max_word_tokens == 1:
-                items = [ctx]
-            else:  # one row per label word holding its leading tokens (as PromptedModel does)
-                items = [Encoded(ctx.input_ids + w[:-1], ctx.soft_index + [-1] * (len(w) - 1))
-                         for w in model.word_ids]
-        else:
-            ctx = model.encoder.encode(fields)
-            items = [ctx]
-        spans.append((len(rows), len(items)))
+        reserve = model.max_word_tokens - 1 if req.task == "classify" else 0
+        ctx = model.encoder.encode(fields, reserve=reserve)
+        spans.append((len(rows), 1))
         prompt_tokens.append(len(ctx.input_ids))
-        rows += [_split_prefix(model, item) for item in items]
+        rows.append(_split_prefix(model, ctx))
 
-    want_cache = any(req.task == "generate" and req.max_new_tokens > 0 for req in requests)
+    multi = [i for i, req in enumerate(requests) if req.task == "classify" and req.model.max_word_tokens > 1]
+    want_cache = bool(multi) or any(req.task == "generate" and req.max_new_tokens > 0 for req in requests)
     filler = _Row(rows[0].model, Encoded([backbone.tokenizer.pad_token_id], [-1]), 0) if rows else None
     rows += [filler] * (_row_bucket(len(rows)) - len(rows))              # results ignore these rows
     hidden, cache, mask, positions = _prefill(backbone, rows, want_cache)   # hidden (R, T, d)
+    word_scores = dict(zip(multi, _multi_token_word_scores(
+        backbone, [(requests[i].model, spans[i][0]) for i in multi], hidden, cache, mask, positions))) if multi else {}
 
     results: list[Classification | Generation | None] = [None] * len(requests)
     decoding: dict[int, _Decoding] = {}
     for i, (req, (first, count)) in enumerate(zip(requests, spans)):
         if req.task == "classify":
             model = req.model
-            scores = model.verbalizer.class_scores(model.word_scores_from_hidden(hidden[first:first + count]).float())[0]
+            words = word_scores[i] if i in word_scores else model.word_scores_from_hidden(hidden[first:first + count])
+            scores = model.verbalizer.class_scores(words.float())[0]
             labels = model.verbalizer.labels
             results[i] = Classification(labels[int(scores.argmax())], {l: float(s) for l, s in zip(labels, scores)})
         elif req.max_new_tokens <= 0:
@@ -203,6 +201,46 @@ def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
         hidden, cache = backbone.hidden_states(tokens, mask, positions, past_key_values=cache,
                                                use_cache=want_cache or cache is not None)
     return hidden, cache, mask, positions
+
+
+def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedModel, int]], hidden: torch.Tensor,
+                             cache, mask: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
+    """(1, W) word scores of classification rows whose label words take several tokens, as
+    `PromptedModel.word_scores` computes them: each row's context ran once in the prefill; its key/value cache is
+    repeated per word and only the words' leading tokens run after it. `items` holds (model, prefill row)."""
+    from transformers import DynamicCache
+
+    device = hidden.device
+    pad = backbone.tokenizer.pad_token_id
+    k = max(model.max_word_tokens for model, _ in items) - 1
+    source, inputs, targets = [], [], []
+    for model, row in items:
+        for ids in model.word_ids:
+            source.append(row)
+            inputs.append(ids[:-1] + [pad] * (k - len(ids) + 1))  # right padding: later columns, never attended
+            targets.append(ids[1:] + [-1] * (k - len(ids) + 1))
+    count = len(source)
+    extra = _row_bucket(count) - count                                    # few shapes, as for the prefill
+    index = torch.tensor(source + [source[0]] * extra, device=device)
+    inputs = torch.tensor(inputs + [[pad] * k] * extra, device=device)
+    layers = [(layer[0].index_select(0, index), layer[1].index_select(0, index)) for layer in cache]
+    expanded = DynamicCache(ddp_cache_data=layers, config=backbone.model.config)
+    word_mask = torch.cat([mask.index_select(0, index), mask.new_ones(len(index), k)], dim=1)
+    word_positions = positions.index_select(0, index)[:, -1:] + 1 + torch.arange(k, device=device)
+    with backbone_autocast(backbone):
+        out, _ = backbone.hidden_states(backbone.embed(inputs), word_mask, word_positions, past_key_values=expanded,
+                                        use_cache=True)
+        logits = backbone.token_logits(torch.cat([hidden.index_select(0, index[:count])[:, -1:], out[:count]], 1))
+    log_probs = torch.log_softmax(logits.float(), dim=-1)                 # (N, K, V): word token t at column t
+    wanted = torch.tensor([[ids[0]] + t for (ids, t) in zip(
+        [w for model, _ in items for w in model.word_ids], targets)], device=device)   # (N, K)
+    picked = log_probs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill(wanted < 0, 0.0)
+    scores, start = [], 0
+    for model, _ in items:
+        words = len(model.word_ids)
+        scores.append(picked[start:start + words].sum(-1)[None])
+        start += words
+    return scores
 
 
 def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):
