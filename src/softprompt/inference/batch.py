@@ -213,12 +213,12 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
     device = hidden.device
     pad = backbone.tokenizer.pad_token_id
     k = max(model.max_word_tokens for model, _ in items) - 1
-    source, inputs, targets = [], [], []
+    source, inputs, wanted = [], [], []
     for model, row in items:
         for ids in model.word_ids:
             source.append(row)
             inputs.append(ids[:-1] + [pad] * (k - len(ids) + 1))  # right padding: later columns, never attended
-            targets.append(ids[1:] + [-1] * (k - len(ids) + 1))
+            wanted.append(ids + [-1] * (k - len(ids) + 1))         # token t is read at column t (0: the context's)
     count = len(source)
     extra = _row_bucket(count) - count                                    # few shapes, as for the prefill
     index = torch.tensor(source + [source[0]] * extra, device=device)
@@ -231,9 +231,8 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
         out, _ = backbone.hidden_states(backbone.embed(inputs), word_mask, word_positions, past_key_values=expanded,
                                         use_cache=True)
         logits = backbone.token_logits(torch.cat([hidden.index_select(0, index[:count])[:, -1:], out[:count]], 1))
-    log_probs = torch.log_softmax(logits.float(), dim=-1)                 # (N, K, V): word token t at column t
-    wanted = torch.tensor([[ids[0]] + t for (ids, t) in zip(
-        [w for model, _ in items for w in model.word_ids], targets)], device=device)   # (N, K)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)                 # (N, K, V)
+    wanted = torch.tensor(wanted, device=device)                          # (N, K)
     picked = log_probs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill(wanted < 0, 0.0)
     scores, start = [], 0
     for model, _ in items:
