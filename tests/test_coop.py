@@ -83,6 +83,25 @@ def test_scores_are_logit_scale_times_cosine(backbone):
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-5)
 
 
+def test_class_features_are_reused_without_gradients_until_the_context_changes(backbone, monkeypatch):
+    model = CoOpModel(backbone, CoOpModel.initial_prompt(backbone, CLASSES, init_text="a photo of a"), CLASSES)
+    calls = []
+    text_features = backbone.text_features
+    monkeypatch.setattr(backbone, "text_features", lambda *a: calls.append(1) or text_features(*a))
+    batch = model.make_batch(_rows(6), None)
+    with torch.no_grad():
+        first = model.class_scores(batch)
+        torch.testing.assert_close(model.class_scores(batch), first)
+        assert len(calls) == 1                                              # one text-tower pass for both batches
+    loss = torch.nn.functional.cross_entropy(model.class_scores(batch), torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert len(calls) == 2                                                  # with gradients: computed afresh
+    loss.backward()
+    torch.optim.SGD([model.prompt.embeddings], lr=1.0).step()               # the context moves in place
+    with torch.no_grad():
+        moved = model.class_scores(batch)
+    assert len(calls) == 3 and not torch.allclose(moved, first)
+
+
 @pytest.mark.parametrize("class_specific", [False, True], ids=["unified", "class-specific"])
 def test_gradients_reach_only_the_context(backbone, class_specific):
     torch.manual_seed(0)

@@ -162,7 +162,19 @@ class CoOpModel(PromptedClassifier):
         return place_soft_tokens(self.token_embeds, self.soft_index, self.prompt())
 
     def text_features(self) -> torch.Tensor:
-        """(C, P) fp32, L2-normalised: one text feature per class prompt (gradients flow to the context)."""
+        """(C, P) fp32, L2-normalised: one text feature per class prompt (gradients flow to the context).
+
+        Without gradients (evaluation, serving) they are computed once per prompt state and reused across
+        batches; a change to the context vectors (an optimiser step, a loaded state) recomputes them."""
+        if torch.is_grad_enabled():
+            return self._text_features()
+        key = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters())
+        cached = self.__dict__.get("_features_cache")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_features_cache"] = (key, self._text_features())
+        return cached[1]
+
+    def _text_features(self) -> torch.Tensor:
         with backbone_autocast(self.backbone):
             features = self.backbone.text_features(self.prompt_embeddings(), self.token_ids)
         return F.normalize(features.float(), dim=-1)
