@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import softprompt as sp
-from softprompt.backbones import CausalLMBackbone, builtin_backbone_dir
+from softprompt.hub import builtin_backbone_dir
+from softprompt.kinds.causal_lm.backbone import CausalLMBackbone
 
 RESULTS = Path(__file__).parent / "results"
 

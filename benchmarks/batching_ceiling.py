@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from serve_load import MODEL, RESULTS, make_prompts, texts_for
+
 import softprompt as sp
 from softprompt.inference import Request, run_batch
-
-from serve_load import MODEL, RESULTS, make_prompts, texts_for
 
 
 def main() -> None:

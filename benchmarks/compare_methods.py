@@ -1,6 +1,6 @@
 """The measured method table: `softprompt compare` at one fixed budget on two tasks and two backbone sizes.
 
-Three comparisons, each every (method, seed) in its own process (softprompt.compare):
+Three comparisons, each every (method, seed) in its own process (softprompt.tools.compare):
 - smollm2-135m on rotten_tomatoes: prompt, deep, lora, adapter, full, probe, zeroshot;
 - smollm2-135m on bbc_news (5 topics): the same methods;
 - gemma3-270m on rotten_tomatoes: prompt, deep, lora, full, zeroshot -- with the smollm2 rows, how the gap to full
@@ -23,8 +23,8 @@ import statistics
 import time
 from pathlib import Path
 
-from softprompt.compare import compare, parse_methods
 from softprompt.formats import atomic_write
+from softprompt.tools.compare import compare, parse_methods
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("runs/bench_compare")

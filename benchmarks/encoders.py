@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 import softprompt as sp
-from softprompt.encoders import EncoderClassifier
 from softprompt.evaluation import evaluate
-from softprompt.prompt import SoftPrompt
+from softprompt.kinds.encoder.models import EncoderClassifier
+from softprompt.prompts import SoftPrompt
 from softprompt.template import Template
 
 RESULTS = Path(__file__).parent / "results"

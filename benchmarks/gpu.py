@@ -42,7 +42,7 @@ def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
 
 def measure(model_name: str, batch_size: int, checkpointing: bool, steps: int) -> dict:
     import softprompt as sp
-    from softprompt.memory import estimate_training_memory
+    from softprompt.tools.memory import estimate_training_memory
 
     config = sp.TrainConfig(model=model_name, data="rotten_tomatoes", batch_size=batch_size, max_length=128,
                             num_virtual_tokens=20, device="cuda", precision="bf16",

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from softprompt.backbones.whisper import load_whisper_backbone
 from softprompt.data.speech import COMMANDS, speech_commands_synth
-from softprompt.prompt import SoftPrompt
-from softprompt.speech import SpeechPromptedModel
+from softprompt.kinds.whisper.backbone import load_whisper_backbone
+from softprompt.kinds.whisper.model import SpeechPromptedModel
+from softprompt.prompts import SoftPrompt
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -1,7 +1,7 @@
 """The sweep the README's length and initialisation trends come from: rotten_tomatoes, smollm2-135m.
 
 learning rate {3e-3, 3e-2, 3e-1} x prompt length {1, 5, 20, 100} x init {random, vocab, labels}, prefix, a
-grid of 36 trials at one step budget with median pruning (softprompt.sweep). Resumable: run it again to
+grid of 36 trials at one step budget with median pruning (softprompt.tools.sweep). Resumable: run it again to
 finish an interrupted sweep -- also on another machine, since the study journal is kept in
 benchmarks/results/sweep/ beside sweep.{json,md,png}, best.yaml and a summary (best score per length and init,
 over learning rates) in sweep_summary.md.
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from softprompt import TrainConfig
-from softprompt.sweep import parse_space, sweep
+from softprompt.tools.sweep import parse_space, sweep
 
 RESULTS = Path(__file__).parent / "results" / "sweep"
 

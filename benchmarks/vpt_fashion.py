@@ -28,8 +28,8 @@ import torch
 
 import softprompt as sp
 from softprompt.evaluation import evaluate
-from softprompt.prompt import SoftPrompt
-from softprompt.vision import VPTModel
+from softprompt.kinds.vit.vpt import VPTModel
+from softprompt.prompts import SoftPrompt
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("runs/bench_vpt")

@@ -139,7 +139,7 @@ def worker_peft(args, dtype: torch.dtype) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import softprompt as sp
-    from softprompt.backbones import builtin_backbone_dir
+    from softprompt.hub import builtin_backbone_dir
 
     folder = str(builtin_backbone_dir("smollm2-135m"))
     task = sp.load_task("rotten_tomatoes")

@@ -12,7 +12,7 @@ import time
 
 import softprompt.training.checkpoint as checkpoint
 from softprompt import TrainConfig
-from softprompt.model import PromptedModel
+from softprompt.kinds.causal_lm.model import PromptedModel
 from softprompt.training import train
 
 mode, config = sys.argv[1], json.loads(sys.argv[2])

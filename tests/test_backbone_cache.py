@@ -1,19 +1,19 @@
 import json
 
-from softprompt.backbones.registry import CACHE_MARKER, _cache_is_complete
+from softprompt.cache import CACHE_MARKER, cache_is_complete
 
 
 def test_partial_or_corrupt_cache_is_detected(tmp_path):
     folder = tmp_path / "smollm2-135m"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"x" * 100)
-    assert not _cache_is_complete(folder)  # no marker: a conversion that died half-way
+    assert not cache_is_complete(folder)  # no marker: a conversion that died half-way
     (folder / CACHE_MARKER).write_text(json.dumps({"files": {"model.safetensors": 100}}))
-    assert _cache_is_complete(folder)
+    assert cache_is_complete(folder)
     (folder / "model.safetensors").write_bytes(b"x" * 50)  # truncated file
-    assert not _cache_is_complete(folder)
+    assert not cache_is_complete(folder)
     (folder / CACHE_MARKER).write_text("{not json")
-    assert not _cache_is_complete(folder)
+    assert not cache_is_complete(folder)
 
 
 def test_multi_part_gguf_is_assembled_and_checked(tmp_path, monkeypatch):
@@ -21,13 +21,13 @@ def test_multi_part_gguf_is_assembled_and_checked(tmp_path, monkeypatch):
 
     import pytest
 
+    import softprompt.hub as registry
     from softprompt import BackboneError
-    from softprompt.backbones import registry
 
     for i, chunk in enumerate([b"GGUF-head", b"-middle-", b"tail"]):
         (tmp_path / f"pkg{i}").mkdir()
         (tmp_path / f"pkg{i}" / "part").write_bytes(chunk)
-    monkeypatch.setattr(registry, "_package_dir", lambda package: tmp_path / package)
+    monkeypatch.setattr(registry, "package_dir", lambda package: tmp_path / package)
     whole = b"GGUF-head-middle-tail"
     spec = registry.BuiltinBackbone("fake", ("fake-wheel==1",), "fake.gguf",
                                     tuple((f"pkg{i}", "part") for i in range(3)), "fake",

@@ -1,10 +1,9 @@
 import pytest
+import tiny
 import torch
 
 from softprompt import ConfigError, PromptedModel, SoftPrompt, Verbalizer, build_template, save_prompt
 from softprompt.inference.bank import PromptBank, UnknownPromptError
-
-import tiny
 
 
 def _prompt(backbone, body, placement, n, labels, words=(), seed=0):

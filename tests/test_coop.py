@@ -7,12 +7,12 @@ import pytest
 import torch
 from tiny_clip import tiny_clip_backbone
 
-from softprompt.backbones import BackboneKind
-from softprompt.backbones.base import weights_fingerprint
-from softprompt.coop import CoOpModel, build_coop_model, coop_model_from_file
 from softprompt.errors import ConfigError
 from softprompt.formats import read_prompt_tensors, save_prompt
-from softprompt.prompt import SoftPrompt
+from softprompt.frozen import weights_fingerprint
+from softprompt.kinds.clip.coop import CoOpModel, build_coop_model, coop_model_from_file
+from softprompt.prompts import SoftPrompt
+from softprompt.protocols import BackboneKind
 
 CLASSES = ("red square", "green", "blue")
 COLOURS = {"red square": (1.0, 0.1, 0.1), "green": (0.1, 1.0, 0.1), "blue": (0.1, 0.1, 1.0)}
@@ -233,10 +233,11 @@ def test_train_and_eval_through_the_cli(tmp_path, monkeypatch, capsys):
     file loads back through `load_prompted_model`."""
     import json
 
+    from tiny_clip import tiny_clip, tiny_clip_tokenizer
+
     import softprompt as sp
     from softprompt.cli import main
     from softprompt.data.builtin import BUILTIN_DATASETS, BuiltinDataset
-    from tiny_clip import tiny_clip, tiny_clip_tokenizer
 
     folder = tmp_path / "clip"
     tiny_clip().save_pretrained(folder)

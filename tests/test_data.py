@@ -3,11 +3,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from softprompt import DataError, load_task
 from softprompt.data import BUILTIN_DATASETS
-
-from conftest import write_jsonl
 
 
 def _load(folder, **kw):

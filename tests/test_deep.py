@@ -1,17 +1,29 @@
 """Deep prompt tuning (per-layer key/value prefixes) on tiny Llama and GPT-2 backbones."""
 
 import pytest
+import tiny
 import torch
 
-from softprompt import (ConfigError, DeepPrompt, PromptBank, PromptedModel, SoftPrompt, Template, TrainConfig,
-                        Verbalizer, build_template, generate, load_prompted_model, read_prompt_tensors, save_prompt,
-                        train)
-from softprompt.backbones import weights_fingerprint
+from softprompt import (
+    ConfigError,
+    DeepPrompt,
+    PromptBank,
+    PromptedModel,
+    SoftPrompt,
+    Template,
+    TrainConfig,
+    Verbalizer,
+    build_template,
+    generate,
+    load_prompted_model,
+    read_prompt_tensors,
+    save_prompt,
+    train,
+)
+from softprompt.frozen import weights_fingerprint
 from softprompt.inference import Request
-from softprompt.model import backbone_autocast
+from softprompt.scoring import backbone_autocast
 from softprompt.template import left_pad
-
-import tiny
 
 BODY = "Review: {text} Sentiment: {label}"
 

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from softprompt import TrainConfig, train
 
-
 ROOT = Path(__file__).parents[1]
 
 
@@ -79,7 +78,6 @@ def _deepspeed_missing() -> str | None:
 
 def test_a_backbone_partitioned_by_deepspeed_zero3_trains_the_same_prompt(tmp_path, sentiment_dir):
     import pytest
-
     import tiny
 
     if (reason := _deepspeed_missing()) is not None:

@@ -10,12 +10,18 @@ from conftest import SENTIMENT
 from tiny import save_tiny_encoder, tiny_encoder_backbone
 
 import softprompt as sp
-from softprompt.backbones import BackboneKind, backbone_kind
-from softprompt.backbones.base import weights_fingerprint
-from softprompt.encoders import EncoderClassifier, MaskedLMPromptedModel, Seq2SeqPromptedModel, prompted_model
 from softprompt.errors import ConfigError
 from softprompt.formats import load_prompted_model, read_prompt_tensors, save_prompt
-from softprompt.prompt import SoftPrompt
+from softprompt.frozen import weights_fingerprint
+from softprompt.hub import backbone_kind
+from softprompt.kinds.encoder.models import (
+    EncoderClassifier,
+    MaskedLMPromptedModel,
+    Seq2SeqPromptedModel,
+    prompted_model,
+)
+from softprompt.prompts import SoftPrompt
+from softprompt.protocols import BackboneKind
 from softprompt.template import Template
 from softprompt.verbalizer import Verbalizer
 

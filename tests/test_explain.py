@@ -3,10 +3,18 @@ import json
 import pytest
 import torch
 
-from softprompt import (ConfigError, DeepPrompt, PromptedModel, SoftPrompt, Template, Verbalizer, build_template,
-                        save_prompt)
+from softprompt import (
+    ConfigError,
+    DeepPrompt,
+    PromptedModel,
+    SoftPrompt,
+    Template,
+    Verbalizer,
+    build_template,
+    save_prompt,
+)
 from softprompt.cli import main
-from softprompt.explain import compare_prompts, explain_prompt, projected
+from softprompt.tools.explain import compare_prompts, explain_prompt, projected
 
 BODY = "Review: {text} Sentiment: {label}"
 

@@ -1,15 +1,24 @@
 import os
 
 import pytest
+import tiny
 import torch
 from safetensors.torch import save_file
 
 import softprompt.formats as formats
-from softprompt import (IncompatiblePromptError, PromptedModel, PromptFileError, SoftPrompt, Verbalizer,
-                        build_template, load_prompted_model, read_prompt_file, save_prompt)
-from softprompt.backbones import CausalLMBackbone, weights_fingerprint
-
-import tiny
+from softprompt import (
+    IncompatiblePromptError,
+    PromptedModel,
+    PromptFileError,
+    SoftPrompt,
+    Verbalizer,
+    build_template,
+    load_prompted_model,
+    read_prompt_file,
+    save_prompt,
+)
+from softprompt.frozen import weights_fingerprint
+from softprompt.kinds.causal_lm.backbone import CausalLMBackbone
 
 
 def _model(backbone, n=5):

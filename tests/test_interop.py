@@ -1,12 +1,19 @@
 import json
 
 import pytest
+import tiny
 import torch
 
-from softprompt import ConfigError, PromptedModel, SoftPrompt, Verbalizer, build_template, load_prompted_model, save_prompt
-from softprompt.interop import export_peft, import_peft
-
-import tiny
+from softprompt import (
+    ConfigError,
+    PromptedModel,
+    SoftPrompt,
+    Verbalizer,
+    build_template,
+    load_prompted_model,
+    save_prompt,
+)
+from softprompt.tools.interop import export_peft, import_peft
 
 ROWS = ["a great film with a fine cast", "boring", "the quick brown fox jumps over the lazy dog"]
 

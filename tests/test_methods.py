@@ -1,13 +1,12 @@
 """Baseline adaptation methods on tiny backbones, trained by the prompt-tuning loop."""
 
 import pytest
+import tiny
 import torch
 from safetensors.torch import load_file
 
 from softprompt import ConfigError, TrainConfig, load_task, train
 from softprompt.training.methods import BottleneckAdapters, build_method, merge_lora, trainable_count
-
-import tiny
 
 
 def _config(tmp_path, data_dir, **kw):
@@ -127,7 +126,7 @@ def test_compare_cli_runs_methods_in_their_own_processes(tmp_path, tiny_model_di
 
 
 def test_a_failed_method_keeps_the_others():
-    from softprompt.compare import aggregate
+    from softprompt.tools.compare import aggregate
     from softprompt.training.methods import MethodName
 
     ok = {"method": "prompt", "seed": 0, "trainable_params": 10, "backbone_params": 1000, "artifact_bytes": 99,

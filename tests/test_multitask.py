@@ -4,15 +4,14 @@ import json
 
 import pytest
 import torch
+from conftest import write_jsonl
 
 from softprompt import TrainConfig, load_task, train
 from softprompt.cli import main
 from softprompt.errors import SoftPromptError
 from softprompt.formats import load_prompted_model, read_prompt_tensors
-from softprompt.multitask import parse_tasks, train_multitask
 from softprompt.training.loop import per_class
-
-from conftest import write_jsonl
+from softprompt.training.multitask import parse_tasks, train_multitask
 
 TOPICS = [("the match ended in a draw", "sport"), ("a fine soup with bread", "food"),
           ("the striker scored twice", "sport"), ("fresh pasta and sauce", "food")]
@@ -91,7 +90,7 @@ def test_few_shot_subsets_are_seeded_and_per_class(sentiment_dir):
 
 
 def test_distillation_term_is_temperature_scaled_kl():
-    from softprompt.multitask import distillation_loss
+    from softprompt.training.multitask import distillation_loss
 
     student, teacher = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]), torch.tensor([[0.0, 1.0, 0.0], [1.0, 2.0, 0.0]])
     t = 2.0
@@ -106,7 +105,7 @@ def test_stage_one_distils_each_task_from_its_teacher(tmp_path, tiny_model_dir, 
     a trained teacher gives a positive one and changes where the shared prompt ends up."""
     from softprompt import load_backbone
     from softprompt.formats import save_prompt
-    from softprompt.prompt import PromptInit, SoftPrompt, initial_embeddings
+    from softprompt.prompts import PromptInit, SoftPrompt, initial_embeddings
     from softprompt.training.loop import build_prompted_model
 
     tasks = f"senti={sentiment_dir},topic={topic_dir}"

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from softprompt import ConfigError, PromptedModel, PromptInit, SoftPrompt, Verbalizer, build_template, initial_embeddings
+from softprompt import (
+    ConfigError,
+    PromptedModel,
+    PromptInit,
+    SoftPrompt,
+    Verbalizer,
+    build_template,
+    initial_embeddings,
+)
 from softprompt.template import TemplateEncoder
 
 

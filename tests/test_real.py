@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import softprompt as sp
-from softprompt.backbones import builtin_backbone_dir, weights_fingerprint
-from softprompt.backbones.registry import CACHE_MARKER
+from softprompt.cache import CACHE_MARKER
+from softprompt.frozen import weights_fingerprint
+from softprompt.hub import builtin_backbone_dir
 
 pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,15 +1,14 @@
 """Memory-side features for bigger backbones: --dry-run estimates, gradient checkpointing, fp16, --load-in."""
 
 import pytest
+import tiny
 import torch
 
 from softprompt import TrainConfig, load_task, train
 from softprompt.cli import main
 from softprompt.errors import SoftPromptError
-from softprompt.memory import estimate_training_memory, saved_activation_bytes
+from softprompt.tools.memory import estimate_training_memory, saved_activation_bytes
 from softprompt.training import build_prompted_model
-
-import tiny
 
 
 def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir):
@@ -33,7 +32,7 @@ def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir)
 
 
 def test_dry_run_cli_loads_nothing_and_prints_the_table(tiny_model_dir, sentiment_dir, capsys, monkeypatch):
-    import softprompt.backbones.registry as registry
+    import softprompt.hub as registry
 
     monkeypatch.setattr(registry, "load_backbone", lambda *a, **k: pytest.fail("--dry-run loaded weights"))
     assert main(["train", "--model", tiny_model_dir, "--data", str(sentiment_dir), "--dry-run",
@@ -80,7 +79,7 @@ def test_gradient_checkpointing_and_fp16_train_end_to_end(tmp_path, tiny_model_d
 
 
 def test_quantised_loading_explains_what_it_needs(tiny_model_dir):
-    from softprompt.backbones.registry import quantization_config
+    from softprompt.hub import quantization_config
 
     with pytest.raises(SoftPromptError, match="bitsandbytes|CUDA GPU"):
         quantization_config("4bit", torch.bfloat16, "cpu")

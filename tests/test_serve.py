@@ -5,14 +5,13 @@ import threading
 import time
 
 import pytest
+import tiny
 import torch
 from fastapi.testclient import TestClient
 
 from softprompt import PromptedModel, SoftPrompt, Verbalizer, build_template, generate, save_prompt
 from softprompt.inference.bank import PromptBank
 from softprompt.serve import ServeSettings, create_app
-
-import tiny
 
 TOKEN = "s3cret-token"
 

@@ -13,8 +13,7 @@ import openai
 import pytest
 import torch
 
-from softprompt import (PromptedModel, SoftPrompt, Verbalizer, build_template, generate, load_backbone,
-                        save_prompt)
+from softprompt import PromptedModel, SoftPrompt, Verbalizer, build_template, generate, load_backbone, save_prompt
 
 
 def _free_port() -> int:

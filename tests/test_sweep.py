@@ -6,7 +6,7 @@ import pytest
 
 from softprompt import ConfigError, TrainConfig
 from softprompt.cli import main
-from softprompt.sweep import parse_space, sweep
+from softprompt.tools.sweep import parse_space, sweep
 
 
 def _base(model_dir, data_dir):

@@ -1,13 +1,12 @@
 import json
 
 import pytest
+import tiny
 import torch
+from conftest import write_jsonl
 
 from softprompt import TrainConfig, build_prompted_model, load_task, read_prompt_file, train
-from softprompt.backbones import weights_fingerprint
-
-import tiny
-from conftest import write_jsonl
+from softprompt.frozen import weights_fingerprint
 
 
 def _config(tmp_path, data_dir, model_dir, **kw):

@@ -7,11 +7,11 @@ import torch
 from tiny import tiny_vision_backbone, tiny_vit
 
 import softprompt as sp
-from softprompt.backbones import BackboneKind
-from softprompt.backbones.base import weights_fingerprint
 from softprompt.formats import load_prompted_model, read_prompt_tensors, save_prompt
-from softprompt.prompt import SoftPrompt
-from softprompt.vision import VPTModel
+from softprompt.frozen import weights_fingerprint
+from softprompt.kinds.vit.vpt import VPTModel
+from softprompt.prompts import SoftPrompt
+from softprompt.protocols import BackboneKind
 
 LABELS = ("bag", "sandal", "shirt")
 

@@ -53,7 +53,7 @@ def tiny_model(arch: str = "llama", seed: int = 0):
 
 
 def tiny_backbone(arch: str = "llama", seed: int = 0):
-    from softprompt.backbones import CausalLMBackbone
+    from softprompt.kinds.causal_lm.backbone import CausalLMBackbone
 
     return CausalLMBackbone(tiny_model(arch, seed), tiny_tokenizer(), name=f"tiny-{arch}")
 
@@ -73,8 +73,7 @@ def tiny_encoder_tokenizer():
 
 def tiny_encoder_model(arch: str = "bert-mlm", seed: int = 0):
     """Tiny random BERT (bare: `bert`, with its masked-LM head: `bert-mlm`), T5 or BART."""
-    from transformers import (AutoModel, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, BartConfig, BertConfig,
-                              T5Config)
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, BartConfig, BertConfig, T5Config
 
     torch.manual_seed(seed)
     if arch in ("bert", "bert-mlm"):
@@ -96,7 +95,7 @@ def tiny_encoder_model(arch: str = "bert-mlm", seed: int = 0):
 
 
 def tiny_encoder_backbone(arch: str = "bert-mlm", seed: int = 0):
-    from softprompt.backbones import EncoderBackbone, Seq2SeqBackbone
+    from softprompt.kinds.encoder.backbone import EncoderBackbone, Seq2SeqBackbone
 
     wrapper = Seq2SeqBackbone if arch in ("t5", "bart") else EncoderBackbone
     return wrapper(tiny_encoder_model(arch, seed), tiny_encoder_tokenizer(), name=f"tiny-{arch}")
@@ -118,6 +117,6 @@ def tiny_vit(seed: int = 0, image_size: int = 28, patch_size: int = 7, channels:
 
 
 def tiny_vision_backbone(seed: int = 0):
-    from softprompt.backbones.vision import VisionBackbone
+    from softprompt.kinds.vit.backbone import VisionBackbone
 
     return VisionBackbone(tiny_vit(seed), name="tiny-vit", image_mean=(0.5,), image_std=(0.5,))

@@ -91,7 +91,7 @@ def tiny_clip(seed: int = 0, *, legacy_eos: bool = False):
 
 
 def tiny_clip_backbone(seed: int = 0, *, legacy_eos: bool = False):
-    from softprompt.backbones.clip import CLIPBackbone
+    from softprompt.kinds.clip.backbone import CLIPBackbone
 
     return CLIPBackbone(tiny_clip(seed, legacy_eos=legacy_eos), tiny_clip_tokenizer(),
                         name="tiny-clip-legacy" if legacy_eos else "tiny-clip")

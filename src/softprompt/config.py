@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .model import TaskType
-from .prompt import PromptInit, PromptMethod
+from .prompts import PromptInit, PromptMethod
+from .protocols import TaskType
 from .template import Placement
 
 

@@ -9,7 +9,8 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .model import PromptedModel, TaskType
+from .kinds.causal_lm.model import PromptedModel
+from .protocols import TaskType
 
 
 def _batches(rows: Sequence[Mapping], batch_size: int, fields: Sequence[str]):

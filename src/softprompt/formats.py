@@ -20,10 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .backbones.base import Backbone
 from .errors import IncompatiblePromptError, PromptFileError
-from .model import PromptedModel
-from .prompt import TENSOR_NAMES, PromptMethod, prompt_from_tensors
+from .kinds.causal_lm.model import PromptedModel
+from .prompts import TENSOR_NAMES, PromptMethod, prompt_from_tensors
+from .protocols import Backbone
 from .template import Template
 from .verbalizer import Verbalizer
 
@@ -153,15 +153,15 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
     check_compatible(meta, backbone, path)
     kind = (meta.get("backbone") or {}).get("kind")
     if kind == "vision":
-        from .vision import vision_model_from_file
+        from .kinds.vit.vpt import vision_model_from_file
 
         return vision_model_from_file(backbone, tensors, meta)
     if kind == "clip":
-        from .coop import coop_model_from_file
+        from .kinds.clip.coop import coop_model_from_file
 
         return coop_model_from_file(backbone, tensors, meta)
     if kind == "speech":
-        from .speech import speech_model_from_file
+        from .kinds.whisper.model import speech_model_from_file
 
         return speech_model_from_file(backbone, tensors, meta)
     verbalizer = None
@@ -169,7 +169,7 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
         verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])
     prompt = prompt_from_tensors(meta.get("method", "prompt"),
                                  {k: v.to(backbone.device) for k, v in tensors.items()}, backbone.hidden_size)
-    from .encoders import head_from_tensors, prompted_model
+    from .kinds.encoder.models import head_from_tensors, prompted_model
 
     head = meta.get("head") or {}
     return prompted_model(backbone, prompt, Template.parse(meta["template"]), verbalizer,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import load_backbone, resolve_precision
 from ..formats import load_prompted_model, read_prompt_tensors
-from ..model import PromptedModel
+from ..hub import load_backbone, resolve_precision
+from ..kinds.causal_lm.model import PromptedModel
 
 
 def pick_device(device: str) -> torch.device:

@@ -33,7 +33,8 @@ def compare(
                                               "and run only the rest.")] = False,
 ) -> None:
     """Train and measure each method (own process per method and seed); print the table."""
-    from ..compare import compare as run, parse_methods
+    from ..tools.compare import compare as run
+    from ..tools.compare import parse_methods
 
     chosen = parse_methods(methods)
     run(model, data, chosen, seeds=seeds, max_steps=max_steps, output=output, batch_size=batch_size,

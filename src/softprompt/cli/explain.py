@@ -32,7 +32,7 @@ def explain(
     """Per virtual token, its nearest vocabulary tokens (with scores) and norm, against the vocabulary's norms;
     writes a heatmap. With two prompts: token-wise and overall similarity."""
     from ..errors import ConfigError
-    from ..explain import compare_prompts, explain_prompt, plot_neighbours, projected
+    from ..tools.explain import compare_prompts, explain_prompt, plot_neighbours, projected
 
     if len(prompts) not in (1, 2):
         raise ConfigError(f"explain takes one prompt file, or two to compare (got {len(prompts)})")

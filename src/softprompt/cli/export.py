@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import ConfigError
-from ..interop import export_peft
+from ..tools.interop import export_peft
 from . import app
 
 

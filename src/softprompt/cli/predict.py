@@ -11,7 +11,7 @@ import typer
 from ..errors import ConfigError
 from ..evaluation import predict_scores
 from ..inference import generate
-from ..model import TaskType
+from ..protocols import TaskType
 from . import app
 from .common import load_for_inference
 

@@ -36,8 +36,8 @@ def serve(
 ) -> None:
     """Serve every prompt in --prompts on one resident backbone: /v1/classify, OpenAI-compatible
     /v1/completions and /v1/chat/completions, /v1/prompts, /healthz, /metrics."""
-    from ..backbones import load_backbone, resolve_precision
     from ..errors import ConfigError
+    from ..hub import load_backbone, resolve_precision
     from ..inference.bank import PromptBank
     from ..serve import ServeSettings, create_app
 

@@ -39,7 +39,8 @@ def sweep(
 ) -> None:
     """Train one prompt per setting at a fixed step budget; print the ranked table and write best.yaml."""
     from ..config import TrainConfig
-    from ..sweep import parse_space, sweep as run
+    from ..tools.sweep import parse_space
+    from ..tools.sweep import sweep as run
 
     space = parse_space(lr, num_virtual_tokens, init, placement)
     base = TrainConfig.from_sources(config, model=model, data=data, batch_size=batch_size, eval_limit=eval_limit,

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import OptimizerName, Precision, SchedulerName, TrainConfig
-from ..model import TaskType
-from ..prompt import PromptInit, PromptMethod
+from ..prompts import PromptInit, PromptMethod
+from ..protocols import TaskType
 from ..template import Placement
 from . import app
 
@@ -93,7 +93,8 @@ def train(
     import json
 
     from ..errors import ConfigError
-    from ..training import resume as resume_training, train as run_training
+    from ..training import resume as resume_training
+    from ..training import train as run_training
 
     if resume is not None:
         given = sorted(k for k, v in options.items() if v is not None)
@@ -106,12 +107,12 @@ def train(
             options["label_words"] = tuple(options["label_words"])
         cfg = TrainConfig.from_sources(config, **options)
         if dry_run:
-            from ..memory import estimate_training_memory
+            from ..tools.memory import estimate_training_memory
 
             print(estimate_training_memory(cfg).table())
             return
         if cfg.method is PromptMethod.MULTITASK:
-            from ..multitask import train_multitask
+            from ..training.multitask import train_multitask
 
             shared = train_multitask(cfg, progress=not quiet)
             print(json.dumps({"shared": str(shared.shared_path), "tasks": {k: str(v) for k, v in

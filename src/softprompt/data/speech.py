@@ -109,7 +109,7 @@ def _generate(seed: int) -> dict[str, list[dict]]:
 
 def speech_commands_synth(*, seed: int = 13, rebuild: bool = False) -> dict[str, list[dict]]:
     """The synthetic spoken-command splits {train, validation, test}, generated once and cached."""
-    from ..backbones.registry import cache_root
+    from ..cache import cache_root
 
     folder = cache_root() / "datasets" / f"{DATASET_NAME}-v{VERSION}-seed{seed}"
     path = folder / "splits.pt"

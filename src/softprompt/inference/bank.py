@@ -14,10 +14,10 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..backbones.base import Backbone
 from ..errors import ConfigError, SoftPromptError
 from ..formats import load_prompted_model
-from ..model import PromptedModel, TaskType
+from ..kinds.causal_lm.model import PromptedModel
+from ..protocols import Backbone, TaskType
 from .batch import Classification, Generation, Request, run_batch
 
 

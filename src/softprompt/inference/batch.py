@@ -21,11 +21,11 @@ from typing import Callable, Literal, Mapping, Sequence
 
 import torch
 
-from ..backbones.base import Backbone
 from ..errors import ConfigError
-from ..model import PromptedModel, TaskType, backbone_autocast, place_soft_tokens
+from ..kinds.causal_lm.model import PromptedModel
+from ..protocols import Backbone, TaskType
+from ..scoring import backbone_autocast, place_soft_tokens, token_log_likelihood
 from ..template import Encoded, left_pad
-
 
 # CPU matmul kernels (oneDNN) are built and cached per shape; every new shape costs time and memory (a
 # server's RSS creeps up as it meets new ones). Batches therefore take few shapes: widths round up to a
@@ -233,11 +233,11 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
         logits = backbone.token_logits(torch.cat([hidden.index_select(0, index[:count])[:, -1:], out[:count]], 1))
     log_probs = torch.log_softmax(logits.float(), dim=-1)                 # (N, K, V)
     wanted = torch.tensor(wanted, device=device)                          # (N, K)
-    picked = log_probs.gather(-1, wanted.clamp(min=0).unsqueeze(-1)).squeeze(-1).masked_fill(wanted < 0, 0.0)
+    per_word = token_log_likelihood(log_probs, wanted)                   # (N,)
     scores, start = [], 0
     for model, _ in items:
         words = len(model.word_ids)
-        scores.append(picked[start:start + words].sum(-1)[None])
+        scores.append(per_word[start:start + words][None])
         start += words
     return scores
 

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..model import PromptedModel
+from ..kinds.causal_lm.model import PromptedModel
 from ..template import left_pad
 from .batch import Request, _advance, _Decoding, _pick, fields_of, run_batch
 

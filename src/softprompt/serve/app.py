@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from fastapi import Depends, FastAPI, Request as HttpRequest
+from fastapi import Depends, FastAPI
+from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..inference.batch import Generation, Request, fields_of
-from ..model import PromptedModel, TaskType
+from ..kinds.causal_lm.model import PromptedModel
+from ..protocols import TaskType
 from .batcher import DynamicBatcher, Work
 from .directory import PromptDirectory, check_name
 from .metrics import Metrics

@@ -18,8 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backbones.base import Backbone
 from ..inference.batch import Request, run_batch
+from ..protocols import Backbone
 from .metrics import Metrics
 
 log = logging.getLogger("softprompt.serve")

@@ -19,7 +19,7 @@ from typing import Callable
 from ..errors import ConfigError, SoftPromptError
 from ..formats import load_prompted_model
 from ..inference.bank import PromptBank, UnknownPromptError
-from ..model import PromptedModel
+from ..kinds.causal_lm.model import PromptedModel
 
 log = logging.getLogger("softprompt.serve")
 

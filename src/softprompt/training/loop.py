@@ -17,18 +17,25 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..backbones import load_backbone, resolve_precision
-from ..backbones.base import Backbone
 from ..config import OptimizerName, TrainConfig
 from ..data import TaskData, load_task
 from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
 from ..formats import atomic_write, save_prompt
-from ..model import PromptedModel, TaskType
-from ..prompt import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings
+from ..hub import load_backbone, resolve_precision
+from ..kinds.causal_lm.model import PromptedModel
+from ..prompts import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings
+from ..protocols import Backbone, TaskType
 from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
-from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    BatchStream,
+    clear_interrupted_writes,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .guard import DivergenceGuard
 from .plot import plot_history
 
@@ -50,18 +57,18 @@ class TrainResult:
 
 def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData) -> PromptedModel:
     """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
-    from ..backbones.base import BackboneKind
+    from ..protocols import BackboneKind
 
     if getattr(backbone, "kind", None) is BackboneKind.VISION:
-        from ..vision import build_vision_model
+        from ..kinds.vit.vpt import build_vision_model
 
         return build_vision_model(config, backbone, task)
     if getattr(backbone, "kind", None) is BackboneKind.CLIP:
-        from ..coop import build_coop_model
+        from ..kinds.clip.coop import build_coop_model
 
         return build_coop_model(config, backbone, task)
     if getattr(backbone, "kind", None) is BackboneKind.SPEECH:
-        from ..speech import build_speech_model
+        from ..kinds.whisper.model import build_speech_model
 
         return build_speech_model(config, backbone, task)
     body = config.template or task.default_template
@@ -95,7 +102,7 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
     if source is not None and source[2] is PromptMethod.MULTITASK:  # MPT stage 2: a fresh factor on the shared prompt
-        from ..multitask import target_prompt
+        from .multitask import target_prompt
 
         prompt = target_prompt(source[1], config.mpt_rank, config.mpt_train_shared, backbone.device)
     elif source is not None:  # prompt transfer: the other task's trained vectors
@@ -109,7 +116,7 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
         prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep_reparam)
     else:
         prompt = SoftPrompt(vectors.to(backbone.device))
-    from ..encoders import prompted_model
+    from ..kinds.encoder.models import prompted_model
 
     return prompted_model(backbone, prompt, template, verbalizer, labels=task.labels, max_length=config.max_length,
                           pooling=config.pooling)

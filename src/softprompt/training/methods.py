@@ -25,13 +25,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..backbones.base import Backbone
 from ..config import TrainConfig
 from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import atomic_write, save_prompt
-from ..model import PromptedModel, TaskType
-from ..prompt import PromptMethod, SoftPrompt
+from ..kinds.causal_lm.model import PromptedModel
+from ..prompts import PromptMethod, SoftPrompt
+from ..protocols import Backbone, TaskType
 from ..template import Template, left_pad
 from ..verbalizer import Verbalizer
 

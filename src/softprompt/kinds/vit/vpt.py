@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .model import backbone_autocast
-from .perception import InputSpec, PromptedClassifier, head_tensors
-from .prompt import SoftPrompt
+from ...errors import ConfigError
+from ...prompts import SoftPrompt
+from ...scoring import backbone_autocast
+from ..classifier import InputSpec, PromptedClassifier, head_tensors
 
 
 class VPTModel(PromptedClassifier):
@@ -104,7 +104,7 @@ def build_vision_model(config, backbone: Any, task) -> VPTModel:
 
 
 def vision_model_from_file(backbone: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> VPTModel:
-    from .perception import linear_head
+    from ..classifier import linear_head
 
     vision = meta.get("vision") or {}
     field = meta["template"].split("{")[1].split("}")[0] if "{" in meta["template"] else "image"

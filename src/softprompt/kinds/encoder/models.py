@@ -20,13 +20,14 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .backbones.base import Backbone, BackboneKind
-from .errors import ConfigError
-from .model import PromptedModel, TaskType
-from .perception import head_tensors, linear_head
-from .prompt import SoftPrompt
-from .template import Encoded, Template, left_pad
-from .verbalizer import Verbalizer
+from ...errors import ConfigError
+from ...prompts import SoftPrompt
+from ...protocols import Backbone, BackboneKind, TaskType
+from ...scoring import token_log_likelihood
+from ...template import Encoded, Template, left_pad
+from ...verbalizer import Verbalizer
+from ..causal_lm.model import PromptedModel
+from ..classifier import head_tensors, linear_head
 
 POOLINGS = ("mean", "cls")
 
@@ -205,8 +206,7 @@ class Seq2SeqPromptedModel(_Bidirectional):
                                                   batch["attention_mask"].repeat_interleave(words, dim=0),
                                                   inputs.repeat(rows, 1))  # (B*W, K, V)
         log_probs = torch.log_softmax(logits.float(), dim=-1).view(rows, words, *logits.shape[1:])
-        picked = log_probs.gather(-1, targets.clamp(min=0).expand(rows, -1, -1).unsqueeze(-1)).squeeze(-1)
-        return picked.masked_fill(targets < 0, 0.0).sum(dim=-1)
+        return token_log_likelihood(log_probs, targets)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         if self.task is TaskType.CLASSIFICATION:

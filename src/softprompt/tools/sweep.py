@@ -24,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .config import TrainConfig
-from .errors import ConfigError
-from .prompt import PromptInit
-from .template import Placement
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..prompts import PromptInit
+from ..template import Placement
 
 SEARCHES = ("grid", "random", "tpe")
 STUDY_NAME = "softprompt-sweep"
@@ -171,7 +171,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .formats import atomic_write
+    from ..formats import atomic_write
 
     scored = [r for r in rows if r["score"] is not None]
     lrs = sorted({r["lr"] for r in scored})
@@ -217,12 +217,12 @@ def sweep(base: TrainConfig, space: SweepSpace, output: Path, *, search: str = "
     """Run (or continue) the sweep into `output`; returns one row per finished trial."""
     import optuna
 
-    from .backbones import load_backbone, resolve_precision
-    from .data import load_task
-    from .evaluation import primary_metric
-    from .formats import atomic_write
-    from .training import train
-    from .training.guard import TrainingDivergedError
+    from ..data import load_task
+    from ..evaluation import primary_metric
+    from ..formats import atomic_write
+    from ..hub import load_backbone, resolve_precision
+    from ..training import train
+    from ..training.guard import TrainingDivergedError
 
     if search not in SEARCHES:
         raise ConfigError(f"--search {search!r}: choose one of {', '.join(SEARCHES)}")

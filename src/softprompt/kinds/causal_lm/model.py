@@ -6,39 +6,18 @@ parameters. Vocabulary logits are computed only at answer positions, never over 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from enum import Enum
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.base import Backbone
-from .errors import ConfigError, IncompatiblePromptError
-from .prompt import SoftPrompt
-from .template import Encoded, Template, TemplateEncoder, left_pad
-from .verbalizer import Verbalizer
-
-
-class TaskType(str, Enum):
-    CLASSIFICATION = "classification"
-    GENERATION = "generation"
-
-
-def backbone_autocast(backbone: Backbone):
-    """Autocast to the backbone's compute dtype: its weights' dtype when not fp32 (fp32 master prompts meet bf16
-    weights there), or `backbone.autocast_dtype` when set (fp32 master weights trained in mixed precision)."""
-    dtype = getattr(backbone, "autocast_dtype", None) or backbone.dtype
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(backbone.device.type, dtype=dtype)
-
-
-def place_soft_tokens(tokens: torch.Tensor, soft_index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Token embeddings (B, T, d) with `table[k]` at every position whose soft index is k (-1 = keep)."""
-    virtual = table.to(tokens.dtype)[soft_index.clamp(min=0)]           # (B, T, d)
-    return torch.where((soft_index >= 0).unsqueeze(-1), virtual, tokens)
+from ...errors import ConfigError, IncompatiblePromptError
+from ...prompts import SoftPrompt
+from ...protocols import Backbone, TaskType
+from ...scoring import backbone_autocast, place_soft_tokens, token_log_likelihood
+from ...template import Encoded, Template, TemplateEncoder, left_pad
+from ...verbalizer import Verbalizer
 
 
 class PromptedModel(nn.Module):
@@ -360,8 +339,7 @@ class PromptedModel(nn.Module):
             hidden, _ = self.backbone.hidden_states(self.backbone.embed(inputs), mask, positions,
                                                     past_key_values=expanded, use_cache=True)
         log_probs = self._log_probs(hidden).view(rows, words, k, -1)      # (B, W, K-1, V)
-        picked = log_probs.gather(-1, targets.clamp(min=0).expand(rows, -1, -1).unsqueeze(-1)).squeeze(-1)
-        return scores + picked.masked_fill(targets < 0, 0.0).sum(dim=-1)
+        return scores + token_log_likelihood(log_probs, targets)
 
     def word_scores_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, d) hidden states of this model's rows (B*W rows for multi-token words) -> (B, W)."""
@@ -376,8 +354,7 @@ class PromptedModel(nn.Module):
         targets = torch.full((num_words, k), -1, dtype=torch.long, device=hidden.device)
         for w, ids in enumerate(self.word_ids):
             targets[w, k - len(ids):] = torch.tensor(ids)
-        picked = window.gather(-1, targets.clamp(min=0).expand(window.shape[0], -1, -1).unsqueeze(-1)).squeeze(-1)
-        return picked.masked_fill(targets < 0, 0.0).sum(dim=-1)           # (B, W)
+        return token_log_likelihood(window, targets)                     # (B, W)
 
     def class_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Class scores (B, C): log-likelihoods of each class's words (log-sum-exp over several words)."""

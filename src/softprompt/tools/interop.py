@@ -20,13 +20,13 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from .backbones.base import Backbone
-from .errors import ConfigError, PromptFileError
-from .formats import read_prompt_file, read_prompt_tensors, save_prompt
-from .model import PromptedModel
-from .prompt import SoftPrompt
-from .template import Placement, Template, build_template
-from .verbalizer import Verbalizer
+from ..errors import ConfigError, PromptFileError
+from ..formats import read_prompt_file, read_prompt_tensors, save_prompt
+from ..kinds.causal_lm.model import PromptedModel
+from ..prompts import SoftPrompt
+from ..protocols import Backbone
+from ..template import Placement, Template, build_template
+from ..verbalizer import Verbalizer
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"

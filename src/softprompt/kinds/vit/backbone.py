@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .base import BackboneKind, FrozenBackbone
+from ...errors import ConfigError
+from ...frozen import FrozenBackbone
+from ...protocols import BackboneKind
 
 VISION_MODEL_TYPES = ("vit",)
 

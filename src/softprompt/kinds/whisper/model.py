@@ -19,10 +19,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .model import backbone_autocast
-from .perception import InputSpec, PromptedClassifier
-from .prompt import VOCAB_SAMPLE_TOP, SoftPrompt
+from ...errors import ConfigError
+from ...prompts import VOCAB_SAMPLE_TOP, SoftPrompt
+from ...scoring import backbone_autocast, token_log_likelihood
+from ..classifier import InputSpec, PromptedClassifier
 
 
 def default_label_word(label: str) -> str:
@@ -135,8 +135,7 @@ class SpeechPromptedModel(PromptedClassifier):
                                 backbone.embed(inputs).to(prefix.dtype).repeat(rows, 1, 1)], dim=1)  # (B*W', 2+n+k, d)
             rest = backbone.decoder_logits(embeds, states.repeat_interleave(words, dim=0))[:, -k:]
         log_probs = torch.log_softmax(rest.float(), dim=-1).view(rows, words, k, -1)
-        picked = log_probs.gather(-1, targets.clamp(min=0).expand(rows, -1, -1).unsqueeze(-1)).squeeze(-1)
-        extra = picked.masked_fill(targets < 0, 0.0).sum(dim=-1)                          # (B, W')
+        extra = token_log_likelihood(log_probs, targets)                                  # (B, W')
         index = torch.tensor(longer, device=scores.device)
         return scores.index_add(1, index, extra)
 

@@ -19,9 +19,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .model import PromptedModel
-from .prompt import SoftPrompt
+from ..errors import ConfigError
+from ..kinds.causal_lm.model import PromptedModel
+from ..prompts import SoftPrompt
 
 Metric = Literal["cosine", "l2"]
 
@@ -104,7 +104,7 @@ def plot_neighbours(report: dict[str, Any], path: str | Path, title: str = "") -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .formats import atomic_write
+    from ..formats import atomic_write
 
     rows = report["tokens"]
     scores = torch.tensor([[n["score"] for n in row["neighbours"]] for row in rows])

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, PromptFileError
-from .model import backbone_autocast, place_soft_tokens
-from .perception import InputSpec, PromptedClassifier
-from .prompt import SoftPrompt
+from ...errors import ConfigError, PromptFileError
+from ...prompts import SoftPrompt
+from ...scoring import backbone_autocast, place_soft_tokens
+from ..classifier import InputSpec, PromptedClassifier
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER = "X"        # CoOp's placeholder word for a context vector

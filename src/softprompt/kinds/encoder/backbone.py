@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import BackboneError, ConfigError
-from .base import BackboneKind, FrozenBackbone
+from ...errors import BackboneError, ConfigError
+from ...frozen import FrozenBackbone
+from ...protocols import BackboneKind
 
 
 class _FrozenHFBackbone(FrozenBackbone):

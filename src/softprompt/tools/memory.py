@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
-from .errors import ConfigError
-from .prompt import PromptMethod
+from ..config import TrainConfig
+from ..errors import ConfigError
+from ..prompts import PromptMethod
 
 GIB = 1024 ** 3
 
@@ -67,7 +67,7 @@ class MemoryEstimate:
 
 
 def _model_folder(name: str) -> Path:
-    from .backbones.registry import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir
+    from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir
 
     if name in BUILTIN_BACKBONES:
         return builtin_backbone_dir(name)
@@ -126,15 +126,16 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     """Parameter, prompt/optimiser and activation memory of the run `config` describes (no weights loaded)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .backbones.causal_lm import checkpoint_layers, decoder_layers_of
-    from .backbones.registry import resolve_precision
-    from .training.loop import DEFAULT_NUM_VIRTUAL_TOKENS
+    from ..hub import resolve_precision
+    from ..kinds.causal_lm.backbone import checkpoint_layers, decoder_layers_of
+    from ..training.loop import DEFAULT_NUM_VIRTUAL_TOKENS
 
     device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_precision(config.precision.value, device)
     folder = _model_folder(config.model)
     hf_config = AutoConfig.from_pretrained(folder)
-    from .backbones import BackboneKind, backbone_kind
+    from ..hub import backbone_kind
+    from ..protocols import BackboneKind
 
     if backbone_kind(hf_config) is not BackboneKind.CAUSAL_LM:
         raise ConfigError(f"--dry-run estimates causal-LM backbones; --model {config.model} is of kind "

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .training.methods import DEFAULT_LR, MethodName
+from ..errors import ConfigError
+from ..training.methods import DEFAULT_LR, MethodName
 
 WEIGHT_METHODS = (MethodName.LORA, MethodName.ADAPTER, MethodName.FULL)
 
@@ -86,12 +86,12 @@ def _latency_ms(models: Sequence, rows: Sequence[dict], fields: Sequence[str]) -
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Train (unless zero-shot), evaluate and time one method; runs in the worker process."""
-    from .backbones import load_backbone, resolve_precision
-    from .config import TrainConfig
-    from .data import load_task
-    from .evaluation import evaluate
-    from .training import train
-    from .training.methods import build_method, merge_lora, trainable_count
+    from ..config import TrainConfig
+    from ..data import load_task
+    from ..evaluation import evaluate
+    from ..hub import load_backbone, resolve_precision
+    from ..training import train
+    from ..training.methods import build_method, merge_lora, trainable_count
 
     method = MethodName(spec.method)
     task = load_task(spec.data)
@@ -207,7 +207,7 @@ def plot(table: list[dict[str, Any]], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .formats import atomic_write
+    from ..formats import atomic_write
 
     done = [r for r in table if "error" not in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -248,7 +248,7 @@ def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int,
     With `resume`, rows already finished in `output/runs.jsonl` (same model, data, steps and batch
     size) are kept, not re-run.
     """
-    from .formats import atomic_write
+    from ..formats import atomic_write
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -273,7 +273,7 @@ def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int,
                            max_steps, batch_size=batch_size, lr=lr, eval_limit=eval_limit, test_limit=test_limit,
                            precision=precision)
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "softprompt.compare", json.dumps(asdict(spec))],
+            proc = subprocess.run([sys.executable, "-m", "softprompt.tools.compare", json.dumps(asdict(spec))],
                                   capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode == 0 and lines:

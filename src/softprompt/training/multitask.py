@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
@@ -118,7 +118,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def _load_teachers(teachers: dict[str, str], backbone, models: dict) -> dict:
-    from .formats import load_prompted_model
+    from ..formats import load_prompted_model
 
     loaded = {}
     for name, path in teachers.items():
@@ -148,7 +148,7 @@ def _save_shared(path: Path, shared: torch.Tensor, views: dict[str, TaskPrompt],
                  training: dict) -> Path:
     from safetensors.torch import save_file
 
-    from .formats import FORMAT_NAME, atomic_write, prompt_metadata
+    from ..formats import FORMAT_NAME, atomic_write, prompt_metadata
 
     first = next(iter(models.values()))
     meta = prompt_metadata(first, init="multitask", training=training)
@@ -177,13 +177,13 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from .backbones import load_backbone, resolve_precision
-    from .data import load_task
-    from .evaluation import evaluate, primary_metric
-    from .formats import atomic_write, save_prompt
-    from .prompt import PromptInit, initial_embeddings
-    from .training.checkpoint import BatchStream
-    from .training.loop import DEFAULT_NUM_VIRTUAL_TOKENS, build_prompted_model
+    from ..data import load_task
+    from ..evaluation import evaluate, primary_metric
+    from ..formats import atomic_write, save_prompt
+    from ..hub import load_backbone, resolve_precision
+    from ..prompts import PromptInit, initial_embeddings
+    from .checkpoint import BatchStream
+    from .loop import DEFAULT_NUM_VIRTUAL_TOKENS, build_prompted_model
 
     tasks = tasks if tasks is not None else parse_tasks(config.tasks)
     torch.manual_seed(config.seed)
