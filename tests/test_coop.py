@@ -8,7 +8,9 @@ import torch
 from tiny_clip import tiny_clip_backbone
 
 from softprompt.errors import ConfigError
+from softprompt.config import TrainConfig
 from softprompt.formats import read_prompt_tensors, save_prompt
+from softprompt.kinds import build_prompted_model
 from softprompt.frozen import weights_fingerprint
 from softprompt.kinds.clip.coop import CoOpModel, build_coop_model, coop_model_from_file
 from softprompt.prompts import SoftPrompt
@@ -175,12 +177,10 @@ def test_file_round_trip_gives_identical_scores(backbone, tmp_path, class_specif
 
 def test_build_from_a_config(backbone):
     task = SimpleNamespace(labels=CLASSES, text_fields=("image",))
-    config = SimpleNamespace(num_virtual_tokens=None, init=SimpleNamespace(value="labels"), init_text="a photo of a",
-                             init_from=None, seed=0, coop_class_specific=True)
+    config = TrainConfig(data="colours", init_text="a photo of a", coop_class_specific=True)
     model = build_coop_model(config, backbone, task)
     assert (model.n_ctx, model.class_specific, model.init, model.prompt.num_virtual_tokens) == (4, True, "text", 12)
-    config = SimpleNamespace(num_virtual_tokens=None, init=SimpleNamespace(value="random"), init_text=None,
-                             init_from=None, seed=0)
+    config = TrainConfig(data="colours", init="random")
     model = build_coop_model(config, backbone, task)
     assert (model.n_ctx, model.class_specific, model.init) == (16, False, "random")
     std = model.prompt.embeddings.std().item()
@@ -217,13 +217,13 @@ def test_bad_settings_are_one_line_config_errors(backbone):
     assert "not one of this model's labels" in _error(lambda: ok.make_batch([{"image": torch.rand(3, 32, 32),
                                                                               "label": "purple"}]))
     task = SimpleNamespace(labels=CLASSES, text_fields=("image",))
-    config = SimpleNamespace(num_virtual_tokens=None, init=SimpleNamespace(value="vocab"), init_text=None,
-                             init_from=None, seed=0)
+    config = TrainConfig(data="colours", init="vocab")
     assert "--init vocab" in _error(lambda: build_coop_model(config, backbone, task))
-    config.init, config.init_text = SimpleNamespace(value="random"), "a photo of a"
+    config = TrainConfig(data="colours", init="random", init_text="a photo of a")
     assert "contradicts" in _error(lambda: build_coop_model(config, backbone, task))
-    config.init, config.init_from = SimpleNamespace(value="text"), "other.safetensors"
-    assert "--init-from" in _error(lambda: build_coop_model(config, backbone, task))
+    config = TrainConfig(data="colours", init="text", init_text="a photo of a", init_from="other.safetensors")
+    assert "does not support prompt transfer (--init-from)" in _error(lambda: build_prompted_model(config, backbone,
+                                                                                                   task))
     assert "image classification" in _error(lambda: build_coop_model(
         config, backbone, SimpleNamespace(labels=None, text_fields=("image",))))
 

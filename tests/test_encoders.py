@@ -11,15 +11,10 @@ from tiny import save_tiny_encoder, tiny_encoder_backbone
 
 import softprompt as sp
 from softprompt.errors import ConfigError
-from softprompt.formats import load_prompted_model, read_prompt_tensors, save_prompt
+from softprompt.formats import read_prompt_tensors, save_prompt
 from softprompt.frozen import weights_fingerprint
-from softprompt.hub import backbone_kind
-from softprompt.kinds.encoder.models import (
-    EncoderClassifier,
-    MaskedLMPromptedModel,
-    Seq2SeqPromptedModel,
-    prompted_model,
-)
+from softprompt.kinds import detect_kind, load_prompted_model, prompted_model
+from softprompt.kinds.encoder.models import EncoderClassifier, MaskedLMPromptedModel, Seq2SeqPromptedModel
 from softprompt.prompts import SoftPrompt
 from softprompt.protocols import BackboneKind
 from softprompt.template import Template
@@ -45,11 +40,11 @@ def _model(backbone, body="[soft:4] Review: {text} Sentiment: {label}", seed=0):
 def test_kind_from_config():
     from transformers import BertConfig, LlamaConfig, T5Config
 
-    assert backbone_kind(BertConfig(architectures=["BertModel"])) is BackboneKind.ENCODER
-    assert backbone_kind(BertConfig(architectures=["BertForMaskedLM"])) is BackboneKind.MASKED_LM
-    assert backbone_kind(T5Config()) is BackboneKind.SEQ2SEQ
-    assert backbone_kind(LlamaConfig(architectures=["LlamaForCausalLM"])) is BackboneKind.CAUSAL_LM
-    assert backbone_kind(LlamaConfig()) is BackboneKind.CAUSAL_LM
+    assert detect_kind(BertConfig(architectures=["BertModel"])) is BackboneKind.ENCODER
+    assert detect_kind(BertConfig(architectures=["BertForMaskedLM"])) is BackboneKind.MASKED_LM
+    assert detect_kind(T5Config()) is BackboneKind.SEQ2SEQ
+    assert detect_kind(LlamaConfig(architectures=["LlamaForCausalLM"])) is BackboneKind.CAUSAL_LM
+    assert detect_kind(LlamaConfig()) is BackboneKind.CAUSAL_LM
 
 
 @pytest.mark.parametrize("arch,cls", [("bert", EncoderClassifier), ("bert-mlm", MaskedLMPromptedModel),
@@ -178,7 +173,7 @@ def test_train_and_eval_from_the_cli(tmp_path, sentiment_dir, arch):
 
 def test_deep_prompts_are_refused_on_encoders(tmp_path, sentiment_dir, backbones):
     config = sp.TrainConfig(data=str(sentiment_dir), output=str(tmp_path / "d"), method="deep", max_steps=1)
-    with pytest.raises(ConfigError, match="causal"):
+    with pytest.raises(ConfigError, match="masked_lm backbone .* does not support deep prompts"):
         sp.train(config, backbone=backbones["bert-mlm"], progress=False)
 
 

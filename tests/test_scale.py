@@ -7,8 +7,8 @@ import torch
 from softprompt import TrainConfig, load_task, train
 from softprompt.cli import main
 from softprompt.errors import SoftPromptError
+from softprompt.kinds import build_prompted_model
 from softprompt.tools.memory import estimate_training_memory, saved_activation_bytes
-from softprompt.training import build_prompted_model
 
 
 def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir):
@@ -79,7 +79,7 @@ def test_gradient_checkpointing_and_fp16_train_end_to_end(tmp_path, tiny_model_d
 
 
 def test_quantised_loading_explains_what_it_needs(tiny_model_dir):
-    from softprompt.hub import quantization_config
+    from softprompt.kinds.loading import quantization_config
 
     with pytest.raises(SoftPromptError, match="bitsandbytes|CUDA GPU"):
         quantization_config("4bit", torch.bfloat16, "cpu")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny import tiny_tokenizer
 
-from softprompt.formats import load_prompted_model, read_prompt_tensors, save_prompt
+from softprompt.formats import read_prompt_tensors, save_prompt
+from softprompt.kinds import load_prompted_model
 from softprompt.kinds.whisper.backbone import SpeechBackbone
 from softprompt.kinds.whisper.model import SpeechPromptedModel, speech_model_from_file
 from softprompt.prompts import SoftPrompt

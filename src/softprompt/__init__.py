@@ -11,16 +11,17 @@ from .config import TrainConfig
 from .data import BUILTIN_DATASETS, TaskData, load_task
 from .errors import BackboneError, ConfigError, DataError, IncompatiblePromptError, PromptFileError, SoftPromptError
 from .evaluation import evaluate
-from .formats import load_prompted_model, read_prompt_file, read_prompt_tensors, save_prompt
+from .formats import read_prompt_file, read_prompt_tensors, save_prompt
 from .hub import BUILTIN_BACKBONES, load_backbone, resolve_precision
 from .inference import generate
 from .inference.bank import PromptBank
+from .kinds import build_prompted_model, load_prompted_model
 from .kinds.causal_lm.backbone import CausalLMBackbone
 from .kinds.causal_lm.model import PromptedModel
 from .prompts import DeepPrompt, PromptInit, PromptMethod, SoftPrompt, initial_embeddings
 from .protocols import Backbone, BackboneKind, TaskType
 from .template import Placement, Template, build_template
-from .training import TrainResult, build_prompted_model, train
+from .training import TrainResult, train
 from .training.multitask import MultitaskResult, train_multitask
 from .verbalizer import Verbalizer
 

@@ -9,8 +9,7 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .kinds.causal_lm.model import PromptedModel
-from .protocols import TaskType
+from .protocols import PromptedTask, TaskType
 
 
 def _batches(rows: Sequence[Mapping], batch_size: int, fields: Sequence[str]):
@@ -23,12 +22,12 @@ def _batches(rows: Sequence[Mapping], batch_size: int, fields: Sequence[str]):
 
 
 @torch.no_grad()
-def predict_scores(model: PromptedModel, rows: Sequence[Mapping], *, batch_size: int = 32,
+def predict_scores(model: PromptedTask, rows: Sequence[Mapping], *, batch_size: int = 32,
                    progress: bool = False) -> torch.Tensor:
     """Class scores (N, C) for rows, in input order."""
     scores = torch.empty(len(rows), len(model.labels))
     bar = tqdm(total=len(rows), desc="scoring", disable=not progress, leave=False)
-    for index, chunk in _batches(rows, batch_size, model.template.input_fields):
+    for index, chunk in _batches(rows, batch_size, model.input_fields):
         batch = {k: v.to(model.backbone.device) for k, v in model.make_batch(chunk, label_field=None).items()}
         scores[index] = model.class_scores(batch).float().cpu()
         bar.update(len(chunk))
@@ -48,7 +47,7 @@ def classification_metrics(predicted: torch.Tensor, gold: torch.Tensor, labels: 
 
 
 @torch.no_grad()
-def evaluate(model: PromptedModel, rows: Sequence[Mapping], *, label_field: str = "label", batch_size: int = 32,
+def evaluate(model: PromptedTask, rows: Sequence[Mapping], *, label_field: str = "label", batch_size: int = 32,
              limit: int = 0, progress: bool = False) -> dict:
     """Classification: accuracy and macro-F1. Generation: mean target-token loss and perplexity.
 
@@ -66,7 +65,7 @@ def evaluate(model: PromptedModel, rows: Sequence[Mapping], *, label_field: str 
             result = classification_metrics(scores.argmax(-1), gold, model.labels)
         else:
             total, count = 0.0, 0
-            for _, chunk in _batches(rows, batch_size, model.template.input_fields):
+            for _, chunk in _batches(rows, batch_size, model.input_fields):
                 batch = {k: v.to(model.backbone.device) for k, v in model.make_batch(chunk, label_field).items()}
                 loss, _ = model.loss(batch)
                 tokens = int((batch["labels"] != -100).sum())

@@ -21,11 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import IncompatiblePromptError, PromptFileError
-from .kinds.causal_lm.model import PromptedModel
-from .prompts import TENSOR_NAMES, PromptMethod, prompt_from_tensors
-from .protocols import Backbone
-from .template import Template
-from .verbalizer import Verbalizer
+from .prompts import TENSOR_NAMES, PromptMethod
+from .protocols import Backbone, PromptedTask
 
 TENSOR_NAME = "prompt_embeddings"
 FORMAT_NAME = "softprompt"
@@ -37,27 +34,20 @@ def _version() -> str:
     return __version__
 
 
-def prompt_metadata(model: PromptedModel, **extra: Any) -> dict[str, Any]:
+def prompt_metadata(model: PromptedTask, **extra: Any) -> dict[str, Any]:
     """Everything needed to rebuild `model` around its backbone, plus `extra` (init, training figures, ...)."""
     backbone = model.backbone
-    config = getattr(getattr(backbone, "model", None), "config", None)
     meta: dict[str, Any] = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "softprompt_version": _version(),
         "method": model.prompt.method,
         "backbone": {"name": backbone.name, "kind": backbone.kind.value, "fingerprint": backbone.fingerprint(),
-                     "hidden_size": backbone.hidden_size,
-                     "num_layers": getattr(config, "num_hidden_layers", None),
-                     "num_attention_heads": getattr(config, "num_attention_heads", None)},
-        "tokenizer": ({"name": getattr(backbone.tokenizer, "name_or_path", "") or backbone.name,
-                       "vocab_size": len(backbone.tokenizer)} if getattr(backbone, "tokenizer", None) else None),
+                     "hidden_size": backbone.hidden_size, **backbone.shape_metadata()},
+        "tokenizer": backbone.tokenizer_metadata(),
         "num_virtual_tokens": model.prompt.num_virtual_tokens,
-        "template": model.template.source,
         "task": model.task.value,
         "max_length": model.max_length,
-        "verbalizer": model.verbalizer.as_dict() if model.verbalizer else None,
-        "labels": list(model.labels) if model.task.value == "classification" else None,
+        **model.file_metadata(),  # template, verbaliser, labels; a head, kind-specific options
     }
-    meta.update(getattr(model, "extra_metadata", dict)())
     meta.update(extra)
     return meta
 
@@ -77,14 +67,13 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
-def save_prompt(path: str | Path, model: PromptedModel, **extra: Any) -> Path:
+def save_prompt(path: str | Path, model: PromptedTask, **extra: Any) -> Path:
     """Write `model`'s prompt and metadata to `path` atomically.
 
     >>> save_prompt("runs/rt/prompt.safetensors", model, init="labels")   # doctest: +SKIP
     """
     meta = prompt_metadata(model, **extra)
-    tensors = model.prompt.to_tensors()  # a deep prompt's MLP (if any) is folded into plain prefixes
-    tensors.update(getattr(model, "extra_tensors", dict)())  # an encoder's classification head
+    tensors = model.file_tensors()  # the prompt's (a deep prompt's MLP folded into plain prefixes) and a head's
     header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
@@ -142,36 +131,3 @@ def check_compatible(meta: dict[str, Any], backbone: Backbone, path: str | Path 
         raise IncompatiblePromptError(
             f"{path} was trained on '{expected.get('name')}' (fingerprint {expected.get('fingerprint')}); the loaded "
             f"backbone '{backbone.name}' has fingerprint {backbone.fingerprint()}: pass --model {expected.get('name')}")
-
-
-def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedModel:
-    """Rebuild a `PromptedModel` from a prompt file on an already loaded backbone (checked for compatibility).
-
-    >>> model = load_prompted_model("runs/rt/prompt.safetensors", load_backbone("smollm2-135m"))  # doctest: +SKIP
-    """
-    tensors, meta = read_prompt_tensors(path)
-    check_compatible(meta, backbone, path)
-    kind = (meta.get("backbone") or {}).get("kind")
-    if kind == "vision":
-        from .kinds.vit.vpt import vision_model_from_file
-
-        return vision_model_from_file(backbone, tensors, meta)
-    if kind == "clip":
-        from .kinds.clip.coop import coop_model_from_file
-
-        return coop_model_from_file(backbone, tensors, meta)
-    if kind == "speech":
-        from .kinds.whisper.model import speech_model_from_file
-
-        return speech_model_from_file(backbone, tensors, meta)
-    verbalizer = None
-    if meta.get("verbalizer"):
-        verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"])
-    prompt = prompt_from_tensors(meta.get("method", "prompt"),
-                                 {k: v.to(backbone.device) for k, v in tensors.items()}, backbone.hidden_size)
-    from .kinds.encoder.models import head_from_tensors, prompted_model
-
-    head = meta.get("head") or {}
-    return prompted_model(backbone, prompt, Template.parse(meta["template"]), verbalizer,
-                          labels=meta.get("labels"), max_length=int(meta.get("max_length", 128)),
-                          pooling=head.get("pooling", "mean"), head=head_from_tensors(tensors))

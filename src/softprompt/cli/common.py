@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ..formats import load_prompted_model, read_prompt_tensors
+from ..formats import read_prompt_tensors
 from ..hub import load_backbone, resolve_precision
-from ..kinds.causal_lm.model import PromptedModel
+from ..kinds import load_prompted_model
+from ..protocols import PromptedTask
 
 
 def pick_device(device: str) -> torch.device:
@@ -17,7 +18,7 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_for_inference(prompt: Path, model: str | None, precision: str, device: str) -> tuple[PromptedModel, dict]:
+def load_for_inference(prompt: Path, model: str | None, precision: str, device: str) -> tuple[PromptedTask, dict]:
     """Load a prompt file and its backbone (from `model`, else the name in the file's metadata)."""
     _, meta = read_prompt_tensors(prompt)
     target = pick_device(device)

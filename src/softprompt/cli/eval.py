@@ -33,7 +33,7 @@ def eval_command(
 ) -> None:
     """Evaluate PROMPT on a split: {"accuracy": ..., "macro_f1": ..., "n": ...} (generation: loss, perplexity)."""
     prompted, meta = load_for_inference(prompt, model, precision, device)
-    fields = tuple(f for f in text_field.split(",") if f) if text_field else prompted.template.input_fields
+    fields = tuple(f for f in text_field.split(",") if f) if text_field else prompted.input_fields
     task = load_task(data, test_file=test_file if split == "test" else None,
                      validation_file=test_file if split == "validation" else None,
                      train_file=test_file if split == "train" else None,

@@ -42,7 +42,7 @@ def explain(
         raise ConfigError("--project evaluates the hard prompt on a dataset: add --data NAME_OR_FOLDER")
     model, meta = load_for_inference(prompts[0], None, precision, device)
     if len(prompts) == 2:
-        from ..formats import load_prompted_model
+        from ..kinds import load_prompted_model
 
         other = load_prompted_model(prompts[1], model.backbone)  # same backbone, or IncompatiblePromptError
         result = compare_prompts(model, other)
@@ -63,7 +63,7 @@ def explain(
         from ..data import load_task
         from ..evaluation import evaluate
 
-        task = load_task(data, text_fields=model.template.input_fields, labels=meta.get("labels"),
+        task = load_task(data, text_fields=model.input_fields, labels=meta.get("labels"),
                          task=model.task.value)
         rows = task.split(split)
         soft = evaluate(model, rows, label_field=task.label_field, limit=limit, progress=False)

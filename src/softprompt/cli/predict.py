@@ -33,7 +33,7 @@ def predict(
 ) -> None:
     """Print the predicted label (or generated text) for each input, one per line."""
     prompted, _ = load_for_inference(prompt, model, precision, device)
-    fields = prompted.template.input_fields
+    fields = prompted.input_fields
     if len(fields) != 1:
         raise ConfigError(f"this prompt's template has fields {list(fields)}; predict fills a single field")
     rows = [{fields[0]: text} for text in texts]

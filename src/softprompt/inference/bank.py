@@ -15,9 +15,8 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import ConfigError, SoftPromptError
-from ..formats import load_prompted_model
-from ..kinds.causal_lm.model import PromptedModel
-from ..protocols import Backbone, TaskType
+from ..kinds import load_prompted_model
+from ..protocols import Backbone, PromptedTask, TaskType
 from .batch import Classification, Generation, Request, run_batch
 
 
@@ -38,13 +37,13 @@ class PromptBank:
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
-        self._models: dict[str, PromptedModel] = {}
+        self._models: dict[str, PromptedTask] = {}
         self._lock = threading.Lock()
 
     # ---- contents ------------------------------------------------------------------------------------------
-    def add(self, name: str, prompt: str | Path | PromptedModel) -> PromptedModel:
+    def add(self, name: str, prompt: str | Path | PromptedTask) -> PromptedTask:
         """Add or replace a prompt (a file is verified against the backbone's fingerprint first)."""
-        model = prompt if isinstance(prompt, PromptedModel) else load_prompted_model(prompt, self.backbone)
+        model = load_prompted_model(prompt, self.backbone) if isinstance(prompt, (str, Path)) else prompt
         if model.backbone is not self.backbone:
             raise ConfigError(f"prompt '{name}' is bound to another backbone object than this bank's")
         model.eval()
@@ -57,7 +56,7 @@ class PromptBank:
             if self._models.pop(name, None) is None:
                 raise UnknownPromptError(f"no prompt named '{name}'")
 
-    def get(self, name: str) -> PromptedModel:
+    def get(self, name: str) -> PromptedTask:
         with self._lock:
             model = self._models.get(name)
         if model is None:
@@ -106,11 +105,13 @@ class PromptBank:
             raise ConfigError(f"ensemble mode {mode!r}: use average or vote")
         if not names:
             raise ConfigError("an ensemble needs at least one prompt name")
-        first = self.get(names[0]).verbalizer
-        labels = first.labels if first else None
-        for name in names:
+        def labels_of(name: str) -> tuple[str, ...] | None:
             model = self.get(name)
-            if model.verbalizer is None or model.verbalizer.labels != labels:
+            return model.labels if model.task is TaskType.CLASSIFICATION else None
+
+        labels = labels_of(names[0])
+        for name in names:
+            if labels is None or labels_of(name) != labels:
                 raise ConfigError(f"prompt '{name}' does not share the label set {list(labels or [])} of "
                                   f"'{names[0]}'; an ensemble needs prompts of one task")
         results = self.classify([(name, row) for row in rows for name in names])

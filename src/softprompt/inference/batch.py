@@ -77,14 +77,14 @@ class Generation:
 
 def fields_of(model: PromptedModel, inputs: Mapping[str, str] | str) -> Mapping[str, str]:
     """A request's input as template fields; a plain string fills the template's first input field."""
-    fields = model.template.input_fields
+    fields = model.input_fields
     if isinstance(inputs, str):
         if not fields:
-            raise ConfigError(f"the template '{model.template.source}' has no input field for a text")
+            raise ConfigError(f"the template '{model.template_source}' has no input field for a text")
         return {fields[0]: inputs}
     missing = [name for name in fields if name not in inputs]
     if missing:
-        raise ConfigError(f"input is missing field(s) {missing} of the template '{model.template.source}'")
+        raise ConfigError(f"input is missing field(s) {missing} of the template '{model.template_source}'")
     return inputs
 
 

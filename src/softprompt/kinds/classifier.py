@@ -1,8 +1,8 @@
-"""Prompted classifiers whose inputs are not text (images, audio): the shared part.
+"""Prompted classifiers whose inputs are not text (images, audio): the shared part of their `PromptedTask`.
 
 A text model places its prompt with a template; here an `InputSpec` names the row field the model reads
-(`image`, `audio`) and where the soft tokens go, and stands in for the template everywhere a template is
-read (the prompt file's metadata, evaluation, the training loop). Rows are dicts such as
+(`image`, `audio`) and where the soft tokens go; its `source` is what the prompt file records as the
+template. Rows are dicts such as
 `{"image": tensor (C, H, W) in [0, 1], "label": "sandal"}`. Everything else is the text path's: the same
 `SoftPrompt`, prompt file (the head's tensors beside the prompt's), training loop and `evaluate`.
 """
@@ -35,8 +35,6 @@ class PromptedClassifier(nn.Module):
     (`inputs`) and a batch into class scores (`class_scores`)."""
 
     task = TaskType.CLASSIFICATION
-    verbalizer = None
-    deep = False
 
     def __init__(self, backbone: Any, prompt: nn.Module, spec: InputSpec, labels: Sequence[str]) -> None:
         super().__init__()
@@ -44,7 +42,7 @@ class PromptedClassifier(nn.Module):
             raise ConfigError(f"classification needs at least 2 labels, got {list(labels)}")
         self.backbone = backbone
         self.prompt = prompt
-        self.template = spec
+        self.spec = spec
         self._labels = tuple(str(label) for label in labels)
 
     @property
@@ -54,6 +52,22 @@ class PromptedClassifier(nn.Module):
     @property
     def max_length(self) -> int:
         return 0  # no text tokens
+
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        return self.spec.input_fields
+
+    @property
+    def template_source(self) -> str:
+        return self.spec.source
+
+    def file_metadata(self) -> dict[str, Any]:
+        """Subclasses add their head and options to this."""
+        return {"template": self.spec.source, "verbalizer": None, "labels": list(self._labels)}
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        """Subclasses add their head's tensors to this."""
+        return self.prompt.to_tensors()
 
     def inputs(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -79,7 +93,7 @@ class PromptedClassifier(nn.Module):
     @torch.no_grad()
     def classify(self, inputs: Sequence[Any], batch_size: int = 64) -> list[str]:
         """Predicted label per input (a bare tensor fills the spec's single input field)."""
-        field = self.template.input_fields[0]
+        field = self.spec.input_fields[0]
         rows = [x if isinstance(x, Mapping) else {field: x} for x in inputs]
         out: list[str] = []
         for start in range(0, len(rows), batch_size):

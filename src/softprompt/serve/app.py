@@ -29,8 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..inference.batch import Generation, Request, fields_of
-from ..kinds.causal_lm.model import PromptedModel
-from ..protocols import TaskType
+from ..protocols import PromptedTask, TaskType
 from .batcher import DynamicBatcher, Work
 from .directory import PromptDirectory, check_name
 from .metrics import Metrics
@@ -73,9 +72,9 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
 def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = ServeSettings()) -> FastAPI:
     metrics = Metrics()
 
-    def prepare(model: PromptedModel) -> None:
+    def prepare(model: PromptedTask) -> None:
         # Widen each prompt's context so that no input the server accepts is cut.
-        fields = model.template.input_fields
+        fields = model.input_fields
         overhead = len(model.encoder.encode({f: "" for f in fields}).input_ids) + model.max_word_tokens
         model.widen_context(settings.max_input_tokens * max(1, len(fields)) + overhead)
 
@@ -249,14 +248,14 @@ def _version() -> str:
     return __version__
 
 
-def _describe(name: str, model: PromptedModel) -> dict[str, Any]:
+def _describe(name: str, model: PromptedTask) -> dict[str, Any]:
     return {"name": name, "object": "prompt", "task": model.task.value,
-            "labels": list(model.verbalizer.labels) if model.verbalizer else None,
-            "num_virtual_tokens": model.prompt.num_virtual_tokens, "template": model.template.source,
+            "labels": list(model.labels) if model.task is TaskType.CLASSIFICATION else None,
+            "num_virtual_tokens": model.prompt.num_virtual_tokens, "template": model.template_source,
             "backbone": model.backbone.name}
 
 
-def _check_inputs(model: PromptedModel, inputs: list, settings: ServeSettings) -> None:
+def _check_inputs(model: PromptedTask, inputs: list, settings: ServeSettings) -> None:
     if len(inputs) > settings.max_inputs:
         raise ApiError(413, f"{len(inputs)} inputs in one request; the limit is {settings.max_inputs} "
                             "(--max-inputs): split the request", "request_too_large")

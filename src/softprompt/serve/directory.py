@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, SoftPromptError
-from ..formats import load_prompted_model
 from ..inference.bank import PromptBank, UnknownPromptError
-from ..kinds.causal_lm.model import PromptedModel
+from ..kinds import load_prompted_model
+from ..protocols import PromptedTask
 
 log = logging.getLogger("softprompt.serve")
 
@@ -36,7 +36,7 @@ def check_name(name: str) -> str:
 
 class PromptDirectory:
     def __init__(self, bank: PromptBank, folder: str | Path, *,
-                 prepare: Callable[[PromptedModel], None] = lambda model: None) -> None:
+                 prepare: Callable[[PromptedTask], None] = lambda model: None) -> None:
         self.bank = bank
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -56,7 +56,7 @@ class PromptDirectory:
         st = path.stat()
         return st.st_mtime_ns, st.st_size
 
-    def _load(self, name: str, path: Path) -> PromptedModel:
+    def _load(self, name: str, path: Path) -> PromptedTask:
         model = load_prompted_model(path, self.bank.backbone)
         self.prepare(model)
         return model
@@ -98,7 +98,7 @@ class PromptDirectory:
                 log.info("prompts %s: %s", kind, ", ".join(report[kind]))
         return report
 
-    def install(self, name: str, data: bytes) -> tuple[PromptedModel, bool]:
+    def install(self, name: str, data: bytes) -> tuple[PromptedTask, bool]:
         """Validate an uploaded prompt file, then write it into the folder and serve it. Returns (model, replaced).
         Raises PromptFileError (not a prompt file) or IncompatiblePromptError (another backbone); then nothing
         is written."""

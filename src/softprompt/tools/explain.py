@@ -79,7 +79,7 @@ def projected(model: PromptedModel, metric: Metric = "cosine") -> PromptedModel:
     _, ids = nearest_tokens(model, 1, metric)
     matrix = model.backbone.input_embedding_matrix().detach()
     hard = SoftPrompt(matrix[ids[:, 0].to(matrix.device)].float())
-    return PromptedModel(model.backbone, hard, model.template, model.verbalizer, max_length=model.max_length)
+    return model.with_prompt(hard)
 
 
 def compare_prompts(first: PromptedModel, second: PromptedModel) -> dict[str, Any]:

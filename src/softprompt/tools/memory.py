@@ -127,19 +127,18 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..hub import resolve_precision
+    from ..kinds import detect_kind
     from ..kinds.causal_lm.backbone import checkpoint_layers, decoder_layers_of
-    from ..training.loop import DEFAULT_NUM_VIRTUAL_TOKENS
+    from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
+    from ..protocols import BackboneKind
 
     device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_precision(config.precision.value, device)
     folder = _model_folder(config.model)
     hf_config = AutoConfig.from_pretrained(folder)
-    from ..hub import backbone_kind
-    from ..protocols import BackboneKind
-
-    if backbone_kind(hf_config) is not BackboneKind.CAUSAL_LM:
-        raise ConfigError(f"--dry-run estimates causal-LM backbones; --model {config.model} is of kind "
-                          f"{backbone_kind(hf_config).value}")
+    kind = detect_kind(hf_config)
+    if kind is not BackboneKind.CAUSAL_LM:
+        raise ConfigError(f"--dry-run estimates causal-LM backbones; --model {config.model} is of kind {kind.value}")
     fused = torch.device(device).type != "cpu"  # load_backbone: eager attention on CPU, SDPA elsewhere
     with torch.device("meta"):  # eager on the meta device (SDPA's mask checks need real values)
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")

@@ -1,3 +1,3 @@
-from .loop import TrainResult, build_prompted_model, resume, train
+from .loop import TrainResult, resume, train
 
-__all__ = ["TrainResult", "build_prompted_model", "resume", "train"]
+__all__ = ["TrainResult", "resume", "train"]

@@ -23,11 +23,10 @@ from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
 from ..formats import atomic_write, save_prompt
 from ..hub import load_backbone, resolve_precision
-from ..kinds.causal_lm.model import PromptedModel
-from ..prompts import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings
-from ..protocols import Backbone, TaskType
-from ..template import Placement, Template, TemplateEncoder, build_template
-from ..verbalizer import Verbalizer
+from ..kinds import build_prompted_model
+from ..kinds.text import resolved_placement
+from ..prompts import PromptMethod
+from ..protocols import Backbone, PromptedTask, TaskType
 from .checkpoint import (
     BatchStream,
     clear_interrupted_writes,
@@ -39,13 +38,12 @@ from .checkpoint import (
 from .guard import DivergenceGuard
 from .plot import plot_history
 
-DEFAULT_NUM_VIRTUAL_TOKENS = 20
 LOG_EVERY = 10
 
 
 @dataclass
 class TrainResult:
-    model: PromptedModel
+    model: PromptedTask
     output: Path
     prompt_path: Path
     best_step: int
@@ -53,92 +51,6 @@ class TrainResult:
     steps: int
     train_seconds: float
     history: list[dict] = field(default_factory=list)
-
-
-def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData) -> PromptedModel:
-    """Template + verbaliser + initialised prompt around a loaded backbone, as `config` says."""
-    from ..protocols import BackboneKind
-
-    if getattr(backbone, "kind", None) is BackboneKind.VISION:
-        from ..kinds.vit.vpt import build_vision_model
-
-        return build_vision_model(config, backbone, task)
-    if getattr(backbone, "kind", None) is BackboneKind.CLIP:
-        from ..kinds.clip.coop import build_coop_model
-
-        return build_coop_model(config, backbone, task)
-    if getattr(backbone, "kind", None) is BackboneKind.SPEECH:
-        from ..kinds.whisper.model import build_speech_model
-
-        return build_speech_model(config, backbone, task)
-    body = config.template or task.default_template
-    deep = config.method is PromptMethod.DEEP
-    source = _transfer_source(config, backbone) if config.init_from else None
-    if source is not None:
-        config = config.replace(num_virtual_tokens=source[0])
-    if deep:  # the prompt lives in every layer's keys/values; the template holds text and fields only
-        template = Template.parse(body)
-        count = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
-    else:
-        placement = resolved_placement(config, body)
-        count = config.num_virtual_tokens
-        if placement is not Placement.TEMPLATE and count is None:
-            count = DEFAULT_NUM_VIRTUAL_TOKENS
-        template = build_template(body, placement, count)
-        count = template.num_virtual_tokens
-    if source is not None and count != source[0]:
-        raise ConfigError(f"--template has {count} [soft:N] tokens; --init-from {config.init_from} has {source[0]}")
-    missing = [f for f in template.input_fields if f not in task.text_fields]
-    if missing:
-        raise ConfigError(f"--template uses field(s) {missing} but the data's text fields are "
-                          f"{list(task.text_fields)}; set --text-field")
-    verbalizer = None
-    if config.task is TaskType.CLASSIFICATION:
-        verbalizer = Verbalizer.from_spec(task.labels, config.label_words)
-    encoder = TemplateEncoder(template, backbone.tokenizer, config.max_length)
-    word_ids = verbalizer.token_ids(encoder.answer_ids) if verbalizer else []
-    generator = torch.Generator().manual_seed(config.seed)
-    vectors = initial_embeddings(config.init, count, backbone.input_embedding_matrix(),
-                                 backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
-                                 generator=generator)
-    if source is not None and source[2] is PromptMethod.MULTITASK:  # MPT stage 2: a fresh factor on the shared prompt
-        from .multitask import target_prompt
-
-        prompt = target_prompt(source[1], config.mpt_rank, config.mpt_train_shared, backbone.device)
-    elif source is not None:  # prompt transfer: the other task's trained vectors
-        tensors = {k: v.to(backbone.device) for k, v in source[1].items()}
-        torch.manual_seed(config.seed)
-        prompt = (DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], backbone.hidden_size,
-                             reparam_hidden=config.deep_reparam) if deep else SoftPrompt(tensors["prompt_embeddings"]))
-    elif deep:  # start from the keys/values the backbone computes for the same init tokens
-        keys, values = backbone.keys_values(vectors)
-        torch.manual_seed(config.seed)  # the reparameterisation MLP's init
-        prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep_reparam)
-    else:
-        prompt = SoftPrompt(vectors.to(backbone.device))
-    from ..kinds.encoder.models import prompted_model
-
-    return prompted_model(backbone, prompt, template, verbalizer, labels=task.labels, max_length=config.max_length,
-                          pooling=config.pooling)
-
-
-def _transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor], PromptMethod]:
-    """(length, tensors, method) of the --init-from prompt, checked against this backbone, method and length.
-
-    A multitask shared prompt (MPT stage 1) starts a `--method prompt` run: stage 2."""
-    from ..formats import check_compatible, read_prompt_tensors
-
-    tensors, meta = read_prompt_tensors(config.init_from)
-    check_compatible(meta, backbone, config.init_from)
-    method = PromptMethod(meta.get("method", "prompt"))
-    if method is not config.method and not (method is PromptMethod.MULTITASK and config.method is PromptMethod.PROMPT):
-        raise ConfigError(f"--init-from {config.init_from} is a {method.value} prompt; this run trains "
-                          f"--method {config.method.value}")
-    count = int(meta["num_virtual_tokens"])
-    if config.num_virtual_tokens not in (None, count):
-        raise ConfigError(f"--init-from {config.init_from} has {count} virtual tokens; drop --num-virtual-tokens "
-                          f"{config.num_virtual_tokens} or give {count}")
-    return count, tensors, method
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -151,11 +63,6 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     for name, value in state.items():
         params[name].copy_(value)
-
-
-def resolved_placement(config: TrainConfig, body: str) -> Placement:
-    """--placement, else template when the template has [soft:N] markers, else prefix."""
-    return config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
 
 
 def per_class(rows: list[dict], label_field: str, k: int, seed: int) -> list[dict]:
@@ -259,8 +166,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, **kwargs: Any) -> Trai
 
 
 def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
-          progress: bool = True, model: PromptedModel | None = None,
-          save: Callable[[Path, PromptedModel, dict], Path] | None = None,
+          progress: bool = True, model: PromptedTask | None = None,
+          save: Callable[[Path, PromptedTask, dict], Path] | None = None,
           resume_state: dict[str, Any] | None = None,
           on_validation: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train a soft prompt as `config` says; writes the run directory and returns the best model.
@@ -341,7 +248,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         metrics_path.unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
     save_file = save or (lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
 
-    def write(folder: Path, m: PromptedModel, extra: dict) -> Path:  # one writer: the main process
+    def write(folder: Path, m: PromptedTask, extra: dict) -> Path:  # one writer: the main process
         if world == 1:
             return save_file(folder, m, extra)
         written = [save_file(folder, m, extra) if main else None]
@@ -358,13 +265,13 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
                               num_training_steps=total_steps)
     placement = ("none" if config.method is PromptMethod.DEEP
                  else resolved_placement(config, config.template or task.default_template).value)
-    resolved = {**config.to_dict(), "template": model.template.source, "placement": placement,
+    resolved = {**config.to_dict(), "template": model.template_source, "placement": placement,
                 "num_virtual_tokens": model.prompt.num_virtual_tokens, "backbone_dtype": str(backbone.dtype),
                 "total_steps": total_steps, "labels": list(task.labels) if task.labels else None,
                 "processes": world}
     if main:
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
-    lengths = [sum(len(v) for f in model.template.input_fields if isinstance(v := row[f], str)) for row in train_rows]
+    lengths = [sum(len(v) for f in model.input_fields if isinstance(v := row[f], str)) for row in train_rows]
     stream = BatchStream(lengths, config.batch_size * world, config.seed, config.length_bucketing)
 
     def validate(step: int) -> dict:

@@ -172,7 +172,7 @@ def merge_lora(module: nn.Module) -> int:
 def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone, task: TaskData, *,
                  lora_rank: int = 8, adapter_size: int = 64, adapter_placement: str = "houlsby") -> Method:
     """The model `name` trains on `backbone` (changed in place for lora/adapter/full: load a fresh one per method)."""
-    from .loop import build_prompted_model
+    from ..kinds import build_prompted_model
 
     try:
         name = MethodName(name)

@@ -30,45 +30,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..prompts import TaskPrompt
+from ..protocols import TaskType
 
 TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-
-
-class TaskPrompt(nn.Module):
-    """One task's view of a shared prompt: `shared ∘ (u vᵀ)`, shaped and used like a `SoftPrompt`."""
-
-    method = "prompt"
-
-    def __init__(self, shared: nn.Parameter, rank: int = 1, u: torch.Tensor | None = None,
-                 v: torch.Tensor | None = None) -> None:
-        super().__init__()
-        if rank < 1:
-            raise ConfigError(f"--mpt-rank must be >= 1, got {rank}")
-        self.shared = shared
-        n, d = shared.shape
-        self.u = nn.Parameter(u.detach().float().clone() if u is not None else torch.ones(n, rank))
-        self.v = nn.Parameter(v.detach().float().clone() if v is not None else torch.full((d, rank), 1.0 / rank))
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.shared.shape[0]
-
-    num_input_tokens = num_virtual_tokens
-
-    @property
-    def hidden_size(self) -> int:
-        return self.shared.shape[1]
-
-    @property
-    def rank(self) -> int:
-        return self.u.shape[1]
-
-    def forward(self) -> torch.Tensor:
-        return self.shared * (self.u @ self.v.T)  # (n, d)
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Saved as a plain prompt: the task's materialised vectors."""
-        return {"prompt_embeddings": self().detach().to("cpu", torch.float32).contiguous()}
 
 
 def parse_tasks(text: str | None) -> dict[str, str]:
@@ -118,13 +83,14 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def _load_teachers(teachers: dict[str, str], backbone, models: dict) -> dict:
-    from ..formats import load_prompted_model
+    from ..kinds import load_prompted_model
 
     loaded = {}
     for name, path in teachers.items():
         teacher = load_prompted_model(path, backbone)  # refuses another backbone with a one-line error
-        if getattr(teacher, "verbalizer", None) is None or tuple(teacher.labels) != tuple(models[name].labels):
-            raise ConfigError(f"--mpt-teachers {name}={path}: its labels {list(teacher.labels or [])} are not task "
+        teacher_labels = list(teacher.labels) if teacher.task is TaskType.CLASSIFICATION else []
+        if teacher_labels != list(models[name].labels):
+            raise ConfigError(f"--mpt-teachers {name}={path}: its labels {teacher_labels} are not task "
                               f"{name!r}'s {list(models[name].labels)}; give a prompt trained on that task")
         teacher.requires_grad_(False)
         teacher.eval()
@@ -154,10 +120,7 @@ def _save_shared(path: Path, shared: torch.Tensor, views: dict[str, TaskPrompt],
     meta = prompt_metadata(first, init="multitask", training=training)
     meta.update({"method": "multitask", "rank": next(iter(views.values())).rank, "template": None,
                  "verbalizer": None, "labels": None,
-                 "tasks": {name: {"data": tasks[name], "template": m.template.source,
-                                  "labels": list(m.labels) if m.verbalizer else None,
-                                  "verbalizer": m.verbalizer.as_dict() if m.verbalizer else None}
-                           for name, m in models.items()}})
+                 "tasks": {name: {"data": tasks[name], **m.file_metadata()} for name, m in models.items()}})
     tensors = {"shared_prompt": shared.detach().to("cpu", torch.float32).contiguous()}
     for name, view in views.items():
         tensors[f"task_u.{name}"] = view.u.detach().to("cpu", torch.float32).contiguous()
@@ -181,9 +144,10 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
     from ..evaluation import evaluate, primary_metric
     from ..formats import atomic_write, save_prompt
     from ..hub import load_backbone, resolve_precision
+    from ..kinds import build_prompted_model
+    from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
     from ..prompts import PromptInit, initial_embeddings
     from .checkpoint import BatchStream
-    from .loop import DEFAULT_NUM_VIRTUAL_TOKENS, build_prompted_model
 
     tasks = tasks if tasks is not None else parse_tasks(config.tasks)
     torch.manual_seed(config.seed)
@@ -222,7 +186,7 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.scheduler.value, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    streams = {name: BatchStream([sum(len(str(r[f])) for f in models[name].template.input_fields)
+    streams = {name: BatchStream([sum(len(str(r[f])) for f in models[name].input_fields)
                                   for r in data[name].train], per_task, config.seed + i, config.length_bucketing)
                for i, name in enumerate(tasks)}
     out = Path(config.output)
@@ -295,9 +259,3 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
         "".join(json.dumps(r) + "\n" for r in history)))
     return MultitaskResult(shared_path, task_paths, best_step, best_result, total_steps, train_seconds, count,
                            history)
-
-
-def target_prompt(tensors: dict[str, torch.Tensor], rank: int, train_shared: bool, device) -> TaskPrompt:
-    """Stage 2: a fresh factor of `rank` on the shared prompt of a multitask file (trained alone by default)."""
-    shared = nn.Parameter(tensors["shared_prompt"].to(device), requires_grad=train_shared)
-    return TaskPrompt(shared, rank).to(device)

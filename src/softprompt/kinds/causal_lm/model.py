@@ -83,6 +83,26 @@ class PromptedModel(nn.Module):
             raise ConfigError("a generation prompt has no labels")
         return tuple(self.verbalizer.labels)
 
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        return self.template.input_fields
+
+    @property
+    def template_source(self) -> str:
+        return self.template.source
+
+    def file_metadata(self) -> dict[str, Any]:
+        return {"template": self.template.source,
+                "verbalizer": self.verbalizer.as_dict() if self.verbalizer else None,
+                "labels": list(self.labels) if self.task is TaskType.CLASSIFICATION else None}
+
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        return self.prompt.to_tensors()  # a deep prompt's MLP (if any) is folded into plain prefixes
+
+    def with_prompt(self, prompt: SoftPrompt) -> "PromptedModel":
+        """The same task (template, verbaliser, length) with another prompt (explain's hard-prompt projection)."""
+        return type(self)(self.backbone, prompt, self.template, self.verbalizer, max_length=self.max_length)
+
     def widen_context(self, max_length: int) -> "PromptedModel":
         """Let contexts grow to `max_length` tokens before inputs are cut (never narrows). A server widens
         its prompts so that no input it accepts is truncated; returns self."""
@@ -395,3 +415,9 @@ class PromptedModel(nn.Module):
         log_probs = self._log_probs(hidden[:, :-1][where])                # (N, V)
         loss = F.nll_loss(log_probs, labels[where])
         return loss, {}
+
+
+def assemble(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None, *,
+             max_length: int = 128, **_: Any) -> PromptedModel:
+    """The causal LM's prompted model (a head or pooling, which other text kinds take, does not apply)."""
+    return PromptedModel(backbone, prompt, template, verbalizer, max_length=max_length)

@@ -19,6 +19,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...frozen import FrozenBackbone
 from ...protocols import BackboneKind
+from ..loading import from_pretrained, refuse_quantisation
 from ..vit.backbone import image_norm_from_folder, normalised_pixels
 
 CLIP_MODEL_TYPES = ("clip",)
@@ -141,3 +142,17 @@ class CLIPBackbone(FrozenBackbone):
 
     def kv_layout(self) -> Any:
         raise ConfigError("deep prompts are not implemented for CLIP: CoOp places its context in the text input")
+
+
+def detect(config: Any) -> bool:
+    return config.model_type in CLIP_MODEL_TYPES
+
+
+def load(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.device | str,
+         load_in: str | None = None) -> CLIPBackbone:
+    from transformers import AutoTokenizer, CLIPModel  # start-up time
+
+    refuse_quantisation(load_in, BackboneKind.CLIP.value)
+    model = from_pretrained(CLIPModel.from_pretrained, folder, name, BackboneKind.CLIP.value, dtype=dtype)
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, folder, name, BackboneKind.CLIP.value)
+    return CLIPBackbone.from_folder(model.to(device), tokenizer, folder, name)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...config import TrainConfig
+from ...data import TaskData
 from ...errors import ConfigError, PromptFileError
 from ...prompts import SoftPrompt
 from ...scoring import backbone_autocast, place_soft_tokens
@@ -152,7 +154,7 @@ class CoOpModel(PromptedClassifier):
 
     # -- forward ------------------------------------------------------------------------------------------
     def inputs(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        field = self.template.input_fields[0]
+        field = self.spec.input_fields[0]
         images = [torch.as_tensor(r[field]) for r in rows]
         pixels = torch.stack([im.float() / 255.0 if im.dtype == torch.uint8 else im.float() for im in images])
         return {"pixel_values": pixels}
@@ -190,29 +192,23 @@ class CoOpModel(PromptedClassifier):
         return self.backbone.logit_scale.float() * images @ self.text_features().t()
 
     # -- prompt file --------------------------------------------------------------------------------------
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def extra_metadata(self) -> dict[str, Any]:
-        return {"coop": {"class_specific": self.class_specific, "n_ctx": self.n_ctx,
+    def file_metadata(self) -> dict[str, Any]:
+        return {**super().file_metadata(), "coop": {"class_specific": self.class_specific, "n_ctx": self.n_ctx,
                          "class_token_position": self.class_token_position, "classnames": list(self.labels),
                          "init": self.init, "init_text": self.init_text,
                          "image_shape": list(self.backbone.image_shape)}}
 
 
-def build_coop_model(config: Any, backbone: Any, task: Any) -> CoOpModel:
+def build_coop_model(config: TrainConfig, backbone: Any, task: TaskData) -> CoOpModel:
     """The CoOp model `softprompt train` builds for a CLIP backbone.
 
-    Reads `num_virtual_tokens` (n_ctx), `init` / `init_text`, `seed`, and (when the config has them)
-    `coop_class_specific` and `coop_class_token_position`. `--init text` (or the default init with --init-text)
+    Reads `num_virtual_tokens` (n_ctx), `init` / `init_text`, `seed`, `coop_class_specific` and
+    `coop_class_token_position`. `--init text` (or the default init with --init-text)
     starts from the phrase; `--init random` (or the default without --init-text) from normal(0, 0.02)."""
     if task.labels is None:
         raise ConfigError("a CLIP backbone classifies: give an image classification dataset (its labels are the "
                           "class names)")
-    if getattr(config, "init_from", None):
-        raise ConfigError("--init-from is not implemented for CoOp prompts")
-    init = getattr(getattr(config, "init", "labels"), "value", getattr(config, "init", "labels"))
-    text = getattr(config, "init_text", None)
+    init, text = config.init.value, config.init_text
     if init == "text" or (init == "labels" and text):
         if not text:
             raise ConfigError("--init text needs --init-text 'a photo of a'")
@@ -223,10 +219,8 @@ def build_coop_model(config: Any, backbone: Any, task: Any) -> CoOpModel:
         phrase, init = None, "random"
     else:
         raise ConfigError(f"--init {init}: CoOp starts from --init-text 'a photo of a' or --init random")
-    class_specific = bool(getattr(config, "coop_class_specific", False))
-    position = getattr(config, "coop_class_token_position", None) or "end"
-    seed = int(getattr(config, "seed", 0))
-    prompt = CoOpModel.initial_prompt(backbone, task.labels, n_ctx=getattr(config, "num_virtual_tokens", None),
+    class_specific, position, seed = config.coop_class_specific, config.coop_class_token_position, config.seed
+    prompt = CoOpModel.initial_prompt(backbone, task.labels, n_ctx=config.num_virtual_tokens,
                                       init_text=phrase, class_specific=class_specific,
                                       generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)

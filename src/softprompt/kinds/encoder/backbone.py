@@ -13,6 +13,7 @@ An encoder's own position and token-type embeddings are added inside the model, 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from ...errors import BackboneError, ConfigError
 from ...frozen import FrozenBackbone
 from ...protocols import BackboneKind
+from ..loading import load_text_model
 
 
 class _FrozenHFBackbone(FrozenBackbone):
@@ -122,3 +124,50 @@ class Seq2SeqBackbone(_FrozenHFBackbone):
 
     def token_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         raise ConfigError(f"backbone '{self.name}' is an encoder-decoder: label words are scored by its decoder")
+
+
+def detect_seq2seq(config: Any) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))  # not every config class defines it
+
+
+def detect_masked_lm(config: Any) -> bool:
+    return any(a.endswith("ForMaskedLM") for a in (config.architectures or ()))
+
+
+def detect_encoder(config: Any) -> bool:
+    """A bare encoder (`BertModel`): a masked-LM model type saved without its vocabulary head."""
+    from transformers.models.auto.modeling_auto import (  # start-up time
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = config.model_type
+    return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and (
+        bool(config.architectures) or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def load_masked_lm(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.device | str,
+                   load_in: str | None = None) -> EncoderBackbone:
+    from transformers import AutoModelForMaskedLM  # start-up time
+
+    model, tokenizer = load_text_model(AutoModelForMaskedLM, folder, name, BackboneKind.MASKED_LM.value, dtype=dtype,
+                                       device=device, load_in=load_in)
+    return EncoderBackbone(model, tokenizer, name=name)
+
+
+def load_encoder(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.device | str,
+                 load_in: str | None = None) -> EncoderBackbone:
+    from transformers import AutoModel  # start-up time
+
+    model, tokenizer = load_text_model(AutoModel, folder, name, BackboneKind.ENCODER.value, dtype=dtype,
+                                       device=device, load_in=load_in)
+    return EncoderBackbone(model, tokenizer, name=name)
+
+
+def load_seq2seq(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.device | str,
+                 load_in: str | None = None) -> Seq2SeqBackbone:
+    from transformers import AutoModelForSeq2SeqLM  # start-up time
+
+    model, tokenizer = load_text_model(AutoModelForSeq2SeqLM, folder, name, BackboneKind.SEQ2SEQ.value, dtype=dtype,
+                                       device=device, load_in=load_in)
+    return Seq2SeqBackbone(model, tokenizer, name=name)

@@ -8,7 +8,7 @@
 - `Seq2SeqPromptedModel`: T5/BART-style models: the prompt goes into the encoder input; the decoder scores
   each label word (teacher-forced, any number of tokens) or is trained on / generates targets.
 
-`prompted_model(...)` picks the class from the backbone's kind; `PromptedModel` stays the causal-LM model.
+The kind table (`softprompt.kinds`) picks the class from the backbone's kind through the `assemble_*` functions.
 Encoders see the whole sequence at once, so the causal model's key/value shortcuts (the frozen-input split,
 the prompt prefix cache) are off here.
 """
@@ -22,12 +22,12 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...prompts import SoftPrompt
-from ...protocols import Backbone, BackboneKind, TaskType
+from ...protocols import Backbone, TaskType
 from ...scoring import token_log_likelihood
 from ...template import Encoded, Template, left_pad
 from ...verbalizer import Verbalizer
 from ..causal_lm.model import PromptedModel
-from ..classifier import head_tensors, linear_head
+from ..classifier import head_tensors
 
 POOLINGS = ("mean", "cls")
 
@@ -124,11 +124,15 @@ class EncoderClassifier(_Bidirectional):
     def word_scores(self, batch):
         raise ConfigError(f"backbone '{self.backbone.name}' classifies with a head, not label words")
 
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return head_tensors(self.head)
+    def with_prompt(self, prompt: SoftPrompt) -> "EncoderClassifier":
+        return EncoderClassifier(self.backbone, prompt, self.template, self.labels, max_length=self.max_length,
+                                 pooling=self.pooling, head=self.head)
 
-    def extra_metadata(self) -> dict[str, Any]:
-        return {"head": {"kind": "linear", "pooling": self.pooling, "labels": list(self._labels),
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().file_tensors(), **head_tensors(self.head)}
+
+    def file_metadata(self) -> dict[str, Any]:
+        return {**super().file_metadata(), "head": {"kind": "linear", "pooling": self.pooling, "labels": list(self._labels),
                          "params": sum(p.numel() for p in self.head.parameters())}}
 
 
@@ -229,28 +233,25 @@ class Seq2SeqPromptedModel(_Bidirectional):
         return [t.strip() for t in self.backbone.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
-def prompted_model(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None, *,
-                   labels: Sequence[str] | None = None, max_length: int = 128, pooling: str = "mean",
-                   head: nn.Linear | None = None) -> PromptedModel:
-    """The prompted model for `backbone`'s kind (a causal LM gets the plain `PromptedModel`)."""
-    kind = getattr(backbone, "kind", BackboneKind.CAUSAL_LM)
-    if kind is BackboneKind.ENCODER:
-        if not labels:
-            raise ConfigError(f"backbone '{backbone.name}' is an encoder without a vocabulary head: it classifies "
-                              f"(--task classification) through a trained head")
-        return EncoderClassifier(backbone, prompt, template, labels, max_length=max_length, pooling=pooling,
-                                 head=head)
-    if kind is BackboneKind.MASKED_LM:
-        return MaskedLMPromptedModel(backbone, prompt, template, verbalizer, max_length=max_length)
-    if kind is BackboneKind.SEQ2SEQ:
-        return Seq2SeqPromptedModel(backbone, prompt, template, verbalizer, max_length=max_length)
-    return PromptedModel(backbone, prompt, template, verbalizer, max_length=max_length)
+def assemble_encoder(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None, *,
+                     labels: Sequence[str] | None = None, max_length: int = 128, pooling: str = "mean",
+                     head: nn.Linear | None = None) -> EncoderClassifier:
+    """An encoder without a vocabulary head classifies through a trained head (the verbaliser is not used)."""
+    if not labels:
+        raise ConfigError(f"backbone '{backbone.name}' is an encoder without a vocabulary head: it classifies "
+                          f"(--task classification) through a trained head")
+    return EncoderClassifier(backbone, prompt, template, labels, max_length=max_length, pooling=pooling, head=head)
 
 
-def head_from_tensors(tensors: Mapping[str, torch.Tensor]) -> nn.Linear | None:
-    """The saved classification head of a prompt file, if it has one."""
-    return linear_head(tensors)
+def assemble_masked_lm(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None,
+                       **_: Any) -> MaskedLMPromptedModel:
+    return MaskedLMPromptedModel(backbone, prompt, template, verbalizer, max_length=_.get("max_length", 128))
 
 
-__all__ = ["EncoderClassifier", "MaskedLMPromptedModel", "Seq2SeqPromptedModel", "head_from_tensors",
-           "prompted_model", "right_pad"]
+def assemble_seq2seq(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None,
+                     **_: Any) -> Seq2SeqPromptedModel:
+    return Seq2SeqPromptedModel(backbone, prompt, template, verbalizer, max_length=_.get("max_length", 128))
+
+
+__all__ = ["EncoderClassifier", "MaskedLMPromptedModel", "Seq2SeqPromptedModel", "assemble_encoder",
+           "assemble_masked_lm", "assemble_seq2seq", "right_pad"]

@@ -17,6 +17,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...frozen import FrozenBackbone
 from ...protocols import BackboneKind
+from ..loading import from_pretrained, refuse_quantisation
 
 VISION_MODEL_TYPES = ("vit",)
 
@@ -93,3 +94,17 @@ class VisionBackbone(FrozenBackbone):
 
     def kv_layout(self) -> Any:
         raise ConfigError("deep prompts for vision models are VPT-deep: --vpt-deep, not --method deep")
+
+
+def detect(config: Any) -> bool:
+    return config.model_type in VISION_MODEL_TYPES
+
+
+def load(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.device | str,
+         load_in: str | None = None) -> VisionBackbone:
+    from transformers import AutoModel  # start-up time
+
+    refuse_quantisation(load_in, BackboneKind.VISION.value)
+    model = from_pretrained(AutoModel.from_pretrained, folder, name, BackboneKind.VISION.value, dtype=dtype,
+                            add_pooling_layer=False)
+    return VisionBackbone.from_folder(model.to(device), folder, name)

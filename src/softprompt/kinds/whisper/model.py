@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ...config import TrainConfig
+from ...data import TaskData
 from ...errors import ConfigError
 from ...prompts import VOCAB_SAMPLE_TOP, SoftPrompt
 from ...scoring import backbone_autocast, token_log_likelihood
@@ -82,7 +84,7 @@ class SpeechPromptedModel(PromptedClassifier):
 
     @property
     def field(self) -> str:
-        return self.template.input_fields[0]
+        return self.spec.input_fields[0]
 
     def inputs(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if rows and "encoder_states" in rows[0]:
@@ -142,11 +144,8 @@ class SpeechPromptedModel(PromptedClassifier):
     def class_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.word_scores(batch)
 
-    def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def extra_metadata(self) -> dict[str, Any]:
-        return {"speech": {"decoder_tokens": self.decoder_tokens, "encoder_tokens": self.encoder_tokens,
+    def file_metadata(self) -> dict[str, Any]:
+        return {**super().file_metadata(), "speech": {"decoder_tokens": self.decoder_tokens, "encoder_tokens": self.encoder_tokens,
                            "label_words": dict(self.label_words), "field": self.field,
                            "decoder_prefix_ids": list(self.backbone.decoder_prefix_ids),
                            "sample_rate": self.backbone.sample_rate}}
@@ -161,14 +160,12 @@ def speech_model_from_file(backbone: Any, tensors: Mapping[str, torch.Tensor], m
                                label_words=speech.get("label_words"), field=speech.get("field", "audio"))
 
 
-def build_speech_model(config, backbone: Any, task) -> SpeechPromptedModel:
+def build_speech_model(config: TrainConfig, backbone: Any, task: TaskData) -> SpeechPromptedModel:
     """The model `softprompt train` builds for a speech backbone: `--num-virtual-tokens` decoder tokens (default
     10) and `encoder_prompt_tokens` encoder tokens (default 0), label words from the labels."""
     if task.labels is None:
         raise ConfigError("a speech backbone classifies here: give an audio classification dataset")
-    if config.init_from:
-        raise ConfigError("--init-from is not implemented for speech prompts")
-    encoder_tokens = int(getattr(config, "encoder_prompt_tokens", 0) or 0)
+    encoder_tokens = config.encoder_prompt_tokens
     generator = torch.Generator().manual_seed(config.seed)
     prompt = SpeechPromptedModel.initial_prompt(backbone, config.num_virtual_tokens or 10,
                                                 encoder_tokens=encoder_tokens, generator=generator)

@@ -1,0 +1,80 @@
+"""Loading a Hugging Face folder for a kind: its config, its weights (optionally quantised), clear errors.
+
+transformers is imported inside these functions: `import softprompt` (and the CLI's `--help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..cache import quiet_transformers
+from ..errors import BackboneError
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
+def read_config(folder: str | Path, name: str) -> Any:
+    """The folder's transformers config, or a `BackboneError` naming `--model`."""
+    from transformers import AutoConfig  # start-up time
+
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"--model {name}: could not read its config ({_first_line(exc)})") from exc
+
+
+def from_pretrained(load: Callable[..., Any], folder: str | Path, name: str, kind: str, **kwargs: Any) -> Any:
+    """`load(folder, **kwargs)` quietly; an unreadable folder (OSError: the cause is kept, so that a damaged
+    built-in cache can be rebuilt) or an unsupported model (ValueError) becomes a `BackboneError`."""
+    try:
+        with quiet_transformers():
+            return load(folder, **kwargs)
+    except OSError as exc:
+        raise BackboneError(f"--model {name}: could not load ({_first_line(exc)})") from exc
+    except ValueError as exc:
+        raise BackboneError(f"--model {name}: not a {kind} model this version can load "
+                            f"({_first_line(exc)})") from exc
+
+
+def load_text_model(auto: Any, folder: str | Path, name: str, kind: str, *, dtype: torch.dtype,
+                    device: torch.device | str, load_in: str | None, **extra: Any) -> tuple[Any, Any]:
+    """(model on `device`, tokenizer) of a text kind; `load_in` quantises with bitsandbytes."""
+    from transformers import AutoTokenizer  # start-up time
+
+    if load_in is not None:
+        extra["quantization_config"] = quantization_config(load_in, dtype, device)
+        extra["device_map"] = {"": str(torch.device(device))}
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, folder, name, kind)
+    model = from_pretrained(auto.from_pretrained, folder, name, kind, dtype=dtype, **extra)
+    if load_in is None:
+        model = model.to(device)  # a quantised model is placed by its loader and cannot move
+    return model, tokenizer
+
+
+def refuse_quantisation(load_in: str | None, kind: str) -> None:
+    if load_in is not None:
+        raise BackboneError(f"--load-in {load_in}: quantised loading is implemented for text backbones; this is a "
+                            f"{kind} backbone (drop --load-in)")
+
+
+def quantization_config(load_in: str, dtype: torch.dtype, device: torch.device | str):
+    """transformers' BitsAndBytesConfig for `--load-in 8bit|4bit`, or a clear error where it cannot run."""
+
+    if load_in not in ("8bit", "4bit"):
+        raise BackboneError(f"--load-in {load_in!r}: choose 8bit or 4bit")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BackboneError(f"--load-in {load_in} needs bitsandbytes: pip install bitsandbytes (and a CUDA GPU)")
+    if torch.device(device).type != "cuda":
+        raise BackboneError(f"--load-in {load_in} quantises on a CUDA GPU; this run is on {device} (use --device cuda)")
+    from transformers import BitsAndBytesConfig  # optional: only for --load-in
+
+    if load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16)
