@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 import torch
-from tiny import tiny_tokenizer
+from tiny import tiny_speech_backbone
 
 from softprompt.formats import read_prompt_tensors, save_prompt
 from softprompt.kinds import load_prompted_model
-from softprompt.kinds.whisper.backbone import SpeechBackbone
 from softprompt.kinds.whisper.model import SpeechPromptedModel, speech_model_from_file
 from softprompt.prompts import SoftPrompt
 from softprompt.protocols import BackboneKind
@@ -55,20 +54,7 @@ def test_converted_whisper_tiny_en_transcribes_synthetic_speech():
 
 @pytest.fixture(scope="module")
 def backbone():
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    tokenizer = tiny_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|startoftranscript|>", "<|notimestamps|>"]})
-    sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-    torch.manual_seed(0)
-    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2,
-                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                           max_source_positions=50, max_target_positions=64, pad_token_id=tokenizer.pad_token_id,
-                           bos_token_id=sot, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=sot,
-                           suppress_tokens=[], begin_suppress_tokens=[])
-    model = WhisperForConditionalGeneration(config).eval()
-    extractor = WhisperFeatureExtractor(feature_size=8, chunk_length=1)  # 1 s windows: 100 frames -> 50 positions
-    return SpeechBackbone(model, tokenizer, extractor, name="tiny-whisper")
+    return tiny_speech_backbone()
 
 
 def _rows(n=4, seed=0):

@@ -120,3 +120,23 @@ def tiny_vision_backbone(seed: int = 0):
     from softprompt.kinds.vit.backbone import VisionBackbone
 
     return VisionBackbone(tiny_vit(seed), name="tiny-vit", image_mean=(0.5,), image_std=(0.5,))
+
+
+def tiny_speech_backbone():
+    """A tiny random Whisper (8 mel bins, 1 s windows) on the tiny vocabulary."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    from softprompt.kinds.whisper.backbone import SpeechBackbone
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|startoftranscript|>", "<|notimestamps|>"]})
+    sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                           max_source_positions=50, max_target_positions=64, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=sot, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=sot,
+                           suppress_tokens=[], begin_suppress_tokens=[])
+    model = WhisperForConditionalGeneration(config).eval()
+    extractor = WhisperFeatureExtractor(feature_size=8, chunk_length=1)  # 1 s windows: 100 frames -> 50 positions
+    return SpeechBackbone(model, tokenizer, extractor, name="tiny-whisper")

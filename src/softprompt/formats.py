@@ -22,7 +22,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import IncompatiblePromptError, PromptFileError
 from .prompts import TENSOR_NAMES, PromptMethod
-from .protocols import Backbone, PromptedTask
+from .protocols import Backbone, BackboneKind, PromptedTask
 
 TENSOR_NAME = "prompt_embeddings"
 FORMAT_NAME = "softprompt"
@@ -102,8 +102,12 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         raise PromptFileError(f"{path}: not a softprompt file (no softprompt metadata)")
     try:
         meta = json.loads(header[FORMAT_NAME])
+        if not isinstance(meta, dict) or not isinstance(meta.get("backbone"), dict):
+            raise ValueError("the metadata must be a JSON object with a 'backbone' object")
+        meta["backbone"].setdefault("kind", BackboneKind.CAUSAL_LM.value)  # files from before other kinds existed
+        BackboneKind(meta["backbone"]["kind"])
         method = PromptMethod(meta.get("method", "prompt"))
-    except (KeyError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+    except (KeyError, ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         raise PromptFileError(f"{path}: damaged metadata ({exc})") from None
     missing = [name for name in TENSOR_NAMES[method] if name not in tensors]
     if missing:
@@ -117,12 +121,16 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     names = [*names, *(n for n in tensors if n.startswith("head.") and n not in names)]  # an encoder's head
     if meta.get("head") and not {"head.weight", "head.bias"} <= set(tensors):
         raise PromptFileError(f"{path}: metadata names a classification head but the file has no head tensors")
-    return {name: tensors[name].to(torch.float32) for name in names}, meta
+    out = {name: tensors[name].to(torch.float32) for name in names}
+    broken = [name for name, tensor in out.items() if not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise PromptFileError(f"{path}: tensor(s) {broken} hold NaN or infinite values; retrain or restore the file")
+    return out, meta
 
 
 def check_compatible(meta: dict[str, Any], backbone: Backbone, path: str | Path = "prompt") -> None:
     """Refuse a prompt trained on another backbone: hidden size and weight fingerprint must match."""
-    expected = meta.get("backbone", {})
+    expected = meta["backbone"]  # read_prompt_tensors checked that it is an object
     if expected.get("hidden_size") != backbone.hidden_size:
         raise IncompatiblePromptError(
             f"{path} was trained on '{expected.get('name')}' (hidden size {expected.get('hidden_size')}); the loaded "

@@ -137,3 +137,15 @@ class PromptedTask(Protocol):
 
     def file_tensors(self) -> dict[str, torch.Tensor]:
         """Every trained tensor (the prompt's and a head's), CPU fp32, by the name the file stores it under."""
+
+
+@runtime_checkable
+class ServedTask(PromptedTask, Protocol):
+    """A prompted task a server holds (its kind has `Capability.SERVE`): inputs are text fields."""
+
+    def widen_for_inputs(self, max_input_tokens: int) -> None:
+        """Let every input field hold `max_input_tokens` tokens before anything is cut (as far as the backbone's
+        positions allow)."""
+
+    def row_columns(self, fields: Mapping[str, str]) -> int:
+        """Backbone columns one row of these fields costs (the batcher's budget)."""

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..kinds import kind_of
+from ..protocols import Capability
 from . import app
 from .common import load_for_inference
 
@@ -41,6 +43,7 @@ def explain(
     if project and not data:
         raise ConfigError("--project evaluates the hard prompt on a dataset: add --data NAME_OR_FOLDER")
     model, meta = load_for_inference(prompts[0], None, precision, device)
+    kind_of(model).require(Capability.EXPLAIN, str(prompts[0]))
     if len(prompts) == 2:
         from ..kinds import load_prompted_model
 

@@ -15,9 +15,10 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import ConfigError, SoftPromptError
-from ..kinds import load_prompted_model
-from ..protocols import Backbone, PromptedTask, TaskType
-from .batch import Classification, Generation, Request, run_batch
+from ..kinds import kind_of, load_prompted_model
+from ..protocols import Backbone, Capability, PromptedTask, TaskType
+from .batch import Classification, Generation, Request
+from .engine import run_requests
 
 
 class UnknownPromptError(SoftPromptError, KeyError):
@@ -36,6 +37,7 @@ class PromptBank:
     """
 
     def __init__(self, backbone: Backbone) -> None:
+        kind_of(backbone).require(Capability.SERVE, f"--model {backbone.name}")
         self.backbone = backbone
         self._models: dict[str, PromptedTask] = {}
         self._lock = threading.Lock()
@@ -46,6 +48,7 @@ class PromptBank:
         model = load_prompted_model(prompt, self.backbone) if isinstance(prompt, (str, Path)) else prompt
         if model.backbone is not self.backbone:
             raise ConfigError(f"prompt '{name}' is bound to another backbone object than this bank's")
+        kind_of(model).require(Capability.SERVE, f"prompt '{name}'")
         model.eval()
         with self._lock:  # a swap replaces the entry whole: requests already holding the old model finish on it
             self._models[name] = model
@@ -77,8 +80,8 @@ class PromptBank:
 
     # ---- mixed-prompt batches -----------------------------------------------------------------------------
     def run(self, requests: Sequence[Request]) -> list[Classification | Generation]:
-        """Classification and generation rows of any prompts in one batch (see `inference.batch`)."""
-        return run_batch(self.backbone, requests)
+        """Classification and generation rows of any prompts in one batch (see `inference.engine`)."""
+        return run_requests(self.backbone, requests)
 
     def classify(self, requests: Sequence[tuple[str, Mapping[str, str] | str]]) -> list[Classification]:
         """Classify rows of possibly different prompts in one backbone pass; results in request order."""

@@ -23,6 +23,7 @@ from ..config import TrainConfig
 from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import check_compatible, read_prompt_tensors
+from ..frozen import FrozenBackbone
 from ..prompts import PromptMethod
 from ..protocols import Backbone, BackboneKind, Capability, PromptedTask, TaskType
 from .causal_lm import backbone as causal_lm_backbone
@@ -105,7 +106,7 @@ def detect_kind(config: Any) -> BackboneKind:
 
 def kind_of(subject: Backbone | PromptedTask) -> Kind:
     """The table entry of a backbone or of a prompted model's backbone."""
-    backbone = subject.backbone if isinstance(subject, PromptedTask) else subject
+    backbone = subject if isinstance(subject, FrozenBackbone) else subject.backbone
     return KINDS[backbone.kind]
 
 

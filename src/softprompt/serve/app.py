@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..inference.batch import Generation, Request, fields_of
-from ..protocols import PromptedTask, TaskType
+from ..kinds import kind_of
+from ..protocols import Capability, ServedTask, TaskType
 from .batcher import DynamicBatcher, Work
 from .directory import PromptDirectory, check_name
 from .metrics import Metrics
@@ -72,11 +73,9 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
 def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = ServeSettings()) -> FastAPI:
     metrics = Metrics()
 
-    def prepare(model: PromptedTask) -> None:
-        # Widen each prompt's context so that no input the server accepts is cut.
-        fields = model.input_fields
-        overhead = len(model.encoder.encode({f: "" for f in fields}).input_ids) + model.max_word_tokens
-        model.widen_context(settings.max_input_tokens * max(1, len(fields)) + overhead)
+    def prepare(model: ServedTask) -> None:
+        kind_of(model).require(Capability.SERVE, "this server")  # before anything reads text-model parts
+        model.widen_for_inputs(settings.max_input_tokens)  # no input the server accepts is cut
 
     directory = PromptDirectory(bank, prompts, prepare=prepare)
     directory.scan()
@@ -160,7 +159,8 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
 
     @app.get("/v1/prompts")
     def list_prompts() -> dict[str, Any]:
-        return {"object": "list", "data": [_describe(name, bank.get(name)) for name in bank.names()]}
+        return {"object": "list", "data": [_describe(name, bank.get(name)) for name in bank.names()],
+                "not_loaded": directory.not_loaded()}
 
     @app.post("/v1/prompts", status_code=201, dependencies=[Depends(require_admin)])
     async def upload_prompt(request: HttpRequest, name: str) -> JSONResponse:
@@ -248,14 +248,14 @@ def _version() -> str:
     return __version__
 
 
-def _describe(name: str, model: PromptedTask) -> dict[str, Any]:
+def _describe(name: str, model: ServedTask) -> dict[str, Any]:
     return {"name": name, "object": "prompt", "task": model.task.value,
             "labels": list(model.labels) if model.task is TaskType.CLASSIFICATION else None,
             "num_virtual_tokens": model.prompt.num_virtual_tokens, "template": model.template_source,
             "backbone": model.backbone.name}
 
 
-def _check_inputs(model: PromptedTask, inputs: list, settings: ServeSettings) -> None:
+def _check_inputs(model: ServedTask, inputs: list, settings: ServeSettings) -> None:
     if len(inputs) > settings.max_inputs:
         raise ApiError(413, f"{len(inputs)} inputs in one request; the limit is {settings.max_inputs} "
                             "(--max-inputs): split the request", "request_too_large")
@@ -275,7 +275,7 @@ def _submit(batcher: DynamicBatcher, requests: list[Request], stream: asyncio.Qu
         if stream is not None:
             req.on_text = lambda text, i=index: loop.call_soon_threadsafe(stream.put_nowait, (i, text))
         model = req.model
-        columns = len(model.encoder.encode(fields_of(model, req.inputs)).input_ids) - model.prompt_prefix_length
+        columns = model.row_columns(fields_of(model, req.inputs))
         works.append(Work(req, loop, loop.create_future(), stream, index, columns))
     batcher.submit(works)
     return works

@@ -3,7 +3,7 @@
 Requests enqueue rows (one `Request` each) from the event loop; one worker thread owns the backbone. It waits
 until the oldest row has waited `wait_ms` (or a batch is full), takes up to `max_rows` rows -- of any prompts,
 or with `mix_prompts=False` only rows of the oldest row's prompt (the one-prompt-at-a-time baseline) -- runs
-them with `run_batch`, and hands each result back to its request's event loop. A row holds the model object
+them with `run_requests`, and hands each result back to its request's event loop. A row holds the model object
 it was resolved to, so replacing or deleting a prompt never fails a request already queued.
 """
 
@@ -18,7 +18,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..inference.batch import Request, run_batch
+from ..inference.batch import Request
+from ..inference.engine import run_requests
 from ..protocols import Backbone
 from .metrics import Metrics
 
@@ -138,7 +139,7 @@ class DynamicBatcher:
     def _run(self, batch: list[Work]) -> None:
         started = time.perf_counter()
         try:
-            outcomes = [(result, None) for result in run_batch(self.backbone, [w.request for w in batch])]
+            outcomes = [(result, None) for result in run_requests(self.backbone, [w.request for w in batch])]
         except Exception:  # noqa: BLE001 -- isolate the failing rows: run each alone
             log.exception("a batch of %d rows failed; running its rows one by one", len(batch))
             outcomes = [self._alone(w) for w in batch]
@@ -153,6 +154,6 @@ class DynamicBatcher:
 
     def _alone(self, work: Work) -> tuple[Any, BaseException | None]:
         try:
-            return run_batch(self.backbone, [work.request])[0], None
+            return run_requests(self.backbone, [work.request])[0], None
         except Exception as exc:  # noqa: BLE001 -- handed to the request that caused it
             return None, exc

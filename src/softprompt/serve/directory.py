@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, SoftPromptError
+from ..errors import ConfigError, PromptFileError, SoftPromptError
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..kinds import load_prompted_model
 from ..protocols import PromptedTask
@@ -43,7 +43,7 @@ class PromptDirectory:
             raise ConfigError(f"--prompts {self.folder}: no such folder; create it or point to your prompt files")
         self.prepare = prepare
         self._known: dict[str, tuple[int, int]] = {}      # name -> (mtime_ns, size) of the file being served
-        self._failed: dict[str, tuple[int, int]] = {}
+        self._failed: dict[str, tuple[tuple[int, int], str]] = {}  # name -> (stat of the file, why it is not served)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,9 +57,22 @@ class PromptDirectory:
         return st.st_mtime_ns, st.st_size
 
     def _load(self, name: str, path: Path) -> PromptedTask:
-        model = load_prompted_model(path, self.bank.backbone)
-        self.prepare(model)
+        """Load and prepare one file. Whatever a file holds, the only error that leaves is a `SoftPromptError`
+        (a crafted or damaged file must never stop a scan or answer 500)."""
+        try:
+            model = load_prompted_model(path, self.bank.backbone)
+            self.prepare(model)
+        except SoftPromptError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- any other failure is still this file's fault
+            log.exception("prompt file %s could not be loaded", path)
+            raise PromptFileError(f"{path.name}: not a usable prompt file ({exc.__class__.__name__}: {exc})") from exc
         return model
+
+    def not_loaded(self) -> list[dict[str, str]]:
+        """Files in the folder that are not served, each with the reason."""
+        with self._lock:
+            return [{"name": name, "reason": reason} for name, (_, reason) in sorted(self._failed.items())]
 
     def scan(self) -> dict[str, list[str]]:
         """Bring the bank in step with the folder once; returns the names added, replaced, removed and failed."""
@@ -75,17 +88,19 @@ class PromptDirectory:
                 if name in self.bank:
                     self.bank.remove(name)
                 report["removed"].append(name)
+            for name in [n for n in self._failed if n not in present]:
+                self._failed.pop(name)
             for name, path in present.items():
                 try:
                     stat = self._stat(path)
                 except FileNotFoundError:
                     continue
-                if self._known.get(name) == stat or self._failed.get(name) == stat:
+                if self._known.get(name) == stat or self._failed.get(name, (None, ""))[0] == stat:
                     continue
                 try:
                     model = self._load(name, path)
                 except SoftPromptError as exc:
-                    self._failed[name] = stat
+                    self._failed[name] = (stat, str(exc))
                     log.warning("prompt file %s not served: %s", path, exc)
                     report["failed"].append(name)
                     continue

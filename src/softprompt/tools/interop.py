@@ -22,15 +22,17 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError, PromptFileError
 from ..formats import read_prompt_file, read_prompt_tensors, save_prompt
+from ..kinds import KINDS
 from ..kinds.causal_lm.model import PromptedModel
 from ..prompts import SoftPrompt
-from ..protocols import Backbone
+from ..protocols import Backbone, BackboneKind, Capability
 from ..template import Placement, Template, build_template
 from ..verbalizer import Verbalizer
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 OUR_METADATA = "softprompt.json"
+EXPORT_FILES = {PEFT_CONFIG, PEFT_WEIGHTS, OUR_METADATA, "README.md"}
 
 
 def peft_template_body(template: Template) -> str:
@@ -42,9 +44,28 @@ def peft_template_body(template: Template) -> str:
     return template.source[template.source.index("]") + 1:]
 
 
-def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name_or_path: str | None = None) -> Path:
-    """Write a PEFT prompt-tuning adapter folder for a prefix prompt file (atomically: temp folder, rename)."""
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse to write over anything a user owns: a file, a non-empty folder (unless `overwrite`), and with
+    `overwrite` a folder holding anything but a previous export's files."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; give a folder name for the adapter")
+    if out.is_dir() and any(out.iterdir()):
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+        if foreign:
+            raise ConfigError(f"{out} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; "
+                              f"export into a new or empty folder (nothing was written)")
+        if not overwrite:
+            raise ConfigError(f"{out} already holds an exported adapter; pass --overwrite to replace it")
+
+
+def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name_or_path: str | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a PEFT prompt-tuning adapter folder for a prefix prompt file (atomically: temp folder, rename).
+    A non-empty target is refused unless it holds only a previous export and `overwrite` is set."""
+    out = Path(out_dir)
+    _check_target(out, overwrite)
     _, meta = read_prompt_tensors(prompt_path)
+    KINDS[BackboneKind(meta["backbone"]["kind"])].require(Capability.PEFT_EXPORT, str(prompt_path))
     if meta.get("method", "prompt") != "prompt":
         raise ConfigError(f"{prompt_path} is a {meta.get('method')} prompt; PEFT export covers prompt tuning "
                           "(--method prompt)")
@@ -59,16 +80,19 @@ def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name
         "tokenizer_name_or_path": None, "tokenizer_kwargs": None, "modules_to_save": None, "revision": None,
         "base_model_name_or_path": base_model_name_or_path or backbone.get("name"), "auto_mapping": None,
     }
-    out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (staging / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
         save_file({"prompt_embeddings": embeddings.contiguous()}, str(staging / PEFT_WEIGHTS))
         (staging / OUR_METADATA).write_text(json.dumps({**meta, "peft_input_template": body}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        if out.exists():  # empty, or only a previous export's files (checked above): put it aside, then drop it
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "adapter")
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -103,6 +103,18 @@ class PromptedModel(nn.Module):
         """The same task (template, verbaliser, length) with another prompt (explain's hard-prompt projection)."""
         return type(self)(self.backbone, prompt, self.template, self.verbalizer, max_length=self.max_length)
 
+    def widen_for_inputs(self, max_input_tokens: int) -> None:
+        fields = self.input_fields
+        overhead = len(self.encoder.encode({f: "" for f in fields}).input_ids) + self.max_word_tokens
+        self.widen_context(min(max_input_tokens * max(1, len(fields)) + overhead, self.position_limit()))
+
+    def position_limit(self) -> int:
+        """Most tokens a row may hold: a causal LM's rotary positions have no hard limit here."""
+        return 1 << 30
+
+    def row_columns(self, fields: Mapping[str, str]) -> int:
+        return len(self.encoder.encode(fields).input_ids) - self.prompt_prefix_length
+
     def widen_context(self, max_length: int) -> "PromptedModel":
         """Let contexts grow to `max_length` tokens before inputs are cut (never narrows). A server widens
         its prompts so that no input it accepts is truncated; returns self."""
@@ -395,7 +407,7 @@ class PromptedModel(nn.Module):
         for start in range(0, len(rows), batch_size):
             batch = self.make_batch(rows[start:start + batch_size], label_field=None)
             batch = {k: v.to(self.backbone.device) for k, v in batch.items()}
-            labels += [self.verbalizer.labels[i] for i in self.class_scores(batch).argmax(-1).tolist()]
+            labels += [self.labels[i] for i in self.class_scores(batch).argmax(-1).tolist()]
         return labels
 
     # ---- loss ----------------------------------------------------------------------------------------------

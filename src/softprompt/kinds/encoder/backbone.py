@@ -38,6 +38,11 @@ class _FrozenHFBackbone(FrozenBackbone):
         config = self.model.config
         return int(getattr(config, "hidden_size", None) or getattr(config, "d_model"))
 
+    @property
+    def max_positions(self) -> int:
+        """Learned absolute positions end at `max_position_embeddings`; relative ones (T5) have no limit."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 1 << 30)  # names vary by model
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
 

@@ -64,6 +64,14 @@ class _Bidirectional(PromptedModel):
         self.split_frozen_input = False  # every position attends to the prompt: nothing runs ahead of it
         self.use_prompt_cache = False
 
+    def position_limit(self) -> int:
+        """Learned absolute positions (BERT, BART) end at `max_position_embeddings`; keep room for the special
+        tokens this kind adds around the context."""
+        return self.backbone.max_positions - 4
+
+    def row_columns(self, fields: Mapping[str, str]) -> int:
+        return len(self.encoder.encode(fields).input_ids) + 3  # nothing is cached: every column runs
+
     def _targets(self, examples, label_field, batch: dict) -> dict:
         if examples and label_field is not None and label_field in examples[0]:
             batch["targets"] = torch.tensor([self.labels.index(str(ex[label_field])) for ex in examples])
@@ -231,6 +239,25 @@ class Seq2SeqPromptedModel(_Bidirectional):
             out = self.backbone.model.generate(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
                                                max_new_tokens=max_new_tokens, do_sample=False)
         return [t.strip() for t in self.backbone.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate_one(self, row: Mapping[str, Any], *, max_new_tokens: int = 32,
+                     stop: Sequence[str] = ()) -> tuple[str, str, int, int]:
+        """Greedy answer for one row, cut at the first stop string: (text, finish reason `stop` or `length`,
+        encoder tokens, generated tokens) -- what a server's completion reports."""
+        encoded = self._encoder_rows([row])
+        batch = {k: v.to(self.backbone.device) for k, v in right_pad(encoded, self.encoder.pad_id).items()}
+        with self._autocast():
+            out = self.backbone.model.generate(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
+                                               max_new_tokens=max_new_tokens, do_sample=False)
+        special = set(self.backbone.tokenizer.all_special_ids)
+        ids = [t for t in out[0].tolist() if t not in special]
+        text = self.backbone.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        finish = "stop" if self.backbone.tokenizer.eos_token_id in out[0].tolist()[1:] else "length"
+        cuts = [text.index(s) for s in stop if s and s in text]
+        if cuts:
+            text, finish = text[:min(cuts)], "stop"
+        return text, finish, len(encoded[0].input_ids), len(ids)
 
 
 def assemble_encoder(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None, *,

@@ -1,0 +1,73 @@
+"""Which path runs a request: the kind table decides.
+
+Prompts of a kind that can share a backbone pass with other prompts (`Capability.MIXED_BATCH`: causal LMs) run
+together through `inference.batch`. Every other servable text kind (masked LM, encoder with a head,
+encoder-decoder) runs each prompt's rows as one batch of its own, through the same `make_batch` /
+`class_scores` that `evaluate` and `softprompt predict` use, so its scores equal theirs. Results come back in
+request order whatever path each row took.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..kinds import kind_of
+from ..protocols import Backbone, Capability, TaskType
+from .batch import Classification, Generation, Request, fields_of, run_batch
+
+
+@torch.no_grad()
+def run_requests(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:
+    """Run requests of any servable prompts on `backbone`; results in request order."""
+    mixed = [i for i, req in enumerate(requests) if kind_of(req.model).can(Capability.MIXED_BATCH)]
+    if len(mixed) == len(requests):
+        return run_batch(backbone, requests)
+    results: list[Classification | Generation | None] = [None] * len(requests)
+    for i, result in zip(mixed, run_batch(backbone, [requests[i] for i in mixed])):
+        results[i] = result
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, req in enumerate(requests):
+        if i not in set(mixed):
+            groups.setdefault((id(req.model), req.task), []).append(i)
+    for indices in groups.values():
+        for i, result in zip(indices, _run_one_prompt(backbone, [requests[i] for i in indices])):
+            results[i] = result
+    return results  # type: ignore[return-value]
+
+
+def _run_one_prompt(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:
+    """Rows of one prompt and one task, as one batch of that prompt alone."""
+    model = requests[0].model
+    if model.backbone is not backbone:
+        raise ConfigError("every request's prompt must be bound to the batch's backbone")
+    kind = kind_of(model)
+    kind.require(Capability.SERVE, f"backbone '{backbone.name}'")
+    rows = [dict(fields_of(model, req.inputs)) for req in requests]
+    if requests[0].task == "classify":
+        if model.task is not TaskType.CLASSIFICATION:
+            raise ConfigError("a generation prompt cannot classify; send it a completion request")
+        batch = {k: v.to(backbone.device) for k, v in model.make_batch(rows, label_field=None).items()}
+        scores = model.class_scores(batch).float().cpu()
+        labels = model.labels
+        return [Classification(labels[int(s.argmax())], {label: float(v) for label, v in zip(labels, s)})
+                for s in scores]
+    kind.require(Capability.GENERATE, f"backbone '{backbone.name}'")
+    if model.task is not TaskType.GENERATION:
+        raise ConfigError("a classification prompt cannot generate; send it a classify request")
+    out = []
+    for req, row in zip(requests, rows):  # settings differ per request
+        if req.temperature > 0:
+            raise ConfigError(f"temperature {req.temperature}: a {kind.name.value} prompt decodes greedily here; "
+                              f"send temperature 0 (sampling is implemented for causal LMs)")
+        if req.max_new_tokens <= 0:
+            out.append(Generation("", "length", 0, 0))
+            continue
+        text, finish, prompt_tokens, completion_tokens = model.generate_one(row, max_new_tokens=req.max_new_tokens,
+                                                                            stop=req.stop)
+        if req.on_text is not None and text:
+            req.on_text(text)
+        out.append(Generation(text, finish, prompt_tokens, completion_tokens))
+    return out
