@@ -33,8 +33,8 @@ import torch.nn.functional as F
 import softprompt as sp
 from softprompt.evaluation import evaluate
 from softprompt.formats import read_prompt_tensors
+from softprompt.training.loop import train_multitask
 from softprompt.training.methods import build_method
-from softprompt.training.multitask import train_multitask
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("runs/bench_transfer")

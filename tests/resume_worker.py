@@ -14,6 +14,7 @@ import softprompt.training.checkpoint as checkpoint
 from softprompt import TrainConfig
 from softprompt.kinds.causal_lm.model import PromptedModel
 from softprompt.training import train
+from softprompt.training.multitask import MultitaskModel
 
 mode, config = sys.argv[1], json.loads(sys.argv[2])
 if mode == "slow":
@@ -24,6 +25,13 @@ if mode == "slow":
         return original_loss(self, batch)
 
     PromptedModel.loss = slow_loss
+    original_multitask_loss = MultitaskModel.loss
+
+    def slow_multitask_loss(self, batch):
+        time.sleep(0.05)
+        return original_multitask_loss(self, batch)
+
+    MultitaskModel.loss = slow_multitask_loss
 elif mode == "hang-in-write":
     original_save, calls = checkpoint.torch.save, {"n": 0}
 

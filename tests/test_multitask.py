@@ -11,8 +11,8 @@ from softprompt.cli import main
 from softprompt.errors import SoftPromptError
 from softprompt.formats import read_prompt_tensors
 from softprompt.kinds import load_prompted_model
-from softprompt.training.loop import per_class
-from softprompt.training.multitask import parse_tasks, train_multitask
+from softprompt.training.loop import per_class, train_multitask
+from softprompt.training.multitask import parse_tasks
 
 TOPICS = [("the match ended in a draw", "sport"), ("a fine soup with bread", "food"),
           ("the striker scored twice", "sport"), ("fresh pasta and sauce", "food")]
@@ -110,7 +110,7 @@ def test_stage_one_distils_each_task_from_its_teacher(tmp_path, tiny_model_dir, 
     from softprompt.prompts import PromptInit, SoftPrompt, initial_embeddings
 
     tasks = f"senti={sentiment_dir},topic={topic_dir}"
-    stage1 = _config(tmp_path, tiny_model_dir, method="multitask", tasks=tasks, max_steps=3, eval_every=0)
+    stage1 = _config(tmp_path, tiny_model_dir, method="multitask", tasks=tasks, max_steps=3, eval_every=0, log_every=1)
     backbone = load_backbone(tiny_model_dir, dtype="fp32")
     start = initial_embeddings(PromptInit.VOCAB, 4, backbone.input_embedding_matrix(), backbone.tokenizer,
                                generator=torch.Generator().manual_seed(stage1.seed))
@@ -146,3 +146,51 @@ def test_stage_one_distils_each_task_from_its_teacher(tmp_path, tiny_model_dir, 
     assert main(["train", "--mpt-teachers", f"topic={trained}", "--data", str(topic_dir), "--model",
                  tiny_model_dir]) == 2
     assert "--mpt-teachers is for --method multitask" in capsys.readouterr().err
+
+
+def test_stage_one_resumes_after_kill_9_to_the_same_prompts(tmp_path, tiny_model_dir, sentiment_dir, topic_dir):
+    """Stage 1 runs through the training loop: a run killed mid-training resumes to the very same shared prompt,
+    task prompts and log as an uninterrupted run (and the divergence guard, accumulation and data parallelism
+    are the loop's too)."""
+    import os
+    import signal
+    import time
+
+    from resume_worker_client import start_worker
+
+    from softprompt.training import resume
+    from softprompt.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    tasks = f"senti={sentiment_dir},topic={topic_dir}"
+    common = dict(method="multitask", tasks=tasks, max_steps=16, eval_every=4, checkpoint_every=3, log_every=1,
+                  grad_accum=2)
+    reference = train_multitask(_config(tmp_path, tiny_model_dir, output=str(tmp_path / "reference"), **common),
+                                progress=False)
+    config = _config(tmp_path, tiny_model_dir, output=str(tmp_path / "killed"), **common)
+    proc = start_worker("slow", config)
+    checkpoint = tmp_path / "killed" / CHECKPOINT_NAME
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists() and load_checkpoint(config.output)["step"] >= 6:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 6 <= load_checkpoint(config.output)["step"] < 16
+    result = resume(config.output, progress=False)
+    assert result.steps == 16 and result.best_step == reference.best_step
+    for name in ("shared", "senti", "topic"):
+        a, b = (read_prompt_tensors(folder / f"{name}.safetensors")[0] for folder in (tmp_path / "killed",
+                                                                                      tmp_path / "reference"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+    def records(folder):  # without timings
+        def strip(value):
+            if isinstance(value, dict):
+                return {k: strip(v) for k, v in value.items() if k not in ("train_seconds", "seconds")}
+            return value
+
+        return [strip(json.loads(line)) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(tmp_path / "killed") == records(tmp_path / "reference")

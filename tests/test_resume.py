@@ -3,21 +3,18 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from resume_worker_client import start_worker
 from safetensors.torch import load_file
 
 from softprompt import TrainConfig
 from softprompt.cli import main
 from softprompt.training import resume, train
 from softprompt.training.checkpoint import CHECKPOINT_NAME, BatchStream, load_checkpoint
-
-WORKER = Path(__file__).parent / "resume_worker.py"
 
 
 def _config(tmp_path, model_dir, data_dir, name, **kw):
@@ -45,10 +42,7 @@ def _same_prompt(a, b):
 
 
 def _start(mode, config):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, str(WORKER), mode, json.dumps(config.to_dict())],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return start_worker(mode, config)
 
 
 def test_batch_stream_continues_from_its_state():

@@ -22,7 +22,8 @@ from .prompts import DeepPrompt, PromptInit, PromptMethod, SoftPrompt, initial_e
 from .protocols import Backbone, BackboneKind, TaskType
 from .template import Placement, Template, build_template
 from .training import TrainResult, train
-from .training.multitask import MultitaskResult, train_multitask
+from .training.loop import train_multitask
+from .training.multitask import MultitaskResult
 from .verbalizer import Verbalizer
 
 __all__ = [

@@ -111,6 +111,7 @@ class TrainConfig:
     epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps is set).")
     max_steps: int | None = _opt(None, "Optimiser steps; overrides --epochs.")
     max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).")
+    log_every: int = _opt(10, "Log the mean training loss (and the model's other figures) every K steps.")
     eval_every: int = _opt(100, "Evaluate on validation every K steps (0 = only at the end).")
     eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).")
     patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).")
@@ -152,6 +153,7 @@ class TrainConfig:
             (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
+            (self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
             (self.eval_every >= 0, f"--eval-every must be >= 0 (0 = off), got {self.eval_every}"),
             (self.eval_limit >= 0, f"--eval-limit must be >= 0 (0 = all), got {self.eval_limit}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),

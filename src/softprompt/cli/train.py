@@ -68,6 +68,7 @@ def train(
     epochs: Annotated[Optional[float], typer.Option(help=H("epochs") + "  [default: 1]")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help=H("max_steps"))] = None,
     max_length: Annotated[Optional[int], typer.Option(help=H("max_length") + "  [default: 128]")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help=H("log_every") + "  [default: 10]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=H("eval_every") + "  [default: 100]")] = None,
     eval_limit: Annotated[Optional[int], typer.Option(help=H("eval_limit") + "  [default: 500]")] = None,
     patience: Annotated[Optional[int], typer.Option(help=H("patience"))] = None,
@@ -112,7 +113,7 @@ def train(
             print(estimate_training_memory(cfg).table())
             return
         if cfg.method is PromptMethod.MULTITASK:
-            from ..training.multitask import train_multitask
+            from ..training.loop import train_multitask
 
             shared = train_multitask(cfg, progress=not quiet)
             print(json.dumps({"shared": str(shared.shared_path), "tasks": {k: str(v) for k, v in
@@ -128,3 +129,10 @@ def train(
 
     if PartialState().is_main_process:  # one summary under `accelerate launch`
         print(json.dumps(summary))
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every process leaves the group before exiting: a process that exits while another still holds the
+        # group's threads can abort at shutdown ("terminate called without an active exception").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

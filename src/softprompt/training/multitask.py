@@ -3,9 +3,11 @@
 Task k's prompt is P_k = P ∘ (U_k V_kᵀ): the shared prompt P [n, d] multiplied element-wise by a low-rank
 matrix (U_k [n, r], V_k [d, r]; r = 1 by default, starting as all ones so that P_k = P).
 
-- Stage 1, `train_multitask` (`softprompt train --method multitask --tasks rt=rotten_tomatoes,bbc=bbc_news`):
-  P and every source task's factor train together; each step mixes rows of every task (each task keeps its own
-  template and verbaliser) and the loss is the row-weighted mean over the tasks. Writes `shared.safetensors`
+- Stage 1 (`softprompt train --method multitask --tasks rt=rotten_tomatoes,bbc=bbc_news`, `train_multitask`):
+  P and every source task's factor train together through the one training loop (`multitask_job` makes the
+  `Job` it runs: so stage 1 has the divergence guard, `--resume`, gradient accumulation and data parallelism);
+  each step mixes rows of every task (each task keeps its own template and verbaliser) and the loss is the
+  row-weighted mean over the tasks. Writes `shared.safetensors`
   (P, the factors, and each task's template and labels) and one ordinary prompt file per source task.
 - Stage 2, `softprompt train --init-from shared.safetensors --data NEW ...`: a fresh factor for the new task;
   only the factor trains (n·r + d·r numbers: 596 for 20 tokens on SmolLM2), or factor and P with
@@ -20,18 +22,26 @@ matrix (U_k [n, r], V_k [d, r]; r = 1 by default, starting as all ones so that P
 from __future__ import annotations
 
 import json
-import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from ..config import TrainConfig
+from ..data import TaskData, load_task
 from ..errors import ConfigError
-from ..prompts import TaskPrompt
-from ..protocols import TaskType
+from ..evaluation import evaluate, primary_metric
+from ..formats import FORMAT_NAME, atomic_write, prompt_metadata, save_prompt
+from ..kinds import build_prompted_model, kind_of, load_prompted_model
+from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
+from ..prompts import PromptInit, TaskPrompt, initial_embeddings
+from ..protocols import Backbone, Capability, PromptedTask, TaskType
+from .checkpoint import BatchStream
+from .state import Job
 
 TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
@@ -83,8 +93,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def _load_teachers(teachers: dict[str, str], backbone, models: dict) -> dict:
-    from ..kinds import load_prompted_model
-
     loaded = {}
     for name, path in teachers.items():
         teacher = load_prompted_model(path, backbone)  # refuses another backbone with a one-line error
@@ -110,58 +118,95 @@ class MultitaskResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _save_shared(path: Path, shared: torch.Tensor, views: dict[str, TaskPrompt], models: dict, tasks: dict[str, str],
-                 training: dict) -> Path:
-    from safetensors.torch import save_file
-
-    from ..formats import FORMAT_NAME, atomic_write, prompt_metadata
-
-    first = next(iter(models.values()))
-    meta = prompt_metadata(first, init="multitask", training=training)
-    meta.update({"method": "multitask", "rank": next(iter(views.values())).rank, "template": None,
-                 "verbalizer": None, "labels": None,
-                 "tasks": {name: {"data": tasks[name], **m.file_metadata()} for name, m in models.items()}})
-    tensors = {"shared_prompt": shared.detach().to("cpu", torch.float32).contiguous()}
-    for name, view in views.items():
-        tensors[f"task_u.{name}"] = view.u.detach().to("cpu", torch.float32).contiguous()
-        tensors[f"task_v.{name}"] = view.v.detach().to("cpu", torch.float32).contiguous()
-    header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+TASK_FIELD = "__task__"  # the source task of a row in the mixed training rows
 
 
-def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=None, progress: bool = True,
-                    loaded: dict | None = None) -> MultitaskResult:
-    """Stage 1: the shared prompt and every source task's factor, from mixed-task steps.
+class MultitaskModel(nn.Module):
+    """Every source task's prompted model over one shared prompt: a batch of mixed rows in, the row-weighted
+    mean loss out (plus, for a task with a teacher, the distillation term)."""
 
-    `config` (a TrainConfig) gives the backbone, prompt length, init (`labels` starts the shared prompt from
-    frequent vocabulary tokens: the tasks' label words differ), lr, steps, batch size (rows per step, split
-    evenly over the tasks), validation and output folder. `loaded` may map task names to TaskData.
-    """
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+    task = TaskType.CLASSIFICATION
 
-    from ..data import load_task
-    from ..evaluation import evaluate, primary_metric
-    from ..formats import atomic_write, save_prompt
-    from ..hub import load_backbone, resolve_precision
-    from ..kinds import build_prompted_model
-    from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
-    from ..prompts import PromptInit, initial_embeddings
-    from .checkpoint import BatchStream
+    def __init__(self, models: dict[str, PromptedTask], shared: nn.Parameter, label_fields: dict[str, str],
+                 teachers: dict[str, PromptedTask], distill_weight: float, temperature: float) -> None:
+        super().__init__()
+        self.shared = shared
+        self.tasks = nn.ModuleDict(models)
+        self.label_fields = label_fields
+        self.teachers = teachers  # a plain dict: the teachers' prompts are not this model's parameters
+        self.distill_weight, self.temperature = distill_weight, temperature
 
-    tasks = tasks if tasks is not None else parse_tasks(config.tasks)
-    torch.manual_seed(config.seed)
-    data = dict(loaded or {})
-    for name, source in tasks.items():  # data first: a bad row is reported before the backbone loads
-        if name not in data:
-            data[name] = load_task(source)
+    def make_batch(self, rows: list[dict], label_field: str | None = None) -> dict[str, dict]:
+        """One batch per task present in `rows` (each through its task's own template and label field)."""
+        by_task: dict[str, list[dict]] = {}
+        for row in rows:
+            by_task.setdefault(row[TASK_FIELD], []).append(row)
+        batch = {}
+        for name, task_rows in by_task.items():
+            field = self.label_fields[name]
+            batch[name] = {"student": self.tasks[name].make_batch(task_rows, field)}
+            if name in self.teachers:
+                batch[name]["teacher"] = self.teachers[name].make_batch(task_rows, field)
+        return batch
+
+    def loss(self, batch: dict[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        rows = {name: int(parts["student"]["targets"].shape[0]) for name, parts in batch.items()}
+        total_rows = sum(rows.values())
+        total, correct, figures = 0.0, 0.0, {}
+        for name, parts in batch.items():
+            scores = self.tasks[name].class_scores(parts["student"])
+            loss = torch.nn.functional.cross_entropy(scores.float(), parts["student"]["targets"])
+            figures[f"loss.{name}"] = loss.item()
+            if "teacher" in parts:
+                with torch.no_grad():
+                    teacher_scores = self.teachers[name].class_scores(parts["teacher"])
+                kd = distillation_loss(scores, teacher_scores, self.temperature)
+                figures[f"kd.{name}"] = kd.item()
+                loss = loss + self.distill_weight * kd
+            total = total + loss * rows[name] / total_rows
+            correct += (scores.argmax(-1) == parts["student"]["targets"]).float().sum().item()
+        return total, {"accuracy": correct / total_rows, **figures}
+
+
+class TaskMixStream:
+    """Each step's rows: a batch from every task's own seeded stream, as indices into the mixed rows."""
+
+    def __init__(self, streams: dict[str, BatchStream], offsets: dict[str, int]) -> None:
+        self.streams, self.offsets = streams, offsets
+
+    def __iter__(self) -> "TaskMixStream":
+        return self
+
+    def __next__(self) -> list[int]:
+        return [self.offsets[name] + i for name, stream in self.streams.items() for i in next(stream)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: stream.state_dict() for name, stream in self.streams.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if sorted(state) != sorted(self.streams):
+            raise ConfigError(f"the checkpoint was taken with tasks {sorted(state)}, this run has "
+                              f"{sorted(self.streams)}: resume with the same --tasks")
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state[name])
+
+
+def load_tasks(config: TrainConfig) -> dict[str, TaskData]:
+    """Every source task's data (before the backbone loads: a bad row is reported first)."""
+    tasks = parse_tasks(config.tasks)
+    data = {}
+    for name, source in tasks.items():
+        data[name] = load_task(source)
         if data[name].labels is None:
             raise ConfigError(f"--tasks {name}={source}: multitask prompt tuning here is for classification tasks")
+    return data
+
+
+def multitask_job(config: TrainConfig, backbone: Backbone, data: dict[str, TaskData], world: int) -> Job:
+    """The loop's `Job` for stage 1: the shared prompt, a factor per task, mixed-task batches, the files."""
+    kind_of(backbone).require(Capability.MULTITASK, f"--model {backbone.name}")
+    tasks = parse_tasks(config.tasks)
     teacher_paths = parse_teachers(config.mpt_teachers, tasks)
-    if backbone is None:
-        device = "cuda" if config.device == "auto" and torch.cuda.is_available() else (
-            "cpu" if config.device == "auto" else config.device)
-        backbone = load_backbone(config.model, dtype=resolve_precision(config.precision.value, device), device=device)
     n = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
     init = PromptInit.VOCAB if config.init is PromptInit.LABELS else config.init
     generator = torch.Generator().manual_seed(config.seed)
@@ -175,87 +220,56 @@ def train_multitask(config, tasks: dict[str, str] | None = None, *, backbone=Non
                                                     mpt_teachers=None),
                                      backbone, data[name])
         model.prompt = views[name]
-        model.train()
         models[name] = model
     teachers = _load_teachers(teacher_paths, backbone, models)
-    trainable = [shared] + [p for view in views.values() for p in (view.u, view.v)]
-    count = sum(p.numel() for p in trainable)
+    multitask = MultitaskModel(models, shared, {name: d.label_field for name, d in data.items()}, teachers,
+                               config.mpt_distill_weight, config.mpt_distill_temperature)
     per_task = max(1, config.batch_size // len(tasks))
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * max(
-        math.ceil(len(d.train) / per_task) for d in data.values())))
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.scheduler.value, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    streams = {name: BatchStream([sum(len(str(r[f])) for f in models[name].input_fields)
-                                  for r in data[name].train], per_task, config.seed + i, config.length_bucketing)
-               for i, name in enumerate(tasks)}
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    history: list[dict] = []
-    best_score, best_step, best_result = -math.inf, 0, {}
-    best_state = [p.detach().clone() for p in trainable]
-    train_seconds = 0.0
-    bar = tqdm(total=total_steps, desc="multitask", disable=not progress, dynamic_ncols=True)
-    for step in range(1, total_steps + 1):
-        started = time.perf_counter()
-        rows_total = per_task * len(tasks)
-        losses, kds = {}, {}
-        for name, model in models.items():
-            rows = [data[name].train[i] for i in next(streams[name])]
-            batch = {k: v.to(backbone.device) for k, v in model.make_batch(rows, data[name].label_field).items()}
-            if name in teachers:
-                scores = model.class_scores(batch)
-                loss = torch.nn.functional.cross_entropy(scores, batch["targets"])
-                teacher = teachers[name]
-                with torch.no_grad():
-                    teacher_batch = {k: v.to(backbone.device)
-                                     for k, v in teacher.make_batch(rows, data[name].label_field).items()}
-                    teacher_scores = teacher.class_scores(teacher_batch)
-                kd = distillation_loss(scores, teacher_scores, config.mpt_distill_temperature)
-                kds[name] = kd.item()
-                losses[name] = loss.item()
-                loss = loss + config.mpt_distill_weight * kd
-            else:
-                loss, _ = model.loss(batch)
-                losses[name] = loss.item()
-            (loss * len(rows) / rows_total).backward()
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_seconds += time.perf_counter() - started
-        record = {"step": step, "split": "train", **{f"loss.{k}": v for k, v in losses.items()},
-                  **{f"kd.{k}": v for k, v in kds.items()},
-                  "lr": scheduler.get_last_lr()[0]}
-        history.append(record)
-        bar.update(1)
-        if (config.eval_every and step % config.eval_every == 0) or step == total_steps:
-            results = {name: evaluate(models[name], data[name].split("validation"),
-                                      label_field=data[name].label_field, limit=config.eval_limit)
-                       for name in tasks}
-            score = sum(primary_metric(r) for r in results.values()) / len(results)
-            history.append({"step": step, "split": "validation", "mean": score,
-                            **{name: r for name, r in results.items()}})
-            if score > best_score:
-                best_score, best_step, best_result = score, step, results
-                best_state = [p.detach().clone() for p in trainable]
-            bar.set_postfix(val=f"{score:.4f}", best=f"{best_score:.4f}")
-    bar.close()
-    with torch.no_grad():
-        for param, value in zip(trainable, best_state):
-            param.copy_(value)
-    training = {"best_step": best_step, "validation": best_result, "steps": total_steps,
-                "train_seconds": round(train_seconds, 3), "trainable_params": count, "lr": config.lr,
-                "rows_per_task_per_step": per_task, "seed": config.seed}
+    rows, offsets, streams = [], {}, {}
+    for i, name in enumerate(tasks):
+        offsets[name] = len(rows)
+        rows += [{**row, TASK_FIELD: name} for row in data[name].train]
+        lengths = [sum(len(str(r[f])) for f in models[name].input_fields) for r in data[name].train]
+        streams[name] = BatchStream(lengths, per_task * world, config.seed + i, config.length_bucketing)
+
+    def validate() -> dict:
+        results = {name: evaluate(models[name], data[name].split("validation"), label_field=data[name].label_field,
+                                  limit=config.eval_limit) for name in tasks}
+        mean = sum(primary_metric(r) for r in results.values()) / len(results)
+        return {"accuracy": mean, "tasks": results}
+
+    extra_training: dict[str, Any] = {"rows_per_task_per_step": per_task}
     if teachers:
-        training["distill"] = {"teachers": {k: str(v) for k, v in teacher_paths.items()},
-                               "weight": config.mpt_distill_weight, "temperature": config.mpt_distill_temperature}
-    shared_path = _save_shared(out / "shared.safetensors", shared, views, models, tasks, training)
-    task_paths = {name: save_prompt(out / f"{name}.safetensors", model, init="multitask",
-                                    training={**training, "validation": best_result.get(name), "task": name})
-                  for name, model in models.items()}
-    atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text(
-        "".join(json.dumps(r) + "\n" for r in history)))
-    return MultitaskResult(shared_path, task_paths, best_step, best_result, total_steps, train_seconds, count,
-                           history)
+        extra_training["distill"] = {"teachers": {k: str(v) for k, v in teacher_paths.items()},
+                                     "weight": config.mpt_distill_weight,
+                                     "temperature": config.mpt_distill_temperature}
+
+    def save(folder: Path, model: MultitaskModel, extra: dict) -> Path:
+        training = {**extra.get("training", {}), **extra_training}
+        per_task_results = training.get("validation", {}).get("tasks", {})
+        for name, task_model in models.items():
+            save_prompt(folder / f"{name}.safetensors", task_model, init="multitask",
+                        training={**training, "validation": per_task_results.get(name), "task": name})
+        return _save_shared(folder / "shared.safetensors", shared, views, models, tasks,
+                            {**training, "validation": per_task_results})
+
+    return Job(name="+".join(tasks), model=multitask, train_rows=rows, label_field="label",
+               stream=TaskMixStream(streams, offsets), validate=validate, save=save,
+               resolved={"template": None, "placement": "prefix", "num_virtual_tokens": n, "labels": None,
+                         "tasks": {name: m.template_source for name, m in models.items()}},
+               metadata={"init": "multitask"})
+
+
+def _save_shared(path: Path, shared: torch.Tensor, views: dict[str, TaskPrompt], models: dict, tasks: dict[str, str],
+                 training: dict) -> Path:
+    first = next(iter(models.values()))
+    meta = prompt_metadata(first, init="multitask", training=training)
+    meta.update({"method": "multitask", "rank": next(iter(views.values())).rank, "template": None,
+                 "verbalizer": None, "labels": None,
+                 "tasks": {name: {"data": tasks[name], **m.file_metadata()} for name, m in models.items()}})
+    tensors = {"shared_prompt": shared.detach().to("cpu", torch.float32).contiguous()}
+    for name, view in views.items():
+        tensors[f"task_u.{name}"] = view.u.detach().to("cpu", torch.float32).contiguous()
+        tensors[f"task_v.{name}"] = view.v.detach().to("cpu", torch.float32).contiguous()
+    header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
