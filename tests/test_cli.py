@@ -9,8 +9,8 @@ import pytest
 import tiny
 
 
-def run(*args, cwd=None):
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+def run(*args, cwd=None, **env_extra):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **env_extra}
     return subprocess.run([sys.executable, "-m", "softprompt", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
@@ -77,3 +77,59 @@ def test_user_mistakes_are_one_line_and_exit_2(trained, tmp_path):
 
     proc = run("info", tmp_path / "missing.safetensors")
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_readme_options_table_is_generated_from_the_declarations():
+    """Each option is declared once (config.py); the README's table must be what the declarations generate."""
+    from pathlib import Path
+
+    from softprompt.cli.options import readme_block
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert readme_block() in readme, "README options table drifted: run `python -m softprompt.cli.options --write " \
+                                     "README.md`"
+
+
+def test_every_option_is_a_flag_in_its_help_panel():
+    import dataclasses
+    import re
+
+    from softprompt.config import GROUPS, TrainConfig
+
+    proc = run("train", "--help", COLUMNS="240")
+    assert proc.returncode == 0, proc.stderr
+    text = re.sub(r"\s+", " ", proc.stdout)
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text, field.name
+    for title in GROUPS.values():
+        assert title.split(" (")[0] in text, title
+    assert "[default: (0.03)]" in text and "[soft:N]" in text  # defaults shown, no markup eaten
+
+
+def test_a_runs_own_config_yaml_reproduces_it(trained, tmp_path, tiny_model_dir):
+    """`train --config RUN/config.yaml` (its resolved section ignored) trains the same prompt again."""
+    from safetensors.torch import load_file
+
+    root, data, out, summary = trained
+    again = tmp_path / "again"
+    proc = run("train", "--config", out / "config.yaml", "--output", again, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    first, second = load_file(out / "prompt.safetensors"), load_file(again / "prompt.safetensors")
+    assert all(__import__("torch").equal(first[k], second[k]) for k in first)
+
+
+def test_yaml_options_nest_by_group_and_wrong_types_are_one_line(tmp_path):
+    from softprompt.config import TrainConfig
+    from softprompt.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("data: x\nvpt:\n  deep: true\nmpt:\n  rank: 3\ncoop:\n  class_token_position: front\n")
+    config = TrainConfig.from_sources(path)
+    assert config.vpt_deep and config.mpt_rank == 3 and config.coop_class_token_position == "front"
+    for text, message in (("lr: fast", "--lr 'fast': expected a number"),
+                          ("batch_size: 2.5", "--batch-size 2.5: expected a whole number"),
+                          ("warmup_ratio: lots", "--warmup-ratio 'lots'"), ("max_steps: three", "--max-steps 'three'"),
+                          ("lr: .inf", "--lr inf: give a finite number"), ("backbone_dtype: x", "unknown option")):
+        path.write_text(f"data: x\n{text}\n")
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            TrainConfig.from_sources(path)

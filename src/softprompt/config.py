@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -34,100 +36,166 @@ class SchedulerName(str, Enum):
     CONSTANT = "constant"
 
 
-def _opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+# Option groups: the help panels of `softprompt train --help`, the README's tables, and the sections a YAML
+# config may nest options in (`vpt: {deep: true}` is `vpt_deep: true`).
+GROUPS: dict[str, str] = {
+    "data": "Backbone and data", "prompt": "Prompt", "optimisation": "Optimisation", "evaluation": "Evaluation",
+    "deep": "Method: deep prompts (--method deep)",
+    "mpt": "Method: multitask prompt tuning (--method multitask, --init-from a shared prompt)",
+    "encoder": "Kind: encoders with a classification head (minilm-l6)", "vpt": "Kind: ViT (visual prompt tuning)",
+    "coop": "Kind: CLIP (CoOp)", "whisper": "Kind: Whisper (speech)", "run": "Run control",
+}
+# YAML sections whose keys are the option names without the section's prefix.
+SECTIONS: dict[str, str] = {"deep": "deep_", "mpt": "mpt_", "vpt": "vpt_", "coop": "coop_", "encoder": "encoder_"}
+# What a run's own config.yaml records beside its options (resolved values): read back, it is ignored.
+RUN_SECTION = "resolved"
+
+
+def _opt(default: Any, help: str, group: str) -> Any:
+    """An option, declared once: its default, its help (CLI, README) and its group (help panel, YAML section)."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown option group {group!r}")
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+def _type_names() -> dict[str, tuple[type, ...]]:
+    """Option name -> the Python types its value may have before validation (None where optional)."""
+    import typing
+
+    out = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        allowed: list[type] = []
+        for arg in args:
+            if arg is type(None):
+                allowed.append(type(None))
+            elif arg is float:
+                allowed += [float, int]
+            elif isinstance(arg, type) and issubclass(arg, Enum):
+                allowed += [arg, str]
+            elif typing.get_origin(arg) is tuple:
+                allowed += [tuple, list, str]
+            else:
+                allowed.append(arg)
+        out[name] = tuple(allowed)
+    return out
+
+
+_TYPES: dict[str, tuple[type, ...]] = {}
+_TYPE_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false", tuple: "a list",
+               list: "a list", type(None): "null"}
+
+
+def _check_type(name: str, value: Any) -> None:
+    """Refuse a value of the wrong type (a YAML `lr: fast`, `batch_size: 2.5`) with the flag to change."""
+    if not _TYPES:
+        _TYPES.update(_type_names())
+    allowed = _TYPES[name]
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if isinstance(value, float) and float in allowed and not math.isfinite(value):
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: give a finite number")
+    if not ok:
+        words = " or ".join(dict.fromkeys(_TYPE_WORDS.get(t, "one of the listed choices") for t in allowed
+                                          if not (t is int and float in allowed)))
+        raise ConfigError(f"--{name.replace('_', '-')} {value!r}: expected {words}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. Build it from keyword arguments, a YAML file, or the CLI."""
 
-    model: str = _opt("smollm2-135m", "Backbone: a built-in name, a local Hugging Face folder, or a hub id.")
+    model: str = _opt("smollm2-135m", "Backbone: a built-in name, a local Hugging Face folder, or a hub id.", "data")
     data: str | None = _opt(None, "Built-in dataset name (rotten_tomatoes, bbc_news) or a folder of "
-                                  "train/validation/test .jsonl/.csv files.")
-    train_file: str | None = _opt(None, "Training file (.jsonl or .csv); overrides the folder's.")
-    validation_file: str | None = _opt(None, "Validation file; without one, 10% of train is held out.")
-    test_file: str | None = _opt(None, "Test file.")
-    task: TaskType = _opt(TaskType.CLASSIFICATION, "classification (label words) or generation (input -> target).")
-    text_field: str = _opt("text", "Input field name(s), comma-separated.")
-    label_field: str | None = _opt(None, "Label (classification) or target (generation) field; default label/target.")
-    labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).")
-    skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.")
-    output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.")
+                                  "train/validation/test .jsonl/.csv files.", "data")
+    train_file: str | None = _opt(None, "Training file (.jsonl or .csv); overrides the folder's.", "data")
+    validation_file: str | None = _opt(None, "Validation file; without one, 10% of train is held out.", "data")
+    test_file: str | None = _opt(None, "Test file.", "data")
+    task: TaskType = _opt(TaskType.CLASSIFICATION, "classification (label words) or generation (input -> target).", "data")
+    text_field: str = _opt("text", "Input field name(s), comma-separated.", "data")
+    label_field: str | None = _opt(None, "Label (classification) or target (generation) field; default label/target.", "data")
+    labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).", "data")
+    skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.", "data")
+    output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.", "run")
     method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input), deep (trainable "
                                                      "key/value prefixes at every layer: prefix tuning / P-tuning v2) "
-                                                     "or multitask (a shared prompt for --tasks, MPT stage 1).")
+                                                     "or multitask (a shared prompt for --tasks, MPT stage 1).", "prompt")
     tasks: str | None = _opt(None, "--method multitask: the source tasks, name=data,name=data (built-in names or "
-                                   "folders).")
-    mpt_rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).")
+                                   "folders).", "mpt")
+    mpt_rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).", "mpt")
     mpt_train_shared: bool = _opt(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
-                                         "too, not only the new task's factor.")
+                                         "too, not only the new task's factor.", "mpt")
     mpt_teachers: str | None = _opt(None, "--method multitask: distil each source task from its single-task prompt, "
                                           "name=PROMPT.safetensors,... (files from `softprompt train` on the same "
-                                          "backbone; tasks not named train on their labels only).")
+                                          "backbone; tasks not named train on their labels only).", "mpt")
     mpt_distill_weight: float = _opt(1.0, "--mpt-teachers: weight of the distillation term (KL from the teacher's "
-                                          "class distribution) added to each task's cross-entropy.")
+                                          "class distribution) added to each task's cross-entropy.", "mpt")
     mpt_distill_temperature: float = _opt(2.0, "--mpt-teachers: softmax temperature of teacher and student class "
-                                               "scores in the distillation term (the term is scaled by T^2).")
-    train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.")
+                                               "scores in the distillation term (the term is scaled by T^2).", "mpt")
+    train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.", "data")
     deep_reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
-                                "prefixes when saved (0 = off).")
-    num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).")
+                                "prefixes when saved (0 = off).", "deep")
+    num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).", "prompt")
     placement: Placement | None = _opt(None, "Where soft tokens go: prefix, suffix, or template ([soft:N] markers); "
-                                             "default: template if --template has markers, else prefix.")
+                                             "default: template if --template has markers, else prefix.", "prompt")
     template: str | None = _opt(None, "Template with {text}-style fields, optional [soft:N] runs, and {label} or "
-                                      "{target} last; default: the dataset's.")
-    label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).")
+                                      "{target} last; default: the dataset's.", "prompt")
+    label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).", "prompt")
     vpt_deep: bool = _opt(False, "Vision backbones (ViT): a separate set of --num-virtual-tokens prompt tokens before "
-                                 "every layer (VPT-deep) instead of once at the input (VPT-shallow).")
+                                 "every layer (VPT-deep) instead of once at the input (VPT-shallow).", "vpt")
     coop_class_specific: bool = _opt(False, "CLIP backbones (CoOp): one context per class instead of one shared by "
-                                            "all classes.")
+                                            "all classes.", "coop")
     coop_class_token_position: str = _opt("end", "CLIP backbones (CoOp): where the class name goes in "
-                                                 "'[ctx] {class}': end, middle or front.")
+                                                 "'[ctx] {class}': end, middle or front.", "coop")
     encoder_prompt_tokens: int = _opt(0, "Speech backbones (Whisper): trained vectors appended to the encoder's "
-                                         "output too (0 = the decoder prompt only).")
+                                         "output too (0 = the decoder prompt only).", "whisper")
     pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
-                                "mean of the final states (mean) or the first token's (cls).")
-    init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random, vocab, text (--init-text) or labels.")
-    init_text: str | None = _opt(None, "Text whose token embeddings initialise the prompt (--init text).")
+                                "mean of the final states (mean) or the first token's (cls).", "encoder")
+    init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random (uniform, the real embeddings' "
+                                                             "variance), vocab (frequent real tokens), text "
+                                                             "(--init-text) or labels (label-word embeddings, the rest "
+                                                             "from vocab).", "prompt")
+    init_text: str | None = _opt(None, "Text whose token embeddings initialise the prompt (--init text).", "prompt")
     init_from: str | None = _opt(None, "Start from another task's prompt file (prompt transfer, SPoT): same backbone "
-                                       "and method, its length; --init is then unused.")
-    optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.")
-    lr: float = _opt(3e-2, "Peak learning rate of the prompt.")
+                                       "and method, its length; --init is then unused.", "prompt")
+    optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.", "optimisation")
+    lr: float = _opt(3e-2, "Peak learning rate of the prompt.", "optimisation")
     head_lr: float | None = _opt(None, "Peak learning rate of a classification head (encoders without a vocabulary "
-                                       "head, linear probes); default --lr.")
-    weight_decay: float = _opt(0.0, "Weight decay on the prompt.")
-    warmup_ratio: float = _opt(0.06, "Fraction of steps with a linear warmup.")
-    scheduler: SchedulerName = _opt(SchedulerName.COSINE, "Learning-rate schedule after warmup.")
-    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).")
-    max_rollbacks: int = _opt(3, "Non-finite loss or exploding gradients: roll back to the last good state and halve "
-                                 "the learning rate, at most this many times, then stop.")
+                                       "head, linear probes); default --lr.", "encoder")
+    weight_decay: float = _opt(0.0, "Weight decay on the prompt.", "optimisation")
+    warmup_ratio: float = _opt(0.06, "Fraction of steps with a linear warmup.", "optimisation")
+    scheduler: SchedulerName = _opt(SchedulerName.COSINE, "Learning-rate schedule after warmup.", "optimisation")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 = off).", "optimisation")
+    max_rollbacks: int = _opt(3, "Non-finite loss or exploding gradients (over 1000x the recent "
+                                 "median): drop the step, roll back to the last good state and halve the learning "
+                                 "rate, at most this many times, then stop with one clear line.", "optimisation")
     checkpoint_every: int = _opt(50, "Write the whole run state (prompt, optimiser, scheduler, RNG, data position) to "
                                      "OUTPUT/checkpoint.pt every K steps, atomically; `train --resume OUTPUT` "
-                                     "continues from it (0 = off).")
-    batch_size: int = _opt(16, "Examples per optimiser step (before accumulation).")
-    grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.")
-    length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).")
-    epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps is set).")
-    max_steps: int | None = _opt(None, "Optimiser steps; overrides --epochs.")
-    max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).")
-    log_every: int = _opt(10, "Log the mean training loss (and the model's other figures) every K steps.")
-    eval_every: int = _opt(100, "Evaluate on validation every K steps (0 = only at the end).")
-    eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).")
-    patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).")
-    seed: int = _opt(0, "Random seed (prompt init, data order).")
+                                     "continues from it (0 = off).", "run")
+    batch_size: int = _opt(16, "Examples per optimiser step (before accumulation).", "optimisation")
+    grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.", "optimisation")
+    length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).", "optimisation")
+    epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps is set).", "optimisation")
+    max_steps: int | None = _opt(None, "Optimiser steps; overrides --epochs.", "optimisation")
+    max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).", "optimisation")
+    log_every: int = _opt(10, "Log the mean training loss (and the model's other figures) every K steps.", "evaluation")
+    eval_every: int = _opt(100, "Evaluate on validation every K steps (0 = only at the end).", "evaluation")
+    eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).", "evaluation")
+    patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).", "evaluation")
+    seed: int = _opt(0, "Random seed (prompt init, data order).", "optimisation")
     compile: bool = _opt(False, "torch.compile the backbone's training forward (faster steps; the first compile "
-                                "takes minutes on a small CPU, then inductor's disk cache makes it seconds).")
+                                "takes minutes on a small CPU, then inductor's disk cache makes it seconds).", "run")
     precision: Precision = _opt(Precision.AUTO, "auto, fp32, bf16 or fp16 (half-precision backbone, fp32 master "
-                                                "prompt; fp16 adds dynamic loss scaling).")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+                                                "prompt; fp16 adds dynamic loss scaling).", "run")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", "run")
     gradient_checkpointing: bool = _opt(False, "Keep only each decoder layer's input during the forward pass and "
                                                "recompute the rest in the backward pass (less activation memory, "
-                                               "~1.3x compute); the gradient still reaches the prompt.")
+                                               "~1.3x compute); the gradient still reaches the prompt.", "run")
     load_in: str | None = _opt(None, "Quantise the frozen backbone at load: 8bit or 4bit (bitsandbytes, CUDA). "
-                                     "The prompt stays fp32.")
+                                     "The prompt stays fp32.", "run")
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name))
         for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
                            ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision)):
             value = getattr(self, name)
@@ -238,10 +306,26 @@ class TrainConfig:
             if not isinstance(loaded, dict):
                 raise ConfigError(f"--config {path}: expected a mapping of option: value")
             names = {f.name for f in dataclasses.fields(cls)}
-            for key, value in loaded.items():
-                key = str(key).replace("-", "_")
+            for key, value in _flatten(loaded, path).items():
                 if key not in names:
                     raise ConfigError(f"--config {path}: unknown option '{key}'")
                 values[key] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _flatten(loaded: dict, path: Path) -> dict[str, Any]:
+    """A YAML mapping of options -> {option name: value}: nested sections (`vpt: {deep: true}`) become their
+    prefixed names; a run's `resolved` section (what it worked out, for reading) is skipped."""
+    out: dict[str, Any] = {}
+    for key, value in loaded.items():
+        key = str(key).replace("-", "_")
+        if key == RUN_SECTION:
+            continue
+        if key in SECTIONS and isinstance(value, dict):
+            for inner, inner_value in value.items():
+                name = str(inner).replace("-", "_")
+                out[name if name.startswith(SECTIONS[key]) else SECTIONS[key] + name] = inner_value
+            continue
+        out[key] = value
+    return out

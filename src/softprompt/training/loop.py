@@ -20,7 +20,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import OptimizerName, TrainConfig
+from ..config import RUN_SECTION, OptimizerName, TrainConfig
 from ..data import TaskData, load_task
 from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
@@ -202,8 +202,9 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
     scheduler = get_scheduler(config.scheduler.value, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    resolved = {**config.to_dict(), **job.resolved, "backbone_dtype": str(backbone.dtype),
-                "total_steps": total_steps, "processes": world}
+    # The options as given (`train --config OUT/config.yaml` reproduces the run), then what the run worked out.
+    resolved = {**config.to_dict(), RUN_SECTION: {**job.resolved, "backbone_dtype": str(backbone.dtype),
+                                                  "total_steps": total_steps, "processes": world}}
     if main:
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
     guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
