@@ -35,7 +35,7 @@ def test_grid_sweep_runs_every_combination_and_writes_a_usable_best_config(tmp_p
 
 
 def test_an_interrupted_sweep_continues_with_the_missing_trials(tmp_path, tiny_model_dir, sentiment_dir, monkeypatch):
-    import softprompt.training as training
+    import softprompt.tools.sweep as training  # the module whose `train` each trial calls
 
     out = tmp_path / "sweep"
     space = parse_space("3e-2", "1,2,4", "random,vocab", "prefix")

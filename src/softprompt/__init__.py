@@ -5,8 +5,6 @@
 >>> result = sp.train(sp.TrainConfig(data="rotten_tomatoes", output="runs/rt"), backbone=backbone)  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from .config import TrainConfig
 from .data import BUILTIN_DATASETS, TaskData, load_task
 from .errors import BackboneError, ConfigError, DataError, IncompatiblePromptError, PromptFileError, SoftPromptError
@@ -25,6 +23,7 @@ from .training import TrainResult, train
 from .training.loop import train_multitask
 from .training.multitask import MultitaskResult
 from .verbalizer import Verbalizer
+from .version import __version__ as __version__
 
 __all__ = [
     "BUILTIN_BACKBONES", "BUILTIN_DATASETS", "Backbone", "BackboneError", "BackboneKind", "CausalLMBackbone",

@@ -54,7 +54,7 @@ def convert_in_staging(target: Path, convert) -> None:
 @contextmanager
 def quiet_transformers():
     """No per-tensor loading bars from transformers (our own progress is shown where it matters)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # start-up time
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -60,7 +61,6 @@ def _opt(default: Any, help: str, group: str) -> Any:
 
 def _type_names() -> dict[str, tuple[type, ...]]:
     """Option name -> the Python types its value may have before validation (None where optional)."""
-    import typing
 
     out = {}
     for name, hint in typing.get_type_hints(TrainConfig).items():

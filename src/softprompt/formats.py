@@ -23,22 +23,18 @@ from safetensors.torch import load_file, safe_open, save_file
 from .errors import IncompatiblePromptError, PromptFileError
 from .prompts import TENSOR_NAMES, PromptMethod
 from .protocols import Backbone, BackboneKind, PromptedTask
+from .version import __version__
 
 TENSOR_NAME = "prompt_embeddings"
 FORMAT_NAME = "softprompt"
 FORMAT_VERSION = 1
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
 def prompt_metadata(model: PromptedTask, **extra: Any) -> dict[str, Any]:
     """Everything needed to rebuild `model` around its backbone, plus `extra` (init, training figures, ...)."""
     backbone = model.backbone
     meta: dict[str, Any] = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "softprompt_version": _version(),
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "softprompt_version": __version__,
         "method": model.prompt.method,
         "backbone": {"name": backbone.name, "kind": backbone.kind.value, "fingerprint": backbone.fingerprint(),
                      "hidden_size": backbone.hidden_size, **backbone.shape_metadata()},

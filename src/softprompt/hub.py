@@ -112,7 +112,7 @@ def _convert_gguf(spec: BuiltinBackbone, target: Path) -> None:
 
 
 def _convert_into(spec: BuiltinBackbone, target: Path, staging: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # start-up time
 
     source = _assemble_gguf(spec, staging)
     print(f"softprompt: converting {spec.gguf_file} to safetensors in {target} (once) ...", flush=True)

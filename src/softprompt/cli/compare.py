@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..tools.compare import compare as run
+from ..tools.compare import parse_methods
 from . import app
 
 
@@ -33,8 +35,6 @@ def compare(
                                               "and run only the rest.")] = False,
 ) -> None:
     """Train and measure each method (own process per method and seed); print the table."""
-    from ..tools.compare import compare as run
-    from ..tools.compare import parse_methods
 
     chosen = parse_methods(methods)
     run(model, data, chosen, seeds=seeds, max_steps=max_steps, output=output, batch_size=batch_size,

@@ -9,8 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..kinds import kind_of
+from ..data import load_task
+from ..errors import ConfigError
+from ..evaluation import evaluate
+from ..kinds import kind_of, load_prompted_model
 from ..protocols import Capability
+from ..tools.explain import compare_prompts, explain_prompt, plot_neighbours, projected
 from . import app
 from .common import load_for_inference
 
@@ -33,8 +37,6 @@ def explain(
 ) -> None:
     """Per virtual token, its nearest vocabulary tokens (with scores) and norm, against the vocabulary's norms;
     writes a heatmap. With two prompts: token-wise and overall similarity."""
-    from ..errors import ConfigError
-    from ..tools.explain import compare_prompts, explain_prompt, plot_neighbours, projected
 
     if len(prompts) not in (1, 2):
         raise ConfigError(f"explain takes one prompt file, or two to compare (got {len(prompts)})")
@@ -45,7 +47,6 @@ def explain(
     model, meta = load_for_inference(prompts[0], None, precision, device)
     kind_of(model).require(Capability.EXPLAIN, str(prompts[0]))
     if len(prompts) == 2:
-        from ..kinds import load_prompted_model
 
         other = load_prompted_model(prompts[1], model.backbone)  # same backbone, or IncompatiblePromptError
         result = compare_prompts(model, other)
@@ -63,8 +64,6 @@ def explain(
     picture = plot or prompts[0].with_name(prompts[0].stem + ".explain.png")
     report["plot"] = str(plot_neighbours(report, picture, title=f"{prompts[0].name} ({meta['backbone']['name']})"))
     if project:
-        from ..data import load_task
-        from ..evaluation import evaluate
 
         task = load_task(data, text_fields=model.input_fields, labels=meta.get("labels"),
                          task=model.task.value)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..hub import load_backbone
 from ..tools.interop import import_peft, read_peft_adapter
 from . import app
 from .common import pick_device
@@ -25,7 +26,6 @@ def import_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Import a PEFT prompt-tuning adapter, checked against the backbone, as a prompt file."""
-    from ..hub import load_backbone
 
     _, config, ours = read_peft_adapter(peft_dir)
     name = model or (ours or {}).get("backbone", {}).get("name") or config.get("base_model_name_or_path")

@@ -47,7 +47,7 @@ def serve(
                         ("--max-input-tokens", max_input_tokens), ("--max-body-bytes", max_body_bytes)]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
-    import uvicorn
+    import uvicorn  # start-up time: serve only
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = pick_device(device)

@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import TrainConfig
+from ..tools.sweep import parse_space
+from ..tools.sweep import sweep as run
 from . import app
 
 
@@ -38,9 +41,6 @@ def sweep(
         "runs/sweep"),
 ) -> None:
     """Train one prompt per setting at a fixed step budget; print the ranked table and write best.yaml."""
-    from ..config import TrainConfig
-    from ..tools.sweep import parse_space
-    from ..tools.sweep import sweep as run
 
     space = parse_space(lr, num_virtual_tokens, init, placement)
     base = TrainConfig.from_sources(config, model=model, data=data, batch_size=batch_size, eval_limit=eval_limit,

@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 from ..prompts import PromptMethod
+from ..tools.memory import estimate_training_memory
+from ..training import resume as resume_training
+from ..training import train as run_training
+from ..training.loop import train_multitask
 from . import app
 from .options import config_parameters
 
@@ -30,11 +36,7 @@ def train(*, config: Annotated[Optional[Path], typer.Option(
           **options: Any) -> None:
     """Train a soft prompt; writes OUTPUT/prompt.safetensors (best by validation), metrics.jsonl, training.png
     and config.yaml, then prints a JSON summary."""
-    import json
 
-    from ..errors import ConfigError
-    from ..training import resume as resume_training
-    from ..training import train as run_training
 
     if resume is not None:
         given = sorted(k for k, v in options.items() if v is not None)
@@ -47,12 +49,10 @@ def train(*, config: Annotated[Optional[Path], typer.Option(
             options["label_words"] = tuple(options["label_words"])
         cfg = TrainConfig.from_sources(config, **options)
         if dry_run:
-            from ..tools.memory import estimate_training_memory
 
             print(estimate_training_memory(cfg).table())
             return
         if cfg.method is PromptMethod.MULTITASK:
-            from ..training.loop import train_multitask
 
             shared = train_multitask(cfg, progress=not quiet)
             print(json.dumps({"shared": str(shared.shared_path), "tasks": {k: str(v) for k, v in
@@ -64,11 +64,11 @@ def train(*, config: Annotated[Optional[Path], typer.Option(
         result = run_training(cfg, progress=not quiet)
     summary = {"prompt": str(result.prompt_path), "best_step": result.best_step, "steps": result.steps,
                "train_seconds": round(result.train_seconds, 1), "validation": result.best_validation}
-    from accelerate import PartialState
+    from accelerate import PartialState  # start-up time
 
     if PartialState().is_main_process:  # one summary under `accelerate launch`
         print(json.dumps(summary))
-    import torch.distributed
+    import torch.distributed  # only under a distributed launch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Every process leaves the group before exiting: a process that exits while another still holds the

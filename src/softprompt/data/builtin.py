@@ -28,6 +28,8 @@ from typing import Callable
 import yaml
 
 from ..errors import DataError
+from .images import fashion_mnist
+from .speech import speech_commands_synth
 
 SPLIT_SEED = 20240601  # fixed: the splits never move with --seed
 
@@ -177,7 +179,6 @@ BUILTIN_DATASETS["chatterbot-language"] = BuiltinDataset(
 
 def _fashion(classes: tuple[int, ...]) -> Callable[[], dict[str, list[dict]]]:
     def load() -> dict[str, list[dict]]:
-        from .images import fashion_mnist
 
         return fashion_mnist(classes)
     return load
@@ -192,7 +193,6 @@ for _name, _classes in (("fashion-mnist", tuple(range(10))), ("fashion-mnist-0-4
 
 
 def _speech_commands() -> dict[str, list[dict]]:
-    from .speech import speech_commands_synth
 
     return speech_commands_synth()
 

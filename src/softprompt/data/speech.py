@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache import cache_root
 from ..errors import DataError
 
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -109,7 +110,6 @@ def _generate(seed: int) -> dict[str, list[dict]]:
 
 def speech_commands_synth(*, seed: int = 13, rebuild: bool = False) -> dict[str, list[dict]]:
     """The synthetic spoken-command splits {train, validation, test}, generated once and cached."""
-    from ..cache import cache_root
 
     folder = cache_root() / "datasets" / f"{DATASET_NAME}-v{VERSION}-seed{seed}"
     path = folder / "splits.pt"

@@ -208,7 +208,7 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
     """(1, W) word scores of classification rows whose label words take several tokens, as
     `PromptedModel.word_scores` computes them: each row's context ran once in the prefill; its key/value cache is
     repeated per word and only the words' leading tokens run after it. `items` holds (model, prefill row)."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # start-up time
 
     device = hidden.device
     pad = backbone.tokenizer.pad_token_id
@@ -244,7 +244,7 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
 
 def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):
     """A key/value cache (R rows, `width` columns) holding each row's cached prompt prefix, right-aligned."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # start-up time
 
     device = backbone.device
     groups: dict[int, list[int]] = {}

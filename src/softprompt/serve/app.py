@@ -31,6 +31,7 @@ from ..inference.bank import PromptBank, UnknownPromptError
 from ..inference.batch import Generation, Request, fields_of
 from ..kinds import kind_of
 from ..protocols import Capability, ServedTask, TaskType
+from ..version import __version__
 from .batcher import DynamicBatcher, Work
 from .directory import PromptDirectory, check_name
 from .metrics import Metrics
@@ -90,7 +91,7 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         directory.close()
         batcher.stop()
 
-    app = FastAPI(title="softprompt", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="softprompt", version=__version__, lifespan=lifespan,
                   description="Soft prompts on one frozen backbone: classify, complete, manage prompts.")
     app.state.bank, app.state.directory, app.state.batcher, app.state.metrics = bank, directory, batcher, metrics
 
@@ -241,11 +242,6 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
                           "total_tokens": prompt_tokens + completion_tokens}}
 
     return app
-
-
-def _version() -> str:
-    from .. import __version__
-    return __version__
 
 
 def _describe(name: str, model: ServedTask) -> dict[str, Any]:

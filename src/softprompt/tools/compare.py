@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -24,8 +25,14 @@ from typing import Any, Sequence
 
 import torch
 
+from ..config import TrainConfig
+from ..data import load_task
 from ..errors import ConfigError
-from ..training.methods import DEFAULT_LR, MethodName
+from ..evaluation import evaluate
+from ..formats import atomic_write
+from ..hub import load_backbone, resolve_precision
+from ..training import train
+from ..training.methods import DEFAULT_LR, MethodName, build_method, merge_lora, trainable_count
 
 WEIGHT_METHODS = (MethodName.LORA, MethodName.ADAPTER, MethodName.FULL)
 
@@ -86,12 +93,6 @@ def _latency_ms(models: Sequence, rows: Sequence[dict], fields: Sequence[str]) -
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Train (unless zero-shot), evaluate and time one method; runs in the worker process."""
-    from ..config import TrainConfig
-    from ..data import load_task
-    from ..evaluation import evaluate
-    from ..hub import load_backbone, resolve_precision
-    from ..training import train
-    from ..training.methods import build_method, merge_lora, trainable_count
 
     method = MethodName(spec.method)
     task = load_task(spec.data)
@@ -202,12 +203,11 @@ def markdown(table: list[dict[str, Any]], title: str) -> str:
 
 
 def plot(table: list[dict[str, Any]], path: Path, title: str) -> Path:
-    import matplotlib
+    import matplotlib  # start-up time: plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up time: plots only
 
-    from ..formats import atomic_write
 
     done = [r for r in table if "error" not in r]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -248,7 +248,6 @@ def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int,
     With `resume`, rows already finished in `output/runs.jsonl` (same model, data, steps and batch
     size) are kept, not re-run.
     """
-    from ..formats import atomic_write
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -296,7 +295,6 @@ def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int,
 
 
 if __name__ == "__main__":  # the worker: one RunSpec as JSON -> one result row as JSON on the last line
-    import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = run_one(RunSpec(**json.loads(sys.argv[1])))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..formats import atomic_write
 from ..kinds.causal_lm.model import PromptedModel
 from ..prompts import SoftPrompt
 
@@ -99,12 +100,11 @@ def compare_prompts(first: PromptedModel, second: PromptedModel) -> dict[str, An
 
 def plot_neighbours(report: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Heatmap: one row per virtual token, its top-k neighbours' scores, each cell labelled with the token."""
-    import matplotlib
+    import matplotlib  # start-up time: plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up time: plots only
 
-    from ..formats import atomic_write
 
     rows = report["tokens"]
     scores = torch.tensor([[n["score"] for n in row["neighbours"]] for row in rows])

@@ -19,7 +19,12 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir, resolve_precision
+from ..kinds import detect_kind
+from ..kinds.causal_lm.backbone import checkpoint_layers, decoder_layers_of
+from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
 from ..prompts import PromptMethod
+from ..protocols import BackboneKind
 
 GIB = 1024 ** 3
 
@@ -67,7 +72,6 @@ class MemoryEstimate:
 
 
 def _model_folder(name: str) -> Path:
-    from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir
 
     if name in BUILTIN_BACKBONES:
         return builtin_backbone_dir(name)
@@ -124,13 +128,8 @@ def _parameter_bytes(model: torch.nn.Module, dtype: torch.dtype, load_in: str | 
 
 def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     """Parameter, prompt/optimiser and activation memory of the run `config` describes (no weights loaded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # start-up time
 
-    from ..hub import resolve_precision
-    from ..kinds import detect_kind
-    from ..kinds.causal_lm.backbone import checkpoint_layers, decoder_layers_of
-    from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
-    from ..protocols import BackboneKind
 
     device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_precision(config.precision.value, device)

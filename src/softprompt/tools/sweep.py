@@ -15,8 +15,10 @@ length, one line per initialisation) and `best.yaml` (usable with `softprompt tr
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,15 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from ..config import TrainConfig
+from ..data import load_task
 from ..errors import ConfigError
+from ..evaluation import primary_metric
+from ..formats import atomic_write
+from ..hub import load_backbone, resolve_precision
 from ..prompts import PromptInit
 from ..template import Placement
+from ..training import train
+from ..training.guard import TrainingDivergedError
 
 SEARCHES = ("grid", "random", "tpe")
 STUDY_NAME = "softprompt-sweep"
@@ -81,9 +89,9 @@ def parse_space(lr: str, num_virtual_tokens: str, init: str, placement: str) -> 
 
 
 def _study(output: Path, search: str, space: SweepSpace, seed: int, prune: bool, warmup_steps: int):
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+    import optuna  # optional: sweeps only
+    from optuna.storages import JournalStorage  # optional: sweeps only
+    from optuna.storages.journal import JournalFileBackend  # optional: sweeps only
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if search in ("grid", "random"):  # a grid's trials are all queued with fixed settings (`_plan`)
@@ -115,10 +123,8 @@ def _plan(study, space: SweepSpace, search: str, trials: int, seed: int) -> int:
     Trials a killed process left RUNNING are marked failed. A grid queues every combination not done yet
     (nor already queued) in a seeded shuffled order, so an interrupted sweep runs exactly the missing ones.
     """
-    import itertools
-    import random
 
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # optional: sweeps only
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
@@ -166,12 +172,11 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Best validation score vs prompt length, one line per init; one panel per learning rate."""
-    import matplotlib
+    import matplotlib  # start-up time: plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up time: plots only
 
-    from ..formats import atomic_write
 
     scored = [r for r in rows if r["score"] is not None]
     lrs = sorted({r["lr"] for r in scored})
@@ -215,14 +220,8 @@ def sweep(base: TrainConfig, space: SweepSpace, output: Path, *, search: str = "
           budget_steps: int = 60, evals: int = 3, prune: bool = True, log: Callable[[str], None] = print,
           backbone=None, task=None) -> list[dict[str, Any]]:
     """Run (or continue) the sweep into `output`; returns one row per finished trial."""
-    import optuna
+    import optuna  # optional: sweeps only
 
-    from ..data import load_task
-    from ..evaluation import primary_metric
-    from ..formats import atomic_write
-    from ..hub import load_backbone, resolve_precision
-    from ..training import train
-    from ..training.guard import TrainingDivergedError
 
     if search not in SEARCHES:
         raise ConfigError(f"--search {search!r}: choose one of {', '.join(SEARCHES)}")

@@ -71,7 +71,7 @@ def _param_groups(config: TrainConfig, named: list[tuple[str, torch.Tensor]]) ->
 
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer is OptimizerName.ADAFACTOR:
-        from transformers.optimization import Adafactor
+        from transformers.optimization import Adafactor  # start-up time
         return Adafactor(params, lr=config.lr, weight_decay=config.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -29,6 +29,7 @@ from ..config import TrainConfig
 from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import atomic_write, save_prompt
+from ..kinds import build_prompted_model
 from ..kinds.causal_lm.model import PromptedModel
 from ..prompts import PromptMethod, SoftPrompt
 from ..protocols import Backbone, TaskType
@@ -157,7 +158,7 @@ def merge_lora(module: nn.Module) -> int:
 
     After this the model is the bare architecture with changed weights: LoRA's "no inference cost" claim, measured.
     """
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # start-up time: baselines only
 
     merged = 0
     for parent in list(module.modules()):
@@ -172,7 +173,6 @@ def merge_lora(module: nn.Module) -> int:
 def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone, task: TaskData, *,
                  lora_rank: int = 8, adapter_size: int = 64, adapter_placement: str = "houlsby") -> Method:
     """The model `name` trains on `backbone` (changed in place for lora/adapter/full: load a fresh one per method)."""
-    from ..kinds import build_prompted_model
 
     try:
         name = MethodName(name)
@@ -192,7 +192,7 @@ def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone
                       _save_trainable("probe"))
     model = _plain_model(backbone, task, config)
     if name is MethodName.LORA:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig, inject_adapter_in_model  # start-up time: baselines only
 
         layer = backbone.decoder_layers()[0]
         targets = ["q_proj", "v_proj"] if hasattr(layer, "self_attn") else ["c_attn"]

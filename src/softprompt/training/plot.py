@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..formats import atomic_write
+
 
 def plot_history(history: Sequence[dict], path: str | Path, title: str = "") -> Path:
-    import matplotlib
+    import matplotlib  # start-up time: plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up time: plots only
 
-    from ..formats import atomic_write
 
     train = [h for h in history if h.get("split") == "train"]
     evals = [h for h in history if h.get("split") == "validation"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ def decoder_layers_of(model: nn.Module) -> list[nn.Module] | None:
 
 def checkpoint_layers(layers: list[nn.Module]) -> int:
     """Wrap each layer's forward in non-reentrant activation checkpointing (gradient-carrying passes only)."""
-    from torch.utils.checkpoint import checkpoint
+    from torch.utils.checkpoint import checkpoint  # only with --gradient-checkpointing
 
     wrapped = 0
     for layer in layers:
@@ -49,7 +50,6 @@ def _skip_shm_comm_build() -> None:
 
     Only DeepSpeed's tensor-parallel inference all-reduce uses that op; ZeRO-3 all-gathers over the process group.
     """
-    import sys
 
     import deepspeed.comm.torch  # noqa: F401  (the attribute `deepspeed.comm.torch` is the torch module)
 
@@ -121,7 +121,7 @@ class CausalLMBackbone(FrozenBackbone):
     def input_embedding_matrix(self) -> torch.Tensor:
         weight = self.model.get_input_embeddings().weight
         if hasattr(weight, "ds_id"):  # partitioned by DeepSpeed ZeRO-3: every process gathers it, keeps a copy
-            import deepspeed
+            import deepspeed  # optional: only under a DeepSpeed ZeRO-3 launch
 
             with deepspeed.zero.GatheredParameters([weight]):
                 return weight.detach().clone()
@@ -135,7 +135,7 @@ class CausalLMBackbone(FrozenBackbone):
         rows of it directly). The fingerprint is taken first, from the whole weights. Initialising a prompt
         from a sharded embedding gathers it once (`input_embedding_matrix`).
         """
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # only under an FSDP launch
 
         self.fingerprint()
         layers = self.decoder_layers()
@@ -158,9 +158,11 @@ class CausalLMBackbone(FrozenBackbone):
         `stage3_param_persistence_threshold` etc. apply: weights smaller than the threshold stay whole). The
         fingerprint is taken first, from the whole weights. Needs `torch.distributed` initialised.
         """
-        import deepspeed
-        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-        from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+        import deepspeed  # optional: only under a DeepSpeed ZeRO-3 launch
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # optional: only under a DeepSpeed ZeRO-3 launch
+        from deepspeed.runtime.zero.parameter_offload import (
+            DeepSpeedZeRoOffload,  # optional: only under a DeepSpeed ZeRO-3 launch
+        )
 
         self.fingerprint()
         section = {**(zero_config or {}), "stage": 3, "memory_efficient_linear": False}  # F.linear left alone

@@ -225,7 +225,7 @@ class PromptedModel(nn.Module):
         """Run a batch after the prompt's key/value prefix (`layers`, default the cached `prompt_cache()`):
         for prompts at the start the prefix replaces their leading columns; a deep prompt's adds columns
         before the row. Returns hidden states of the columns that ran, the cache, and its mask [prefix | rest]."""
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # start-up time
 
         skip, width = self.prompt_prefix_length, self.prefix_cache_width
         mask = batch["attention_mask"]                                    # (B, T), left-padded
@@ -349,7 +349,7 @@ class PromptedModel(nn.Module):
         return hidden[:, -1], cache, batch["attention_mask"], batch["position_ids"][:, -1:] + 1
 
     def _multi_token_word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        from transformers import DynamicCache
+        from transformers import DynamicCache  # start-up time
 
         last, cache, mask, position = self._context_cache(batch)
         rows, words, k = last.shape[0], len(self.word_ids), self.max_word_tokens - 1

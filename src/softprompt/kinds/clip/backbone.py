@@ -118,7 +118,7 @@ class CLIPBackbone(FrozenBackbone):
         """Token embeddings (B, T, d) (with any soft context already in place) -> projected features (B, P).
 
         `input_ids` (B, T) only choose the pooled position. Positions are 0..T-1, as CLIP's own."""
-        from transformers.masking_utils import create_causal_mask
+        from transformers.masking_utils import create_causal_mask  # start-up time
 
         text = self.text_model
         if inputs_embeds.shape[1] > self.context_length:

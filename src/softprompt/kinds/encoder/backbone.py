@@ -121,7 +121,7 @@ class Seq2SeqBackbone(_FrozenHFBackbone):
     def decoder_logits(self, encoder_hidden: torch.Tensor, encoder_mask: torch.Tensor,
                        decoder_input_ids: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (B, K, V) of the decoder run on `decoder_input_ids` (B, K) over encoder states."""
-        from transformers.modeling_outputs import BaseModelOutput
+        from transformers.modeling_outputs import BaseModelOutput  # start-up time
 
         out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden),
                          attention_mask=encoder_mask, decoder_input_ids=decoder_input_ids, use_cache=False)

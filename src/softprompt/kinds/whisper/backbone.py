@@ -189,7 +189,12 @@ def generation_config_dict(ct2_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert_into(source: Path, target: Path, staging: Path) -> None:
-    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (  # start-up time
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     print(f"softprompt: converting {source / 'model.bin'} (CTranslate2) to safetensors in {target} (once) ...",
           flush=True)
@@ -230,7 +235,7 @@ def _convert_into(source: Path, target: Path, staging: Path) -> None:
 
 def load_whisper_tokenizer(folder: str | Path):
     """A fast Whisper tokenizer from a `tokenizer.json` (pad = `<|endoftext|>`, as Whisper pads)."""
-    from transformers import WhisperTokenizerFast
+    from transformers import WhisperTokenizerFast  # start-up time
 
     folder = Path(folder)
     if (folder / "tokenizer_config.json").is_file():
@@ -337,7 +342,7 @@ class SpeechBackbone(FrozenBackbone):
 def load_whisper_backbone(folder: str | Path | None = None, *, dtype: torch.dtype = torch.float32,
                           device: torch.device | str = "cpu", name: str | None = None) -> SpeechBackbone:
     """A frozen `SpeechBackbone` from a Hugging Face Whisper folder (default: the built-in tiny.en)."""
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration  # start-up time
 
     folder = Path(folder) if folder is not None else whisper_tiny_dir()
     with quiet_transformers():
