@@ -85,7 +85,7 @@ class Capability(str, Enum):
     INIT_FROM = "prompt transfer (--init-from)"
     MULTITASK = "multitask prompt tuning (--method multitask)"
     EXPLAIN = "softprompt explain (nearest vocabulary tokens)"
-    PEFT_EXPORT = "PEFT export (softprompt export)"
+    PEFT_EXPORT = "PEFT interop (softprompt export / import-peft)"
     BASELINES = "weight-training baselines (--method lora / adapters / full / probe)"
 
 

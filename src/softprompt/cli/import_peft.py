@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..hub import load_backbone
+from ..kinds import kind_of
+from ..protocols import Capability
 from ..tools.interop import import_peft, read_peft_adapter
 from . import app
 from .common import pick_device
@@ -30,6 +32,7 @@ def import_command(
     _, config, ours = read_peft_adapter(peft_dir)
     name = model or (ours or {}).get("backbone", {}).get("name") or config.get("base_model_name_or_path")
     backbone = load_backbone(name, dtype=precision, device=pick_device(device))
+    kind_of(backbone).require(Capability.PEFT_EXPORT, f"--model {backbone.name}")
     out = import_peft(peft_dir, output, backbone, template=template,
                       labels=[x for x in labels.split(",") if x] if labels else None,
                       label_words=label_words or ())

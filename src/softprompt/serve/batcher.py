@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..inference.batch import Request
+from ..inference.batch import Generation, Request
 from ..inference.engine import run_requests
 from ..protocols import Backbone
 from .metrics import Metrics
@@ -147,7 +147,7 @@ class DynamicBatcher:
         self.metrics.batch_rows.observe(len(batch))
         self.metrics.batch_prompts.observe(len({id(w.request.model) for w in batch}))
         for work, (result, error) in zip(batch, outcomes):
-            self.metrics.generated_tokens.inc(getattr(result, "completion_tokens", 0))
+            self.metrics.generated_tokens.inc(result.completion_tokens if isinstance(result, Generation) else 0)
             work.loop.call_soon_threadsafe(_resolve, work.future, result, error)
             if work.stream is not None:
                 work.loop.call_soon_threadsafe(work.stream.put_nowait, (work.index, None))

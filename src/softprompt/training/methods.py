@@ -29,10 +29,10 @@ from ..config import TrainConfig
 from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import atomic_write, save_prompt
-from ..kinds import build_prompted_model
+from ..kinds import build_prompted_model, kind_of
 from ..kinds.causal_lm.model import PromptedModel
 from ..prompts import PromptMethod, SoftPrompt
-from ..protocols import Backbone, TaskType
+from ..protocols import Backbone, Capability, TaskType
 from ..template import Template, left_pad
 from ..verbalizer import Verbalizer
 
@@ -184,6 +184,7 @@ def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone
         method = PromptMethod.DEEP if name is MethodName.DEEP else PromptMethod.PROMPT
         model = build_prompted_model(config.replace(method=method), backbone, task)
         return Method(name, model, lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
+    kind_of(backbone).require(Capability.BASELINES, f"--methods {name.value}")
     if name is MethodName.ZEROSHOT:
         return Method(name, _plain_model(backbone, task, config), None, trains=False)
     if name is MethodName.PROBE:

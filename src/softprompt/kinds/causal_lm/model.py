@@ -310,7 +310,7 @@ class PromptedModel(nn.Module):
         if self.max_word_tokens == 1:
             hidden, _ = self.hidden(batch)                                # (B, T, d)
             return self.word_scores_from_hidden(hidden)
-        if torch.is_grad_enabled() and getattr(self.backbone, "gradient_checkpointing", False):
+        if torch.is_grad_enabled() and self.backbone.gradient_checkpointing:
             # A recomputed layer would append to the key/value cache a second time: use full rows instead.
             hidden, _ = self.hidden(self._per_word_batch(batch))          # (B*W, T + K-1, d)
             return self.word_scores_from_hidden(hidden)

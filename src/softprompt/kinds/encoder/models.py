@@ -57,7 +57,7 @@ class _Bidirectional(PromptedModel):
 
     def __init__(self, backbone: Backbone, prompt: SoftPrompt, template: Template,
                  verbalizer: Verbalizer | None, *, max_length: int) -> None:
-        if getattr(prompt, "method", "prompt") != "prompt":
+        if prompt.method != "prompt":
             raise ConfigError(f"backbone '{backbone.name}' ({backbone.kind.value}): only input-level soft prompts "
                               f"are implemented (--method prompt); deep prompts are for causal LMs")
         super().__init__(backbone, prompt, template, verbalizer, max_length=max_length)
