@@ -133,3 +133,38 @@ def test_yaml_options_nest_by_group_and_wrong_types_are_one_line(tmp_path):
         path.write_text(f"data: x\n{text}\n")
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             TrainConfig.from_sources(path)
+
+
+VERBS = ("train", "eval", "predict", "info", "explain", "export", "import-peft", "compare", "sweep", "serve")
+
+
+@pytest.mark.parametrize("argv", [
+    *[[verb, "--bogus"] for verb in VERBS],
+    ["trian"], ["train", "--lr", "abc", "--data", "x"], ["train", "--placement", "middle", "--data", "x"],
+    ["train", "--max-steps", "2.5", "--data", "x"], ["train", "--data", "x", "--device", "cuda:0"],
+    ["train", "--data", "x", "--device", "gpu"], ["train", "--data", "x", "--device", "banana"],
+    ["train", "--data", "x", "--lr", "inf"], ["train"], ["eval"], ["predict"], ["info"], ["export"],
+    ["info", "/no/such/prompt.safetensors"], ["predict", "--prompt", "/no/such.safetensors", "text"],
+    ["serve", "--prompts", "/no/such/folder"], ["train", "--config", "/no/such.yaml", "--data", "x"],
+], ids=lambda argv: " ".join(argv))
+def test_every_usage_mistake_is_one_line_and_exit_2(argv, capsys):
+    from softprompt.cli import main
+
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("softprompt: error: "), err
+    assert "Traceback" not in err + out
+
+
+def test_version_help_and_a_yaml_mistake_need_no_traceback(tmp_path):
+    from softprompt import __version__
+
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"softprompt {__version__}"
+    proc = run()
+    assert proc.returncode == 0 and "train" in proc.stdout and not proc.stderr
+    (tmp_path / "c.yaml").write_text('data: x\nmax_steps: "three"\n')
+    proc = run("train", "--config", tmp_path / "c.yaml")
+    assert proc.returncode == 2 and proc.stderr.strip() == "softprompt: error: --max-steps 'three': expected a " \
+                                                           "whole number or null"

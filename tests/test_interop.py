@@ -77,3 +77,43 @@ def test_export_refuses_non_prefix_prompts(tmp_path, tiny_llama):
     with pytest.raises(ConfigError, match="prefix prompts only"):
         export_peft(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_export_never_deletes_what_a_user_owns(tmp_path):
+    """A non-empty target is refused (nothing touched); --overwrite replaces only a previous export; files and
+    folders get the user's umask permissions."""
+    import os
+    import stat
+
+    from softprompt.errors import ConfigError
+
+    backbone = tiny.tiny_backbone("llama")
+    model = PromptedModel(backbone, SoftPrompt(torch.randn(3, 32)), build_template("{text} {label}", "prefix", 3),
+                          Verbalizer.from_spec(["negative", "positive"]))
+    path = save_prompt(tmp_path / "p.safetensors", model)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("mine")
+    with pytest.raises(ConfigError, match="already holds metrics.jsonl"):
+        export_peft(path, run)
+    with pytest.raises(ConfigError, match="already holds metrics.jsonl"):
+        export_peft(path, run, overwrite=True)
+    assert (run / "metrics.jsonl").read_text() == "mine" and os.listdir(run) == ["metrics.jsonl"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        export_peft(path, tmp_path / "file")
+    out = export_peft(path, tmp_path / "adapter")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()
+    with pytest.raises(ConfigError, match="--overwrite"):
+        export_peft(path, out)
+    assert export_peft(path, out, overwrite=True) == out and (out / "adapter_config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .errors import ConfigError
@@ -50,6 +52,28 @@ GROUPS: dict[str, str] = {
 SECTIONS: dict[str, str] = {"deep": "deep_", "mpt": "mpt_", "vpt": "vpt_", "coop": "coop_", "encoder": "encoder_"}
 # What a run's own config.yaml records beside its options (resolved values): read back, it is ignored.
 RUN_SECTION = "resolved"
+
+
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(device: str, flag: str = "--device") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> a device this machine has, or a one-line `ConfigError`."""
+    if not isinstance(device, str) or not DEVICE.match(device):
+        raise ConfigError(f"{flag} {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{flag} {device}: this machine has no CUDA GPU that torch can use; use --device cpu "
+                              f"(or auto)")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                              f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{flag} mps: Apple's Metal backend is not available here; use --device cpu (or auto)")
+    return torch.device(device)
 
 
 def _opt(default: Any, help: str, group: str) -> Any:
@@ -228,6 +252,7 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}"),
             (self.max_rollbacks >= 0, f"--max-rollbacks must be >= 0, got {self.max_rollbacks}"),
+            (bool(DEVICE.match(self.device)), f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps"),
             (self.load_in in (None, "8bit", "4bit"), f"--load-in {self.load_in!r}: choose 8bit or 4bit"),
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),

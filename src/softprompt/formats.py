@@ -48,14 +48,31 @@ def prompt_metadata(model: PromptedTask, **extra: Any) -> dict[str, Any]:
     return meta
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _process_umask()  # read once, at import (setting it back and forth later would race other threads)
+
+
+def user_permissions(path: str | Path, directory: bool = False) -> None:
+    """Give a file made by `mkstemp` / `mkdtemp` (0600 / 0700) the permissions the user's umask gives new files:
+    a server running as another user can then read a prompt file, as it could one written by `cp`."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
 def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place."""
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place (with the user's normal
+    file permissions)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        user_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -8,6 +8,7 @@ import click
 import typer
 
 from ..errors import SoftPromptError
+from ..version import __version__
 
 app = typer.Typer(name="softprompt", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prompt tuning for frozen Hugging Face models: train, evaluate, compare, predict, inspect, explain, sweep, serve.")
@@ -18,22 +19,55 @@ def _register() -> None:
                    sweep, train)  # (each adds a command)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage-error classes, and those of the click copy that typer vendors (typer._click)."""
+    classes: list[type[Exception]] = [click.ClickException]
+    vendored = getattr(typer, "_click", None)  # typer >= 0.20 carries its own click
+    if vendored is not None:
+        classes.append(vendored.exceptions.ClickException)
+    return tuple(classes)
+
+
+def _exits() -> tuple[type[BaseException], ...]:
+    """Click's and typer's `Exit` (an exit code) and `Abort` (Ctrl-C at a prompt)."""
+    return (click.exceptions.Exit, click.exceptions.Abort, typer.Exit, typer.Abort)
+
+
+def _one_line_usage_error(exc: Exception, argv: list[str]) -> str:
+    """'No such option: --bogus' -> one line naming what was given and where help is."""
+    message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    context = getattr(exc, "ctx", None)  # click attaches the command's context when it has one
+    command = context.command_path if context is not None else "softprompt"
+    return f"softprompt: error: {message} (see `{command} --help`)"
+
+
 def main(argv: list[str] | None = None) -> int:
     _register()
     command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["--version"], ["-V"]):
+        print(f"softprompt {__version__}")
+        return 0
+    if not args:
+        print(command.get_help(click.Context(command, info_name="softprompt")))
+        return 0
+    usage_errors, exits = _usage_errors(), _exits()
     try:
-        command.main(args=argv, prog_name="softprompt", standalone_mode=False)
+        command.main(args=args, prog_name="softprompt", standalone_mode=False)
     except SoftPromptError as exc:
         print(f"softprompt: error: {exc}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except usage_errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a verb group without its verb: its help, as asked
+            exc.show()  # type: ignore[attr-defined]
+            return 0
+        print(_one_line_usage_error(exc, args), file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
-        print("softprompt: aborted", file=sys.stderr)
-        return 130
+    except exits as exc:
+        if type(exc).__name__ == "Abort":
+            print("softprompt: aborted", file=sys.stderr)
+            return 130
+        return exc.exit_code  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         print("softprompt: interrupted", file=sys.stderr)
         return 130

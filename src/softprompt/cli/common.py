@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import resolve_device
 from ..formats import read_prompt_tensors
 from ..hub import load_backbone, resolve_precision
 from ..kinds import load_prompted_model
@@ -13,9 +14,7 @@ from ..protocols import PromptedTask
 
 
 def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(device)
 
 
 def load_for_inference(prompt: Path, model: str | None, precision: str, device: str) -> tuple[PromptedTask, dict]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, PromptFileError, SoftPromptError
+from ..formats import user_permissions
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..kinds import load_prompted_model
 from ..protocols import PromptedTask
@@ -123,6 +124,7 @@ class PromptDirectory:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             model = self._load(name, Path(tmp))
+            user_permissions(tmp)
             with self._lock:
                 replaced = name in self.bank
                 os.replace(tmp, target)

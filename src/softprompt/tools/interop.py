@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError, PromptFileError
-from ..formats import read_prompt_file, read_prompt_tensors, save_prompt
+from ..formats import read_prompt_file, read_prompt_tensors, save_prompt, user_permissions
 from ..kinds import KINDS
 from ..kinds.causal_lm.model import PromptedModel
 from ..prompts import SoftPrompt
@@ -82,6 +82,7 @@ def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    user_permissions(staging, directory=True)
     try:
         (staging / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
         save_file({"prompt_embeddings": embeddings.contiguous()}, str(staging / PEFT_WEIGHTS))

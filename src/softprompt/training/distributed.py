@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from ..config import TrainConfig
+from ..config import TrainConfig, resolve_device
 from ..errors import ConfigError
 from ..protocols import Backbone
 
@@ -99,7 +99,7 @@ class Processes:
 
 def setup_processes(config: TrainConfig) -> Processes:
     """This process in the launch (a single process when not launched by accelerate)."""
-    on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+    on_cpu = resolve_device(config.device).type == "cpu"  # also refuses a device this machine does not have
     zero = deepspeed_zero_config()  # a DeepSpeed launch: the loop keeps its optimiser; DeepSpeed only partitions
     accelerator = Accelerator(cpu=on_cpu)  # cpu=True also makes several CPU processes one gloo group
     device = torch.device(config.device) if config.device.startswith("cuda:") else accelerator.device
