@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -15,6 +16,7 @@ from softprompt import (
     build_template,
     load_prompted_model,
     read_prompt_file,
+    read_prompt_tensors,
     save_prompt,
 )
 from softprompt.frozen import weights_fingerprint
@@ -98,3 +100,29 @@ def test_not_a_prompt_file(tmp_path):
         read_prompt_file(tmp_path / "y.safetensors")
     with pytest.raises(PromptFileError, match="not found"):
         read_prompt_file(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("change", [
+    {"max_length": "abc"}, {"template": 5}, {"labels": [1, 2]}, {"task": "dance"}, {"num_virtual_tokens": "2"},
+    {"backbone": None}, {"backbone": {"name": "x", "hidden_size": "32", "fingerprint": "f"}},
+    {"backbone": {"name": "x", "kind": "toaster"}}, {"max_length": True},
+], ids=lambda change: json.dumps(change))
+def test_crafted_metadata_is_a_prompt_file_error(tmp_path, tiny_llama, change):
+    from safetensors.torch import save_file
+
+    model = PromptedModel(tiny_llama, SoftPrompt(torch.randn(2, 32)), build_template("{text} {label}", "prefix", 2),
+                          Verbalizer.from_spec(["a", "b"]))
+    path = save_prompt(tmp_path / "good.safetensors", model)
+    tensors, meta = read_prompt_tensors(path)
+    save_file(tensors, str(tmp_path / "bad.safetensors"),
+              metadata={"format": "softprompt", "softprompt": json.dumps({**meta, **change})})
+    with pytest.raises(PromptFileError, match="damaged metadata"):
+        read_prompt_tensors(tmp_path / "bad.safetensors")
+
+
+def test_nan_tensors_are_refused(tmp_path, tiny_llama):
+    model = PromptedModel(tiny_llama, SoftPrompt(torch.full((2, 32), float("nan"))),
+                          build_template("{text} {label}", "prefix", 2), Verbalizer.from_spec(["a", "b"]))
+    path = save_prompt(tmp_path / "nan.safetensors", model)
+    with pytest.raises(PromptFileError, match="NaN or infinite"):
+        read_prompt_tensors(path)

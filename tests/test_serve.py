@@ -254,3 +254,21 @@ def test_concurrent_requests_batch_across_prompts_and_survive_swaps(tiny_llama, 
         one_prompt = float(next(line for line in multi if 'le="1.0"' in line).split()[-1])
         total = float(next(line for line in text.splitlines() if line.startswith("softprompt_batch_prompts_count")).split()[-1])
         assert total > one_prompt  # at least one batch held rows of several prompts
+
+
+def test_hostile_requests_get_a_json_4xx_never_a_500(client):
+    """Requests that used to answer 500: a lone surrogate, a seed past a generator's range, a non-ASCII token,
+    a prompt name ending in a newline."""
+    surrogate = b'{"prompt": "sentiment", "inputs": ["\\ud800"]}'
+    assert "surrogate" in _error(client.post("/v1/classify", content=surrogate,
+                                             headers={"content-type": "application/json"}), 422)
+    chat = b'{"model": "qa", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}'
+    assert "surrogate" in _error(client.post("/v1/chat/completions", content=chat,
+                                             headers={"content-type": "application/json"}), 422)
+    _error(client.post("/v1/completions", json={"model": "qa", "prompt": "x", "seed": 2**64}), 422)
+    _error(client.delete("/v1/prompts/qa", headers={"Authorization": "Bearer s3cret-tok\u00e9n".encode("latin-1")}),
+           401)
+    body = client.get("/v1/prompts").json()
+    assert "qa" in [p["name"] for p in body["data"]]
+    _error(client.post("/v1/prompts", params={"name": "x\n"}, content=b"x", headers={"Authorization": f"Bearer {TOKEN}"}),
+           422)

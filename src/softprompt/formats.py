@@ -22,7 +22,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import IncompatiblePromptError, PromptFileError
 from .prompts import TENSOR_NAMES, PromptMethod
-from .protocols import Backbone, BackboneKind, PromptedTask
+from .protocols import Backbone, BackboneKind, PromptedTask, TaskType
 from .version import __version__
 
 TENSOR_NAME = "prompt_embeddings"
@@ -119,6 +119,7 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
             raise ValueError("the metadata must be a JSON object with a 'backbone' object")
         meta["backbone"].setdefault("kind", BackboneKind.CAUSAL_LM.value)  # files from before other kinds existed
         BackboneKind(meta["backbone"]["kind"])
+        _check_fields(meta)
         method = PromptMethod(meta.get("method", "prompt"))
     except (KeyError, ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         raise PromptFileError(f"{path}: damaged metadata ({exc})") from None
@@ -139,6 +140,27 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     if broken:
         raise PromptFileError(f"{path}: tensor(s) {broken} hold NaN or infinite values; retrain or restore the file")
     return out, meta
+
+
+# metadata field -> the JSON types it may hold (absent is fine: older files, or a kind that has no such field)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "num_virtual_tokens": (int,), "max_length": (int,), "template": (str, type(None)), "task": (str,),
+    "labels": (list, type(None)), "verbalizer": (dict, type(None)), "method": (str,)}
+_BACKBONE_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "hidden_size": (int,), "fingerprint": (str,)}
+
+
+def _check_fields(meta: dict[str, Any]) -> None:
+    """Every metadata field a reader relies on has its type (a crafted `max_length: "abc"` is refused here)."""
+    for where, fields, types in (("", meta, _FIELD_TYPES), ("backbone.", meta["backbone"], _BACKBONE_TYPES)):
+        for name, allowed in types.items():
+            if name in fields and (not isinstance(fields[name], allowed) or isinstance(fields[name], bool)):
+                raise ValueError(f"metadata field '{where}{name}' holds {fields[name]!r}")
+    if meta.get("task", "classification") not in {t.value for t in TaskType}:
+        raise ValueError(f"metadata field 'task' holds {meta['task']!r}")
+    if isinstance(meta.get("labels"), list) and not all(isinstance(label, str) for label in meta["labels"]):
+        raise ValueError("metadata field 'labels' holds something other than label names")
+    if isinstance(meta.get("max_length"), int) and not (meta["max_length"] == 0 or 8 <= meta["max_length"] <= 1 << 20):
+        raise ValueError(f"metadata field 'max_length' holds {meta['max_length']}")
 
 
 def check_compatible(meta: dict[str, Any], backbone: Backbone, path: str | Path = "prompt") -> None:

@@ -144,7 +144,8 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
             raise ApiError(403, "prompt uploads and deletions are off: start the server with --admin-token "
                                 "(or SOFTPROMPT_ADMIN_TOKEN)", "permission_denied")
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), settings.admin_token):
+        given, expected = token.strip().encode("utf-8", "surrogateescape"), settings.admin_token.encode("utf-8")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):  # bytes: any header compares
             raise ApiError(401, "missing or wrong admin token: send 'Authorization: Bearer <token>'",
                            "authentication_error")
 

@@ -29,7 +29,7 @@ SUFFIX = ".safetensors"
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name) or ".." in name or name.endswith(SUFFIX):
+    if not NAME_PATTERN.fullmatch(name) or ".." in name or name.endswith(SUFFIX):
         raise ConfigError(f"prompt name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', "
                           "starting with a letter or digit (no '..', no extension)")
     return name
@@ -82,7 +82,7 @@ class PromptDirectory:
             present: dict[str, Path] = {}
             for path in sorted(self.folder.glob(f"*{SUFFIX}")):
                 name = path.name[: -len(SUFFIX)]
-                if NAME_PATTERN.match(name) and ".." not in name:
+                if NAME_PATTERN.fullmatch(name) and ".." not in name:
                     present[name] = path
             for name in [n for n in self._known if n not in present]:
                 self._known.pop(name)
@@ -143,7 +143,7 @@ class PromptDirectory:
             self.bank.remove(name)
             self._known.pop(name, None)
             path = self.folder / f"{name}{SUFFIX}"
-            if NAME_PATTERN.match(name) and path.exists():
+            if NAME_PATTERN.fullmatch(name) and path.exists():
                 path.unlink()
 
     # ---- polling -------------------------------------------------------------------------------------------

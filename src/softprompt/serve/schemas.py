@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+def _encodable(text: str) -> str:
+    """Refuse a lone surrogate (valid in JSON's \\uXXXX escapes, not in UTF-8): no tokenizer can read it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds a lone surrogate (\\ud800-\\udfff) that is not a character") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+SEED_LIMIT = 2**63  # a torch generator's seed range
 
 
 class ClassifyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(description="name of a classification prompt")
-    inputs: list[str | dict[str, str]] = Field(min_length=1, description="texts, or field -> text mappings")
+    inputs: list[Text | dict[Text, Text]] = Field(min_length=1, description="texts, or field -> text mappings")
 
 
 class _Sampling(BaseModel):
@@ -18,8 +33,8 @@ class _Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
     stream: bool = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -28,14 +43,21 @@ class _Sampling(BaseModel):
 
 
 class CompletionBody(_Sampling):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(16, ge=0)
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str
-    content: str | list[dict] | None = None
+    content: Text | list[dict] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts_are_text(cls, value: str | list[dict] | None) -> str | list[dict] | None:
+        for part in value if isinstance(value, list) else ():
+            _encodable(str(part.get("text", "")))
+        return value
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
