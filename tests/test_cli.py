@@ -168,3 +168,15 @@ def test_version_help_and_a_yaml_mistake_need_no_traceback(tmp_path):
     proc = run("train", "--config", tmp_path / "c.yaml")
     assert proc.returncode == 2 and proc.stderr.strip() == "softprompt: error: --max-steps 'three': expected a " \
                                                            "whole number or null"
+
+
+def test_a_log_gets_lines_not_progress_bar_frames(trained, tmp_path, tiny_model_dir):
+    """stderr redirected to a file: one line per stage, no carriage-return frames."""
+    root, data, _, _ = trained
+    proc = run("train", "--model", tiny_model_dir, "--data", data, "--output", tmp_path / "r", "--max-steps", 4,
+               "--eval-every", 2, "--batch-size", 4, "--precision", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    assert "softprompt: step 2/4: loss" in proc.stderr and "softprompt: step 4/4" in proc.stderr
+    proc = run("eval", "--prompt", tmp_path / "r" / "prompt.safetensors", "--data", data, "--model", tiny_model_dir)
+    assert proc.returncode == 0 and "\r" not in proc.stderr

@@ -113,3 +113,30 @@ def test_fashion_mnist_halves_and_idx_reader():
     image = high.train[0]["image"]
     assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and int(image.max()) > 0
     assert high.text_fields == ("image",)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("num.jsonl", '{"text": 42, "label": "x"}\n', "1: field 'text': expected text, got int 42"),
+    ("dup.jsonl", '{"text": "hi", "label": "x", "label": "y"}\n', "1: the key 'label' appears twice"),
+    ("deep.jsonl", '{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": "x"}\n', "1: JSON nested too deeply"),
+    ("surrogate.jsonl", '{"text": "\\ud800", "label": "x"}\n', "1: field 'text': holds a lone surrogate"),
+    ("quote.csv", 'text,label\n"fine",a\n"open quote,b\nmore,c\nrows,d\n', "3: invalid CSV (unexpected end of data"),
+], ids=lambda value: value if isinstance(value, str) and value.endswith(("l", "v")) else "")
+def test_hostile_rows_are_named_by_file_line_and_field(tmp_path, name, text, message):
+    from softprompt.data.readers import read_rows
+
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        read_rows(path, text_fields=("text",), label_field="label")
+    assert str(info.value).startswith(f"{path}:") and message in str(info.value)
+
+
+def test_legal_json_lines_are_read_whole(tmp_path):
+    """A raw U+2028 is legal inside a JSON string: it must not cut the line; a numeric label is a label."""
+    from softprompt.data.readers import read_rows
+
+    path = tmp_path / "ok.jsonl"
+    path.write_text('{"text": "one\u2028two", "label": 1}\n{"text": "three", "label": 0}\n', encoding="utf-8")
+    rows, skipped = read_rows(path, text_fields=("text",), label_field="label")
+    assert rows == [{"text": "one\u2028two", "label": "1"}, {"text": "three", "label": "0"}] and skipped == 0

@@ -7,8 +7,8 @@ import time
 from typing import Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from .progress import bar as progress_bar
 from .protocols import PromptedTask, TaskType
 
 
@@ -26,7 +26,7 @@ def predict_scores(model: PromptedTask, rows: Sequence[Mapping], *, batch_size: 
                    progress: bool = False) -> torch.Tensor:
     """Class scores (N, C) for rows, in input order."""
     scores = torch.empty(len(rows), len(model.labels))
-    bar = tqdm(total=len(rows), desc="scoring", disable=not progress, leave=False)
+    bar = progress_bar(len(rows), "scoring", progress, leave=False)
     for index, chunk in _batches(rows, batch_size, model.input_fields):
         batch = {k: v.to(model.backbone.device) for k, v in model.make_batch(chunk, label_field=None).items()}
         scores[index] = model.class_scores(batch).float().cpu()

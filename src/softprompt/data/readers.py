@@ -23,14 +23,35 @@ def _decode(path: Path) -> str:
                         path=str(path), line=line) from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also cut at U+2028 and the like, which JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             yield number, DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=str(path), line=number)
+            continue
+        except _DuplicateKey as exc:
+            yield number, DataError(f"the key '{exc}' appears twice in one object; keep one", path=str(path),
+                                    line=number)
+            continue
+        except RecursionError:
+            yield number, DataError("JSON nested too deeply to be a data row", path=str(path), line=number)
             continue
         if not isinstance(row, dict):
             yield number, DataError(f"expected a JSON object per line, got {type(row).__name__}",
@@ -42,12 +63,15 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]:
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     while True:
+        start = reader.line_num + 1  # where the next record begins (a quoted cell may span lines)
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, DataError(f"invalid CSV ({exc})", path=str(path), line=reader.line_num)
+            where = f"; the record starting here runs to line {reader.line_num}" if reader.line_num > start else ""
+            yield start, DataError(f"invalid CSV ({exc}{where}: look for an unclosed quote)", path=str(path),
+                                   line=start)
             return  # the csv module cannot resynchronise after a broken quote
         if None in row:
             yield reader.line_num, DataError(f"invalid CSV (more cells than the header's "
@@ -95,10 +119,21 @@ def _check_row(row: dict, path: Path, line: int, text_fields: Sequence[str], lab
         if name not in row or row[name] is None:
             return DataError(f"missing (the row has {sorted(row)}); fix the row or set --text-field/--label-field",
                              path=str(path), line=line, field=name)
-        if isinstance(row[name], (dict, list)):
-            return DataError(f"expected text, got {type(row[name]).__name__}", path=str(path), line=line, field=name)
-        if not str(row[name]).strip():
+        value = row[name]
+        is_label = name == label_field
+        if isinstance(value, (dict, list, bool)) or not (isinstance(value, str) or (is_label and
+                                                                                  isinstance(value, (int, float)))):
+            expected = "text (or a number, for a label)" if is_label else "text"
+            return DataError(f"expected {expected}, got {type(value).__name__} {json.dumps(value)[:40]}",
+                             path=str(path), line=line, field=name)
+        if not str(value).strip():
             return DataError("empty", path=str(path), line=line, field=name)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return DataError("holds a lone surrogate (\\ud800-\\udfff), which is not a character; fix the row",
+                                 path=str(path), line=line, field=name)
     if label_field and labels is not None and str(row[label_field]).strip() not in labels:
         return DataError(f"label '{row[label_field]}' is not in the label set {list(labels)}; fix the row or "
                          f"pass --labels", path=str(path), line=line, field=label_field)

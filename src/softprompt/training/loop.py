@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from ..config import RUN_SECTION, OptimizerName, TrainConfig
 from ..data import TaskData, load_task
@@ -28,6 +27,8 @@ from ..formats import atomic_write, save_prompt
 from ..hub import load_backbone, resolve_precision
 from ..kinds import build_prompted_model
 from ..kinds.text import resolved_placement
+from ..progress import bar as progress_bar
+from ..progress import stage_line
 from ..prompts import PromptMethod
 from ..protocols import Backbone, PromptedTask, TaskType
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
@@ -210,7 +211,8 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
     guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
     run = RunState(config.to_dict(), total_steps, world, model, optimizer, scheduler, guard, job.stream, scaler,
                    Progress(best_state=snapshot(model)))
-    bar = tqdm(total=total_steps, desc="training", disable=not (progress and main), dynamic_ncols=True)
+    bar = progress_bar(total_steps, "training", progress and main, dynamic_ncols=True)
+    stage_line(f"training {job.name}: {total_steps} steps, {len(train_rows)} training rows -> {out}", progress and main)
     if resume_state is not None:
         run.load_state_dict(resume_state, str(out))
         if main:
@@ -298,6 +300,11 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
                 progress_.evals_without_gain += 1
             bar.set_postfix(loss=f"{progress_.last_loss:.4f}", val=f"{primary_metric(result):.4f}",
                             best=f"{progress_.best_score:.4f}")
+            recent = (progress_.running_loss / progress_.running_n if progress_.running_n  # not logged yet
+                      else progress_.last_loss)
+            stage_line(f"step {step}/{total_steps}: loss {recent:.4f}, validation "
+                       f"{primary_metric(result):.4f} (best {progress_.best_score:.4f} at step {progress_.best_step})",
+                       progress and main)
             if on_validation is not None:
                 on_validation(step, result)
             if config.patience and progress_.evals_without_gain >= config.patience:
