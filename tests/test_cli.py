@@ -180,3 +180,18 @@ def test_a_log_gets_lines_not_progress_bar_frames(trained, tmp_path, tiny_model_
     assert "softprompt: step 2/4: loss" in proc.stderr and "softprompt: step 4/4" in proc.stderr
     proc = run("eval", "--prompt", tmp_path / "r" / "prompt.safetensors", "--data", data, "--model", tiny_model_dir)
     assert proc.returncode == 0 and "\r" not in proc.stderr
+
+
+def test_predict_reads_standard_input_and_data_may_be_tsv(trained, tmp_path, tiny_model_dir):
+    root, data, out, _ = trained
+    proc = subprocess.run([sys.executable, "-m", "softprompt", "predict", "--prompt", str(out / "prompt.safetensors"),
+                           "-"], input="a great film\n\nboring\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.split()) == 2 and set(proc.stdout.split()) <= {"positive", "negative"}
+    tsv = tmp_path / "tsv"
+    tsv.mkdir()
+    for split in ("train", "validation", "test"):
+        (tsv / f"{split}.tsv").write_text("text\tlabel\n" + "a great, fine film\tpositive\nboring\tnegative\n" * 4)
+    proc = run("eval", "--prompt", out / "prompt.safetensors", "--data", tsv, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n"] == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +19,8 @@ from .common import load_for_inference
 
 @app.command()
 def predict(
-    texts: Annotated[list[str], typer.Argument(help="Input text(s); each fills the template's first field.")],
+    texts: Annotated[list[str], typer.Argument(help="Input text(s); each fills the template's first field. '-' reads "
+                                                    "one text per line from standard input.")],
     prompt: Annotated[Path, typer.Option(help="Prompt file (.safetensors).")],
     model: Annotated[Optional[str], typer.Option(help="Backbone (default: the one named in the prompt file).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generation: tokens to generate at most.")] = 32,
@@ -32,6 +34,10 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Print the predicted label (or generated text) for each input, one per line."""
+    if texts == ["-"]:
+        texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        if not texts:
+            raise ConfigError("predict -: standard input held no text (one input per line)")
     prompted, _ = load_for_inference(prompt, model, precision, device)
     fields = prompted.input_fields
     if len(fields) != 1:

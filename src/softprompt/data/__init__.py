@@ -65,7 +65,7 @@ def load_task(data: str | None = None, *, train_file: str | None = None, validat
         folder = Path(data)
         if not folder.is_dir():
             raise ConfigError(f"--data {data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor a folder "
-                              f"holding train/validation/test .jsonl or .csv files")
+                              f"holding train/validation/test .jsonl, .csv or .tsv files")
         files = {split: _find_split(folder, split) for split in files}
         name = folder.name
     for split, given in (("train", train_file), ("validation", validation_file), ("test", test_file)):

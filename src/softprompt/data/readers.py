@@ -1,4 +1,4 @@
-"""Readers for user data files (.jsonl, .csv) with row validation that names file, line and field."""
+"""Readers for user data files (.jsonl, .csv, .tsv) with row validation that names file, line and field."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 
 from ..errors import DataError
 
-SUFFIXES = (".jsonl", ".csv")
+SUFFIXES = (".jsonl", ".csv", ".tsv")
 
 
 def _decode(path: Path) -> str:
@@ -60,8 +60,8 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]
         yield number, row
 
 
-def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+def _csv_rows(path: Path, text: str, delimiter: str = ",") -> Iterator[tuple[int, dict | DataError]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     while True:
         start = reader.line_num + 1  # where the next record begins (a quoted cell may span lines)
         try:
@@ -83,7 +83,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]:
 
 def read_rows(path: str | Path, *, text_fields: Sequence[str], label_field: str | None,
               labels: Sequence[str] | None = None, skip_bad_rows: bool = False) -> tuple[list[dict], int]:
-    """Read and validate a .jsonl or .csv file.
+    """Read and validate a .jsonl, .csv or .tsv file.
 
     Each row must hold every text field (non-empty) and, when `label_field` is given, a label (one of
     `labels` when given). Returns (rows, number skipped). Without `skip_bad_rows` the first bad row raises a
@@ -93,9 +93,10 @@ def read_rows(path: str | Path, *, text_fields: Sequence[str], label_field: str 
     if not path.is_file():
         raise DataError("file not found", path=str(path))
     if path.suffix not in SUFFIXES:
-        raise DataError(f"unsupported file type '{path.suffix}'; use .jsonl or .csv", path=str(path))
+        raise DataError(f"unsupported file type '{path.suffix}'; use {', '.join(SUFFIXES)}", path=str(path))
     text = _decode(path)
-    source = _jsonl_rows(path, text) if path.suffix == ".jsonl" else _csv_rows(path, text)
+    source = (_jsonl_rows(path, text) if path.suffix == ".jsonl"
+              else _csv_rows(path, text, "\t" if path.suffix == ".tsv" else ","))
     rows, skipped = [], 0
     for number, row in source:
         error = row if isinstance(row, DataError) else _check_row(row, path, number, text_fields, label_field, labels)
