@@ -323,9 +323,11 @@ class TrainConfig:
         if config_file is not None:
             path = Path(config_file)
             try:
-                loaded = yaml.safe_load(path.read_text()) or {}
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             except OSError as exc:
                 raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"--config {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
             except yaml.YAMLError as exc:
                 raise ConfigError(f"--config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
             if not isinstance(loaded, dict):

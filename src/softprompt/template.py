@@ -54,13 +54,13 @@ class Template:
         pos, offset = 0, 0
         for match in _TOKEN_RE.finditer(source):
             if answer is not None:
-                raise ConfigError(f"--template '{source}': '{{{answer}}}' must come last (nothing may follow it)")
+                raise ConfigError(f"--template {source!r}: '{{{answer}}}' must come last (nothing may follow it)")
             if match.start() > pos:
                 segments.append(Segment("text", source[pos:match.start()]))
             if match.group(1) is not None:
                 length = int(match.group(1))
                 if length < 1:
-                    raise ConfigError(f"--template '{source}': [soft:N] needs N >= 1")
+                    raise ConfigError(f"--template {source!r}: [soft:N] needs N >= 1")
                 segments.append(Segment("soft", length=length, offset=offset))
                 offset += length
             elif match.group(2) in ANSWER_FIELDS:
@@ -69,11 +69,11 @@ class Template:
                 segments.append(Segment("field", match.group(2)))
             pos = match.end()
         if answer is None:
-            raise ConfigError(f"--template '{source}': add the answer marker '{{label}}' (or '{{target}}') at the end")
+            raise ConfigError(f"--template {source!r}: add the answer marker '{{label}}' (or '{{target}}') at the end")
         if source[pos:].strip():
-            raise ConfigError(f"--template '{source}': text after '{{{answer}}}' is not allowed")
+            raise ConfigError(f"--template {source!r}: text after '{{{answer}}}' is not allowed")
         if not any(s.kind == "field" for s in segments):
-            raise ConfigError(f"--template '{source}': no input field; add e.g. '{{text}}'")
+            raise ConfigError(f"--template {source!r}: no input field; add e.g. '{{text}}'")
         answer_space = ""
         if segments and segments[-1].kind == "text":
             stripped = segments[-1].value.rstrip(" ")
@@ -119,7 +119,7 @@ def build_template(body: str, placement: Placement | str, num_virtual_tokens: in
     last_field = list(_TOKEN_RE.finditer(body))
     fields = [m for m in last_field if m.group(2) and m.group(2) not in ANSWER_FIELDS]
     if not fields:
-        raise ConfigError(f"--template '{body}': no input field; add e.g. '{{text}}'")
+        raise ConfigError(f"--template {body!r}: no input field; add e.g. '{{text}}'")
     cut = fields[-1].end()
     return Template.parse(body[:cut] + soft + body[cut:])
 

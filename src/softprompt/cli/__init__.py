@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.main(args=args, prog_name="softprompt", standalone_mode=False)
     except SoftPromptError as exc:
-        print(f"softprompt: error: {exc}", file=sys.stderr)
+        message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # one line whatever a value held
+        print(f"softprompt: error: {message}", file=sys.stderr)
         return 2
     except usage_errors as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a verb group without its verb: its help, as asked

@@ -21,7 +21,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data import TaskData
-from ..errors import ConfigError
+from ..errors import ConfigError, PromptFileError, SoftPromptError
 from ..formats import check_compatible, read_prompt_tensors
 from ..frozen import FrozenBackbone
 from ..prompts import PromptMethod
@@ -149,7 +149,14 @@ def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedTask:
     """
     tensors, meta = read_prompt_tensors(path)
     check_compatible(meta, backbone, path)
-    return kind_of(backbone).from_file(backbone, tensors, meta)
+    kind = kind_of(backbone)
+    try:
+        return kind.from_file(backbone, tensors, meta)
+    except SoftPromptError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # metadata that lies about itself
+        raise PromptFileError(f"{path}: its metadata does not describe a usable {kind.name.value} prompt "
+                              f"({exc.__class__.__name__}: {exc})") from None
 
 
 __all__ = ["KINDS", "CapabilityError", "Kind", "build_prompted_model", "detect_kind", "kind_of",
