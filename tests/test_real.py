@@ -122,3 +122,19 @@ def test_deep_prompt_equals_its_tokens_as_input():
         reference, _ = backbone.hidden_states(embeds, torch.ones_like(positions), positions)
         hidden, _ = model.hidden(model.make_batch([{"text": "A tedious, joyless slog."}], label_field=None))
     torch.testing.assert_close(hidden[0, -1], reference[0, -1], atol=1e-3, rtol=1e-3)
+
+
+def test_an_exported_builtin_adapter_opens_with_auto_peft(tmp_path, smollm):
+    """The adapter names a base PEFT can open (the built-in's converted folder, not the name 'smollm2-135m')."""
+    from peft import AutoPeftModelForCausalLM
+
+    template = sp.build_template("Review: {text}\nSentiment: {label}", "prefix", 4)
+    model = sp.PromptedModel(smollm, sp.SoftPrompt(torch.randn(4, 576) * 0.1), template,
+                             sp.Verbalizer.from_spec(["negative", "positive"]))
+    path = sp.save_prompt(tmp_path / "p.safetensors", model)
+    from softprompt.tools.interop import export_peft
+
+    out = export_peft(path, tmp_path / "peft")
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(out)
+    assert peft_model.peft_config["default"].num_virtual_tokens == 4
+    assert Path(peft_model.peft_config["default"].base_model_name_or_path) == builtin_backbone_dir("smollm2-135m")

@@ -272,3 +272,17 @@ def test_hostile_requests_get_a_json_4xx_never_a_500(client):
     assert "qa" in [p["name"] for p in body["data"]]
     _error(client.post("/v1/prompts", params={"name": "x\n"}, content=b"x", headers={"Authorization": f"Bearer {TOKEN}"}),
            422)
+
+
+def test_the_openapi_schema_declares_what_the_server_answers(client):
+    """Every error a route can answer is declared in the documented error shape; /metrics is plain text; a 405
+    carries the Allow header (RFC 9110)."""
+    schema = client.get("/openapi.json").json()
+    classify = schema["paths"]["/v1/classify"]["post"]["responses"]
+    assert {"200", "404", "413", "422"} <= set(classify)
+    assert classify["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert {"401", "403", "409", "422"} <= set(schema["paths"]["/v1/prompts"]["post"]["responses"])
+    assert "text/plain" in schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    response = client.put("/v1/classify", json={})
+    assert response.status_code == 405 and "POST" in response.headers["allow"]
+    assert response.json()["error"]["code"] == 405

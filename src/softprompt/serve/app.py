@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator
 from fastapi import Depends, FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError
@@ -35,7 +35,7 @@ from ..version import __version__
 from .batcher import DynamicBatcher, Work
 from .directory import PromptDirectory, check_name
 from .metrics import Metrics
-from .schemas import ChatBody, ClassifyBody, CompletionBody
+from .schemas import ChatBody, ClassifyBody, CompletionBody, error_responses
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: HttpRequest, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
+        response = _error(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http_error")
+        response.headers.update(exc.headers or {})  # a 405 keeps the Allow header RFC 9110 requires
+        return response
 
     @app.middleware("http")
     async def _limits_and_metrics(request: HttpRequest, call_next):
@@ -154,17 +156,19 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "backbone": bank.backbone.name, "prompts": len(bank)}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})
     def prometheus() -> Response:
         metrics.prompts.set(len(bank))
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/prompts")
+    @app.get("/v1/prompts", responses=error_responses(413))
     def list_prompts() -> dict[str, Any]:
         return {"object": "list", "data": [_describe(name, bank.get(name)) for name in bank.names()],
                 "not_loaded": directory.not_loaded()}
 
-    @app.post("/v1/prompts", status_code=201, dependencies=[Depends(require_admin)])
+    @app.post("/v1/prompts", status_code=201, dependencies=[Depends(require_admin)],
+              responses=error_responses(401, 403, 409, 411, 413, 422))
     async def upload_prompt(request: HttpRequest, name: str) -> JSONResponse:
         check_name(name)
         data = await request.body()
@@ -176,7 +180,8 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         model, replaced = await asyncio.to_thread(directory.install, name, data)
         return JSONResponse({**_describe(name, model), "replaced": replaced}, 200 if replaced else 201)
 
-    @app.delete("/v1/prompts/{name}", dependencies=[Depends(require_admin)])
+    @app.delete("/v1/prompts/{name}", dependencies=[Depends(require_admin)],
+                responses=error_responses(401, 403, 404, 413, 422))
     def delete_prompt(name: str) -> dict[str, Any]:
         directory.delete(name)
         return {"deleted": name}
@@ -187,7 +192,7 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
                                            for name in bank.names()]}
 
     # ---- classification ------------------------------------------------------------------------------------
-    @app.post("/v1/classify")
+    @app.post("/v1/classify", responses=error_responses(404, 411, 413, 422))
     async def classify(body: ClassifyBody) -> dict[str, Any]:
         model = bank.get(body.prompt)
         if model.task is not TaskType.CLASSIFICATION:
@@ -198,13 +203,13 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         return {"prompt": body.prompt, "results": [{"label": r.label, "scores": r.scores} for r in results]}
 
     # ---- OpenAI-compatible completions ---------------------------------------------------------------------
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=error_responses(404, 411, 413, 422))
     async def completions(body: CompletionBody):
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         return await _complete(body, texts, max_tokens, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=error_responses(404, 411, 413, 422))
     async def chat_completions(body: ChatBody):
         users = [m for m in body.messages if m.role == "user"]
         if not users:

@@ -69,3 +69,24 @@ class ChatBody(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: `{"error": {"message", "type", "code", "param"}}` (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for the error codes an endpoint can answer, all in the `ErrorBody` shape."""
+    meaning = {401: "missing or wrong admin token", 403: "uploads and deletions are off", 404: "no such prompt",
+               409: "a prompt trained on another backbone", 411: "no Content-Length", 413: "request over a limit",
+               422: "invalid request, prompt file or input"}
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}

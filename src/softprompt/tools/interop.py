@@ -20,8 +20,10 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..cache import cache_is_complete, cache_root
 from ..errors import ConfigError, PromptFileError
 from ..formats import read_prompt_file, read_prompt_tensors, save_prompt, user_permissions
+from ..hub import BUILTIN_BACKBONES
 from ..kinds import KINDS
 from ..kinds.causal_lm.model import PromptedModel
 from ..prompts import SoftPrompt
@@ -58,6 +60,16 @@ def _check_target(out: Path, overwrite: bool) -> None:
             raise ConfigError(f"{out} already holds an exported adapter; pass --overwrite to replace it")
 
 
+def _loadable_base(name: str) -> str:
+    """A base-model reference PEFT's `AutoPeftModelForCausalLM` can open: a built-in name becomes the folder its
+    weights were converted into on this machine (when they were); anything else is kept (a folder or hub id)."""
+    if name in BUILTIN_BACKBONES:
+        folder = cache_root() / "backbones" / name
+        if cache_is_complete(folder):
+            return str(folder)
+    return name
+
+
 def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name_or_path: str | None = None,
                 overwrite: bool = False) -> Path:
     """Write a PEFT prompt-tuning adapter folder for a prefix prompt file (atomically: temp folder, rename).
@@ -78,7 +90,7 @@ def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name
         "num_transformer_submodules": 1, "num_attention_heads": backbone.get("num_attention_heads"),
         "num_layers": backbone.get("num_layers"), "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
         "tokenizer_name_or_path": None, "tokenizer_kwargs": None, "modules_to_save": None, "revision": None,
-        "base_model_name_or_path": base_model_name_or_path or backbone.get("name"), "auto_mapping": None,
+        "base_model_name_or_path": base_model_name_or_path or _loadable_base(backbone["name"]), "auto_mapping": None,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
