@@ -235,7 +235,7 @@ def mpt(args, backbone) -> dict:
             f"{100 * result.best_validation['accuracy']:.1f}" if t == name else "—" for t in MPT_SOURCES)
             + f" | {result.train_seconds:.0f} |")
     return {"rows": rows,
-            "stage1": {label: {"tasks": stage1.tasks, "steps": result.steps, "seconds": seconds,
+            "stage1": {label: {"tasks": stage1.mpt.tasks, "steps": result.steps, "seconds": seconds,
                                "trainable_params": result.trainable_params, "validation": result.best_validation}
                        for label, (result, seconds) in stages.items()},
             "teachers": {name: {"steps": r.steps, "validation": r.best_validation, "prompt": str(r.prompt_path)}

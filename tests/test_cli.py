@@ -91,16 +91,15 @@ def test_readme_options_table_is_generated_from_the_declarations():
 
 
 def test_every_option_is_a_flag_in_its_help_panel():
-    import dataclasses
     import re
 
-    from softprompt.config import GROUPS, TrainConfig
+    from softprompt.config import GROUPS, option_names
 
     proc = run("train", "--help", COLUMNS="240")
     assert proc.returncode == 0, proc.stderr
     text = re.sub(r"\s+", " ", proc.stdout)
-    for field in dataclasses.fields(TrainConfig):
-        assert "--" + field.name.replace("_", "-") in text, field.name
+    for name in option_names():
+        assert "--" + name.replace("_", "-") in text, name
     for title in GROUPS.values():
         assert title.split(" (")[0] in text, title
     assert "[default: (0.03)]" in text and "[soft:N]" in text  # defaults shown, no markup eaten
@@ -125,7 +124,7 @@ def test_yaml_options_nest_by_group_and_wrong_types_are_one_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: x\nvpt:\n  deep: true\nmpt:\n  rank: 3\ncoop:\n  class_token_position: front\n")
     config = TrainConfig.from_sources(path)
-    assert config.vpt_deep and config.mpt_rank == 3 and config.coop_class_token_position == "front"
+    assert config.vpt.deep and config.mpt.rank == 3 and config.coop.class_token_position == "front"
     for text, message in (("lr: fast", "--lr 'fast': expected a number"),
                           ("batch_size: 2.5", "--batch-size 2.5: expected a whole number"),
                           ("warmup_ratio: lots", "--warmup-ratio 'lots'"), ("max_steps: three", "--max-steps 'three'"),
@@ -195,3 +194,22 @@ def test_predict_reads_standard_input_and_data_may_be_tsv(trained, tmp_path, tin
     proc = run("eval", "--prompt", out / "prompt.safetensors", "--data", tsv, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n"] == 8
+
+
+def test_option_groups_nest_and_flat_names_still_work():
+    """Each method's and kind's options live in their own group (`config.vpt.deep`); flat names (flags, YAML,
+    keywords, checkpoints written before the groups) still build the same config."""
+    from softprompt.config import TrainConfig, VPTOptions
+    from softprompt.errors import ConfigError
+
+    config = TrainConfig(data="x", vpt_deep=True, mpt_rank=2, head_lr=0.01)
+    assert config.vpt == VPTOptions(deep=True) and config.mpt.rank == 2 and config.encoder.head_lr == 0.01
+    nested = config.to_dict()
+    assert nested["vpt"] == {"deep": True} and nested["mpt"]["rank"] == 2 and "vpt_deep" not in nested
+    assert TrainConfig(**nested) == config
+    assert TrainConfig(data="x", vpt={"deep": True}, mpt={"rank": 2}, encoder={"head_lr": 0.01}) == config
+    assert config.replace(mpt_rank=4).mpt.rank == 4 and config.replace(vpt=VPTOptions()).vpt.deep is False
+    for bad, message in (({"vpt": {"deeep": True}}, "unknown option 'vpt.deeep'"), ({"bogus": 1}, "unknown option"),
+                         ({"mpt_rank": 0}, "--mpt-rank must be >= 1"), ({"vpt": 3}, "takes a mapping")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(data="x", **bad)

@@ -1,4 +1,10 @@
-"""Typed, frozen run configuration. Validated once in `__post_init__`; messages name the flag to change."""
+"""Typed, frozen run configuration. Validated once in `__post_init__`; messages name the flag to change.
+
+`TrainConfig` holds the options every run shares, and one nested group per method and per kind
+(`config.deep`, `config.mpt`, `config.encoder`, `config.vpt`, `config.coop`, `config.whisper`), each option
+declared once with its help and group. Every option also has a flat name -- the command-line flag
+(`--vpt-deep`), a YAML key (`vpt_deep:` or nested `vpt: {deep: ...}`) and a keyword (`TrainConfig(vpt_deep=True)`).
+"""
 
 from __future__ import annotations
 
@@ -48,8 +54,6 @@ GROUPS: dict[str, str] = {
     "encoder": "Kind: encoders with a classification head (minilm-l6)", "vpt": "Kind: ViT (visual prompt tuning)",
     "coop": "Kind: CLIP (CoOp)", "whisper": "Kind: Whisper (speech)", "run": "Run control",
 }
-# YAML sections whose keys are the option names without the section's prefix.
-SECTIONS: dict[str, str] = {"deep": "deep_", "mpt": "mpt_", "vpt": "vpt_", "coop": "coop_", "encoder": "encoder_"}
 # What a run's own config.yaml records beside its options (resolved values): read back, it is ignored.
 RUN_SECTION = "resolved"
 
@@ -76,18 +80,29 @@ def resolve_device(device: str, flag: str = "--device") -> torch.device:
     return torch.device(device)
 
 
-def _opt(default: Any, help: str, group: str) -> Any:
-    """An option, declared once: its default, its help (CLI, README) and its group (help panel, YAML section)."""
+def _opt(default: Any, help: str, group: str, flag: str | None = None) -> Any:
+    """An option, declared once: its default, its help (CLI, README), its group (help panel, YAML section) and,
+    inside a group, its flat name (`vpt.deep` is `--vpt-deep`, `vpt_deep:` in YAML)."""
     if group not in GROUPS:
         raise ValueError(f"unknown option group {group!r}")
-    return field(default=default, metadata={"help": help, "group": group})
+    return field(default=default, metadata={"help": help, "group": group, "flag": flag})
+
+
+def _group(options: type, group: str) -> Any:
+    """A field holding one group of options (its own frozen dataclass)."""
+    return field(default_factory=options, metadata={"group": group, "options": options})
 
 
 def _type_names() -> dict[str, tuple[type, ...]]:
     """Option name -> the Python types its value may have before validation (None where optional)."""
 
+    hints = {name: typing.get_type_hints(TrainConfig)[name] for name, (group, _) in FLAT_OPTIONS.items()
+             if group is None}
+    for group, options in GROUP_FIELDS.items():
+        inner_hints = typing.get_type_hints(options)
+        hints.update({flag: inner_hints[inner] for inner, flag in _GROUP_FLAGS[group].items()})
     out = {}
-    for name, hint in typing.get_type_hints(TrainConfig).items():
+    for name, hint in hints.items():
         args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
         allowed: list[type] = []
         for arg in args:
@@ -125,6 +140,76 @@ def _check_type(name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
+class DeepOptions:
+    """--method deep: how the per-layer key/value prefixes train."""
+
+    reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
+                           "prefixes when saved (0 = off).", "deep", flag="deep_reparam")
+
+
+@dataclass(frozen=True)
+class MultitaskOptions:
+    """Multitask prompt tuning: stage 1 (--method multitask) and stage 2 (--init-from a shared prompt)."""
+
+    tasks: str | None = _opt(None, "--method multitask: the source tasks, name=data,name=data (built-in names or "
+                                   "folders).", "mpt", flag="tasks")
+    rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).",
+                     "mpt", flag="mpt_rank")
+    train_shared: bool = _opt(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
+                                     "too, not only the new task's factor.", "mpt", flag="mpt_train_shared")
+    teachers: str | None = _opt(None, "--method multitask: distil each source task from its single-task prompt, "
+                                      "name=PROMPT.safetensors,... (files from `softprompt train` on the same "
+                                      "backbone; tasks not named train on their labels only).",
+                                "mpt", flag="mpt_teachers")
+    distill_weight: float = _opt(1.0, "--mpt-teachers: weight of the distillation term (KL from the teacher's "
+                                      "class distribution) added to each task's cross-entropy.",
+                                 "mpt", flag="mpt_distill_weight")
+    distill_temperature: float = _opt(2.0, "--mpt-teachers: softmax temperature of teacher and student class "
+                                           "scores in the distillation term (the term is scaled by T^2).",
+                                      "mpt", flag="mpt_distill_temperature")
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """Encoders without a vocabulary head (a trained classification head) and linear probes."""
+
+    pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
+                                "mean of the final states (mean) or the first token's (cls).",
+                        "encoder", flag="pooling")
+    head_lr: float | None = _opt(None, "Peak learning rate of a classification head (encoders without a vocabulary "
+                                       "head, linear probes); default --lr.", "encoder", flag="head_lr")
+
+
+@dataclass(frozen=True)
+class VPTOptions:
+    """ViT backbones: visual prompt tuning."""
+
+    deep: bool = _opt(False, "Vision backbones (ViT): a separate set of --num-virtual-tokens prompt tokens before "
+                             "every layer (VPT-deep) instead of once at the input (VPT-shallow).",
+                      "vpt", flag="vpt_deep")
+
+
+@dataclass(frozen=True)
+class CoOpOptions:
+    """CLIP backbones: CoOp context optimisation."""
+
+    class_specific: bool = _opt(False, "CLIP backbones (CoOp): one context per class instead of one shared by "
+                                       "all classes.", "coop", flag="coop_class_specific")
+    class_token_position: str = _opt("end", "CLIP backbones (CoOp): where the class name goes in "
+                                            "'[ctx] {class}': end, middle or front.",
+                                     "coop", flag="coop_class_token_position")
+
+
+@dataclass(frozen=True)
+class WhisperOptions:
+    """Whisper backbones: speech prompts."""
+
+    encoder_prompt_tokens: int = _opt(0, "Speech backbones (Whisper): trained vectors appended to the encoder's "
+                                         "output too (0 = the decoder prompt only).",
+                                      "whisper", flag="encoder_prompt_tokens")
+
+
+@dataclass(frozen=True, init=False)
 class TrainConfig:
     """Everything one training run needs. Build it from keyword arguments, a YAML file, or the CLI."""
 
@@ -134,57 +219,39 @@ class TrainConfig:
     train_file: str | None = _opt(None, "Training file (.jsonl, .csv or .tsv); overrides the folder's.", "data")
     validation_file: str | None = _opt(None, "Validation file; without one, 10% of train is held out.", "data")
     test_file: str | None = _opt(None, "Test file.", "data")
-    task: TaskType = _opt(TaskType.CLASSIFICATION, "classification (label words) or generation (input -> target).", "data")
+    task: TaskType = _opt(TaskType.CLASSIFICATION, "classification (label words) or generation (input -> target).",
+                          "data")
     text_field: str = _opt("text", "Input field name(s), comma-separated.", "data")
-    label_field: str | None = _opt(None, "Label (classification) or target (generation) field; default label/target.", "data")
-    labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).", "data")
-    skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.", "data")
-    output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.", "run")
+    label_field: str | None = _opt(None, "Label (classification) or target (generation) field; default label/target.",
+                                   "data")
+    labels: tuple[str, ...] | None = _opt(None, "The label set (default: the labels found in the training file).",
+                                          "data")
+    skip_bad_rows: bool = _opt(False, "Skip bad data rows (and report how many) instead of stopping at the first.",
+                               "data")
+    output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.",
+                       "run")
     method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input), deep (trainable "
                                                      "key/value prefixes at every layer: prefix tuning / P-tuning v2) "
-                                                     "or multitask (a shared prompt for --tasks, MPT stage 1).", "prompt")
-    tasks: str | None = _opt(None, "--method multitask: the source tasks, name=data,name=data (built-in names or "
-                                   "folders).", "mpt")
-    mpt_rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).", "mpt")
-    mpt_train_shared: bool = _opt(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
-                                         "too, not only the new task's factor.", "mpt")
-    mpt_teachers: str | None = _opt(None, "--method multitask: distil each source task from its single-task prompt, "
-                                          "name=PROMPT.safetensors,... (files from `softprompt train` on the same "
-                                          "backbone; tasks not named train on their labels only).", "mpt")
-    mpt_distill_weight: float = _opt(1.0, "--mpt-teachers: weight of the distillation term (KL from the teacher's "
-                                          "class distribution) added to each task's cross-entropy.", "mpt")
-    mpt_distill_temperature: float = _opt(2.0, "--mpt-teachers: softmax temperature of teacher and student class "
-                                               "scores in the distillation term (the term is scaled by T^2).", "mpt")
+                                                     "or multitask (a shared prompt for --tasks, MPT stage 1).",
+                                "prompt")
     train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.", "data")
-    deep_reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
-                                "prefixes when saved (0 = off).", "deep")
-    num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).", "prompt")
+    num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).",
+                                          "prompt")
     placement: Placement | None = _opt(None, "Where soft tokens go: prefix, suffix, or template ([soft:N] markers); "
                                              "default: template if --template has markers, else prefix.", "prompt")
     template: str | None = _opt(None, "Template with {text}-style fields, optional [soft:N] runs, and {label} or "
                                       "{target} last; default: the dataset's.", "prompt")
-    label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).", "prompt")
-    vpt_deep: bool = _opt(False, "Vision backbones (ViT): a separate set of --num-virtual-tokens prompt tokens before "
-                                 "every layer (VPT-deep) instead of once at the input (VPT-shallow).", "vpt")
-    coop_class_specific: bool = _opt(False, "CLIP backbones (CoOp): one context per class instead of one shared by "
-                                            "all classes.", "coop")
-    coop_class_token_position: str = _opt("end", "CLIP backbones (CoOp): where the class name goes in "
-                                                 "'[ctx] {class}': end, middle or front.", "coop")
-    encoder_prompt_tokens: int = _opt(0, "Speech backbones (Whisper): trained vectors appended to the encoder's "
-                                         "output too (0 = the decoder prompt only).", "whisper")
-    pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
-                                "mean of the final states (mean) or the first token's (cls).", "encoder")
+    label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).",
+                                        "prompt")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random (uniform, the real embeddings' "
-                                                             "variance), vocab (frequent real tokens), text "
-                                                             "(--init-text) or labels (label-word embeddings, the rest "
-                                                             "from vocab).", "prompt")
+                                               "variance), vocab (frequent real tokens), text "
+                                               "(--init-text) or labels (label-word embeddings, the rest "
+                                               "from vocab).", "prompt")
     init_text: str | None = _opt(None, "Text whose token embeddings initialise the prompt (--init text).", "prompt")
     init_from: str | None = _opt(None, "Start from another task's prompt file (prompt transfer, SPoT): same backbone "
                                        "and method, its length; --init is then unused.", "prompt")
     optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.", "optimisation")
     lr: float = _opt(3e-2, "Peak learning rate of the prompt.", "optimisation")
-    head_lr: float | None = _opt(None, "Peak learning rate of a classification head (encoders without a vocabulary "
-                                       "head, linear probes); default --lr.", "encoder")
     weight_decay: float = _opt(0.0, "Weight decay on the prompt.", "optimisation")
     warmup_ratio: float = _opt(0.06, "Fraction of steps with a linear warmup.", "optimisation")
     scheduler: SchedulerName = _opt(SchedulerName.COSINE, "Learning-rate schedule after warmup.", "optimisation")
@@ -197,10 +264,12 @@ class TrainConfig:
                                      "continues from it (0 = off).", "run")
     batch_size: int = _opt(16, "Examples per optimiser step (before accumulation).", "optimisation")
     grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.", "optimisation")
-    length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).", "optimisation")
+    length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).",
+                                  "optimisation")
     epochs: float = _opt(1.0, "Passes over the training data (ignored when --max-steps is set).", "optimisation")
     max_steps: int | None = _opt(None, "Optimiser steps; overrides --epochs.", "optimisation")
-    max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).", "optimisation")
+    max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).",
+                           "optimisation")
     log_every: int = _opt(10, "Log the mean training loss (and the model's other figures) every K steps.", "evaluation")
     eval_every: int = _opt(100, "Evaluate on validation every K steps (0 = only at the end).", "evaluation")
     eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).", "evaluation")
@@ -217,9 +286,43 @@ class TrainConfig:
     load_in: str | None = _opt(None, "Quantise the frozen backbone at load: 8bit or 4bit (bitsandbytes, CUDA). "
                                      "The prompt stays fp32.", "run")
 
-    def __post_init__(self) -> None:
+    # Each method's and kind's own options, one group each (`config.vpt.deep`; flags and YAML keep `vpt_deep`).
+    deep: DeepOptions = _group(DeepOptions, "deep")
+    mpt: MultitaskOptions = _group(MultitaskOptions, "mpt")
+    encoder: EncoderOptions = _group(EncoderOptions, "encoder")
+    vpt: VPTOptions = _group(VPTOptions, "vpt")
+    coop: CoOpOptions = _group(CoOpOptions, "coop")
+    whisper: WhisperOptions = _group(WhisperOptions, "whisper")
+
+    def __init__(self, **values: Any) -> None:
+        """Options by flat name (`lr=0.1`, `vpt_deep=True`, as on the command line), or a group as a whole
+        (`vpt=VPTOptions(deep=True)` or `vpt={"deep": True}`); a flat name wins over its group's object."""
+        own, groups = {}, {name: {} for name in GROUP_FIELDS}
+        for key, value in sorted(values.items(), key=lambda item: item[0] not in GROUP_FIELDS):  # groups first
+            if key in GROUP_FIELDS:
+                groups[key].update(_group_values(key, value))
+            elif key in FLAT_OPTIONS and FLAT_OPTIONS[key][0] is not None:
+                group, inner = FLAT_OPTIONS[key]
+                groups[group][inner] = value
+            elif key in FLAT_OPTIONS:
+                own[key] = value
+            else:
+                raise ConfigError(f"unknown option '{key}'")
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name))
+            if f.name in GROUP_FIELDS:
+                object.__setattr__(self, f.name, GROUP_FIELDS[f.name](**groups[f.name]))
+            else:
+                object.__setattr__(self, f.name, own.get(f.name, f.default))
+        self.__post_init__()
+
+    def option(self, name: str) -> Any:
+        """An option's value by its flat name (`config.option("vpt_deep")` is `config.vpt.deep`)."""
+        group, inner = FLAT_OPTIONS[name]
+        return getattr(getattr(self, group), inner) if group is not None else getattr(self, name)
+
+    def __post_init__(self) -> None:
+        for name in FLAT_OPTIONS:
+            _check_type(name, self.option(name))
         for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
                            ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision)):
             value = getattr(self, name)
@@ -239,7 +342,8 @@ class TrainConfig:
                 object.__setattr__(self, name, tuple(value))
         checks = [
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.head_lr is None or self.head_lr > 0, f"--head-lr must be > 0, got {self.head_lr}"),
+            (self.encoder.head_lr is None or self.encoder.head_lr > 0,
+             f"--head-lr must be > 0, got {self.encoder.head_lr}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
             (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
@@ -256,30 +360,31 @@ class TrainConfig:
             (self.load_in in (None, "8bit", "4bit"), f"--load-in {self.load_in!r}: choose 8bit or 4bit"),
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
-            (self.pooling in ("mean", "cls"), f"--pooling {self.pooling!r}: choose mean or cls"),
-            (self.encoder_prompt_tokens >= 0, f"--encoder-prompt-tokens must be >= 0, got {self.encoder_prompt_tokens}"),
-            (self.coop_class_token_position in ("end", "middle", "front"),
-             f"--coop-class-token-position {self.coop_class_token_position!r}: choose end, middle or front"),
+            (self.encoder.pooling in ("mean", "cls"), f"--pooling {self.encoder.pooling!r}: choose mean or cls"),
+            (self.whisper.encoder_prompt_tokens >= 0,
+             f"--encoder-prompt-tokens must be >= 0, got {self.whisper.encoder_prompt_tokens}"),
+            (self.coop.class_token_position in ("end", "middle", "front"),
+             f"--coop-class-token-position {self.coop.class_token_position!r}: choose end, middle or front"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),
-            (self.deep_reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep_reparam}"),
+            (self.deep.reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep.reparam}"),
             (not (self.method is PromptMethod.DEEP and self.placement is not None),
              "--placement does not apply to --method deep (its prompt is in every layer, not in the text)"),
             (not (self.method is PromptMethod.DEEP and self.template and "[soft:" in self.template),
              "--method deep takes a --template without [soft:N] markers"),
-            (not (self.deep_reparam and self.method is not PromptMethod.DEEP), "--deep-reparam needs --method deep"),
+            (not (self.deep.reparam and self.method is not PromptMethod.DEEP), "--deep-reparam needs --method deep"),
             (self.num_virtual_tokens is None or self.num_virtual_tokens >= 1,
              f"--num-virtual-tokens must be >= 1, got {self.num_virtual_tokens}"),
             (self.data is not None or self.train_file is not None or self.method is PromptMethod.MULTITASK,
              "give --data NAME_OR_FOLDER or --train-file"),
-            (not (self.method is PromptMethod.MULTITASK and not self.tasks),
+            (not (self.method is PromptMethod.MULTITASK and not self.mpt.tasks),
              "--method multitask needs --tasks name=data,name=data"),
-            (not (self.tasks and self.method is not PromptMethod.MULTITASK), "--tasks is for --method multitask"),
-            (self.mpt_rank >= 1, f"--mpt-rank must be >= 1, got {self.mpt_rank}"),
-            (not (self.mpt_teachers and self.method is not PromptMethod.MULTITASK),
+            (not (self.mpt.tasks and self.method is not PromptMethod.MULTITASK), "--tasks is for --method multitask"),
+            (self.mpt.rank >= 1, f"--mpt-rank must be >= 1, got {self.mpt.rank}"),
+            (not (self.mpt.teachers and self.method is not PromptMethod.MULTITASK),
              "--mpt-teachers is for --method multitask (stage 1)"),
-            (self.mpt_distill_weight > 0, f"--mpt-distill-weight must be > 0, got {self.mpt_distill_weight}"),
-            (self.mpt_distill_temperature > 0,
-             f"--mpt-distill-temperature must be > 0, got {self.mpt_distill_temperature}"),
+            (self.mpt.distill_weight > 0, f"--mpt-distill-weight must be > 0, got {self.mpt.distill_weight}"),
+            (self.mpt.distill_temperature > 0,
+             f"--mpt-distill-temperature must be > 0, got {self.mpt.distill_temperature}"),
             (self.train_per_class is None or self.train_per_class >= 1,
              f"--train-per-class must be >= 1, got {self.train_per_class}"),
             (not (self.train_per_class and self.task is TaskType.GENERATION),
@@ -303,18 +408,25 @@ class TrainConfig:
         return tuple(f.strip() for f in self.text_field.split(",") if f.strip())
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
+        """Shared options flat, each kind's / method's options nested under its group (`vpt: {deep: false}`):
+        the form of config.yaml and of a checkpoint's config; `TrainConfig(**d)` reads it back."""
+        def plain(value: Any) -> Any:
+            return value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+
+        out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+            out[f.name] = ({g.name: plain(getattr(value, g.name)) for g in dataclasses.fields(value)}
+                           if f.name in GROUP_FIELDS else plain(value))
         return out
 
     def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some options changed (flat names or groups, as the constructor takes them)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def help(cls, name: str) -> str:
-        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+        return option_field(name).metadata["help"]
 
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> "TrainConfig":
@@ -332,9 +444,8 @@ class TrainConfig:
                 raise ConfigError(f"--config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"--config {path}: expected a mapping of option: value")
-            names = {f.name for f in dataclasses.fields(cls)}
             for key, value in _flatten(loaded, path).items():
-                if key not in names:
+                if key not in FLAT_OPTIONS:
                     raise ConfigError(f"--config {path}: unknown option '{key}'")
                 values[key] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -349,10 +460,58 @@ def _flatten(loaded: dict, path: Path) -> dict[str, Any]:
         key = str(key).replace("-", "_")
         if key == RUN_SECTION:
             continue
-        if key in SECTIONS and isinstance(value, dict):
+        if key in GROUP_FIELDS and isinstance(value, dict):
             for inner, inner_value in value.items():
                 name = str(inner).replace("-", "_")
-                out[name if name.startswith(SECTIONS[key]) else SECTIONS[key] + name] = inner_value
+                flat = _GROUP_FLAGS[key].get(name, name)  # `vpt: {deep: ...}` or `vpt: {vpt_deep: ...}`
+                out[flat] = inner_value
             continue
         out[key] = value
     return out
+
+
+# Group field -> its options class; flat option name -> (group field or None, name inside the group).
+GROUP_FIELDS: dict[str, type] = {f.name: f.metadata["options"] for f in dataclasses.fields(TrainConfig)
+                                  if "options" in f.metadata}
+FLAT_OPTIONS: dict[str, tuple[str | None, str]] = {
+    **{f.name: (None, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in GROUP_FIELDS},
+    **{inner.metadata["flag"]: (group, inner.name) for group, options in GROUP_FIELDS.items()
+       for inner in dataclasses.fields(options)}}
+_GROUP_FLAGS: dict[str, dict[str, str]] = {group: {inner.name: inner.metadata["flag"]
+                                                   for inner in dataclasses.fields(options)}
+                                           for group, options in GROUP_FIELDS.items()}
+
+
+def option_field(name: str) -> dataclasses.Field:
+    """The declaration (default, help, group) of an option by its flat name."""
+    group, inner = FLAT_OPTIONS[name]
+    owner = GROUP_FIELDS[group] if group is not None else TrainConfig
+    return next(f for f in dataclasses.fields(owner) if f.name == inner)
+
+
+def option_names() -> list[str]:
+    """Every option's flat name, in declaration order."""
+    return list(FLAT_OPTIONS)
+
+
+def _group_values(group: str, value: Any) -> dict[str, Any]:
+    options = GROUP_FIELDS[group]
+    if isinstance(value, options):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        names = {f.name for f in dataclasses.fields(options)}
+        flags = {flag: name for name, flag in _GROUP_FLAGS[group].items()}
+        out = {}
+        for key, inner in value.items():
+            key = str(key).replace("-", "_")
+            if key not in names and key not in flags:
+                raise ConfigError(f"unknown option '{group}.{key}' (the {group} group has {sorted(names)})")
+            out[flags.get(key, key)] = inner
+        return out
+    raise ConfigError(f"option group '{group}' takes a mapping of its options, got {value!r}")
+
+
+def option_hint(name: str) -> Any:
+    """An option's type, by its flat name."""
+    group, inner = FLAT_OPTIONS[name]
+    return typing.get_type_hints(GROUP_FIELDS[group] if group is not None else TrainConfig)[inner]

@@ -63,20 +63,20 @@ def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, as
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
     if source is not None and source[2] is PromptMethod.MULTITASK:  # MPT stage 2: a fresh factor on the shared prompt
-        prompt = target_prompt(source[1], config.mpt_rank, config.mpt_train_shared, backbone.device)
+        prompt = target_prompt(source[1], config.mpt.rank, config.mpt.train_shared, backbone.device)
     elif source is not None:  # prompt transfer: the other task's trained vectors
         tensors = {k: v.to(backbone.device) for k, v in source[1].items()}
         torch.manual_seed(config.seed)
         prompt = (DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], backbone.hidden_size,
-                             reparam_hidden=config.deep_reparam) if deep else SoftPrompt(tensors["prompt_embeddings"]))
+                             reparam_hidden=config.deep.reparam) if deep else SoftPrompt(tensors["prompt_embeddings"]))
     elif deep:  # start from the keys/values the backbone computes for the same init tokens
         keys, values = backbone.keys_values(vectors)
         torch.manual_seed(config.seed)  # the reparameterisation MLP's init
-        prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep_reparam)
+        prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep.reparam)
     else:
         prompt = SoftPrompt(vectors.to(backbone.device))
     return assemble(backbone, prompt, template, verbalizer, labels=task.labels, max_length=config.max_length,
-                    pooling=config.pooling, head=None)
+                    pooling=config.encoder.pooling, head=None)
 
 
 def text_model_from_file(backbone: Backbone, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],

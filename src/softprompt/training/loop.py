@@ -65,9 +65,9 @@ def per_class(rows: list[dict], label_field: str, k: int, seed: int) -> list[dic
 def _param_groups(config: TrainConfig, named: list[tuple[str, torch.Tensor]]) -> list[dict]:
     """One group at --lr; a classification head (`head.*`) in its own group at --head-lr when given."""
     head = [p for n, p in named if n.startswith("head.")]
-    if config.head_lr is None or not head:
+    if config.encoder.head_lr is None or not head:
         return [{"params": [p for _, p in named]}]
-    return [{"params": [p for n, p in named if not n.startswith("head.")]}, {"params": head, "lr": config.head_lr}]
+    return [{"params": [p for n, p in named if not n.startswith("head.")]}, {"params": head, "lr": config.encoder.head_lr}]
 
 
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -331,7 +331,7 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
 
 def train_multitask(config: TrainConfig, *, backbone: Backbone | None = None, progress: bool = True
                     ) -> MultitaskResult:
-    """Multitask stage 1 (`config.tasks`, see `training.multitask`) through the training loop; the shared file,
+    """Multitask stage 1 (`config.mpt.tasks`, see `training.multitask`) through the training loop; the shared file,
     one prompt file per source task, and the figures.
 
     `config` gives the backbone, prompt length, init (`labels` starts the shared prompt from frequent vocabulary
@@ -339,7 +339,7 @@ def train_multitask(config: TrainConfig, *, backbone: Backbone | None = None, pr
     validation and output folder.
     """
     result = train(config.replace(method="multitask"), backbone=backbone, progress=progress)
-    tasks = parse_tasks(config.tasks)
+    tasks = parse_tasks(config.mpt.tasks)
     return MultitaskResult(result.prompt_path, {name: result.output / f"{name}.safetensors" for name in tasks},
                            result.best_step, result.best_validation.get("tasks", {}), result.steps,
                            result.train_seconds, sum(p.numel() for p in trainable_parameters(result.model).values()),

@@ -193,7 +193,7 @@ class TaskMixStream:
 
 def load_tasks(config: TrainConfig) -> dict[str, TaskData]:
     """Every source task's data (before the backbone loads: a bad row is reported first)."""
-    tasks = parse_tasks(config.tasks)
+    tasks = parse_tasks(config.mpt.tasks)
     data = {}
     for name, source in tasks.items():
         data[name] = load_task(source)
@@ -205,14 +205,14 @@ def load_tasks(config: TrainConfig) -> dict[str, TaskData]:
 def multitask_job(config: TrainConfig, backbone: Backbone, data: dict[str, TaskData], world: int) -> Job:
     """The loop's `Job` for stage 1: the shared prompt, a factor per task, mixed-task batches, the files."""
     kind_of(backbone).require(Capability.MULTITASK, f"--model {backbone.name}")
-    tasks = parse_tasks(config.tasks)
-    teacher_paths = parse_teachers(config.mpt_teachers, tasks)
+    tasks = parse_tasks(config.mpt.tasks)
+    teacher_paths = parse_teachers(config.mpt.teachers, tasks)
     n = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
     init = PromptInit.VOCAB if config.init is PromptInit.LABELS else config.init
     generator = torch.Generator().manual_seed(config.seed)
     shared = nn.Parameter(initial_embeddings(init, n, backbone.input_embedding_matrix(), backbone.tokenizer,
                                              text=config.init_text, generator=generator).float().to(backbone.device))
-    views = {name: TaskPrompt(shared, config.mpt_rank).to(backbone.device) for name in tasks}
+    views = {name: TaskPrompt(shared, config.mpt.rank).to(backbone.device) for name in tasks}
     models = {}
     for name in tasks:
         model = build_prompted_model(config.replace(data=tasks[name], init="vocab", num_virtual_tokens=n,
@@ -223,7 +223,7 @@ def multitask_job(config: TrainConfig, backbone: Backbone, data: dict[str, TaskD
         models[name] = model
     teachers = _load_teachers(teacher_paths, backbone, models)
     multitask = MultitaskModel(models, shared, {name: d.label_field for name, d in data.items()}, teachers,
-                               config.mpt_distill_weight, config.mpt_distill_temperature)
+                               config.mpt.distill_weight, config.mpt.distill_temperature)
     per_task = max(1, config.batch_size // len(tasks))
     rows, offsets, streams = [], {}, {}
     for i, name in enumerate(tasks):
@@ -241,8 +241,8 @@ def multitask_job(config: TrainConfig, backbone: Backbone, data: dict[str, TaskD
     extra_training: dict[str, Any] = {"rows_per_task_per_step": per_task}
     if teachers:
         extra_training["distill"] = {"teachers": {k: str(v) for k, v in teacher_paths.items()},
-                                     "weight": config.mpt_distill_weight,
-                                     "temperature": config.mpt_distill_temperature}
+                                     "weight": config.mpt.distill_weight,
+                                     "temperature": config.mpt.distill_temperature}
 
     def save(folder: Path, model: MultitaskModel, extra: dict) -> Path:
         training = {**extra.get("training", {}), **extra_training}

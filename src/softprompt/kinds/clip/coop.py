@@ -219,7 +219,7 @@ def build_coop_model(config: TrainConfig, backbone: Any, task: TaskData) -> CoOp
         phrase, init = None, "random"
     else:
         raise ConfigError(f"--init {init}: CoOp starts from --init-text 'a photo of a' or --init random")
-    class_specific, position, seed = config.coop_class_specific, config.coop_class_token_position, config.seed
+    class_specific, position, seed = config.coop.class_specific, config.coop.class_token_position, config.seed
     prompt = CoOpModel.initial_prompt(backbone, task.labels, n_ctx=config.num_virtual_tokens,
                                       init_text=phrase, class_specific=class_specific,
                                       generator=torch.Generator().manual_seed(seed))

@@ -97,10 +97,10 @@ def build_vision_model(config: TrainConfig, backbone: Any, task: TaskData) -> VP
         raise ConfigError(f"--init {config.init.value}: a vision backbone has no vocabulary; use --init random")
     field = task.text_fields[0]
     generator = torch.Generator().manual_seed(config.seed)
-    prompt = VPTModel.initial_prompt(backbone, config.num_virtual_tokens or 10, deep=config.vpt_deep,
+    prompt = VPTModel.initial_prompt(backbone, config.num_virtual_tokens or 10, deep=config.vpt.deep,
                                      generator=generator)
     torch.manual_seed(config.seed)
-    return VPTModel(backbone, prompt, task.labels, deep=config.vpt_deep, field=field)
+    return VPTModel(backbone, prompt, task.labels, deep=config.vpt.deep, field=field)
 
 
 def vision_model_from_file(backbone: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> VPTModel:

@@ -165,7 +165,7 @@ def build_speech_model(config: TrainConfig, backbone: Any, task: TaskData) -> Sp
     10) and `encoder_prompt_tokens` encoder tokens (default 0), label words from the labels."""
     if task.labels is None:
         raise ConfigError("a speech backbone classifies here: give an audio classification dataset")
-    encoder_tokens = config.encoder_prompt_tokens
+    encoder_tokens = config.whisper.encoder_prompt_tokens
     generator = torch.Generator().manual_seed(config.seed)
     prompt = SpeechPromptedModel.initial_prompt(backbone, config.num_virtual_tokens or 10,
                                                 encoder_tokens=encoder_tokens, generator=generator)
