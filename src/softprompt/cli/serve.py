@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import ConfigError
+from ..hub import load_backbone, resolve_precision
+from ..inference.bank import PromptBank
 from . import app
 from .common import pick_device
 
@@ -36,10 +39,7 @@ def serve(
 ) -> None:
     """Serve every prompt in --prompts on one resident backbone: /v1/classify, OpenAI-compatible
     /v1/completions and /v1/chat/completions, /v1/prompts, /healthz, /metrics."""
-    from ..errors import ConfigError
-    from ..hub import load_backbone, resolve_precision
-    from ..inference.bank import PromptBank
-    from ..serve import ServeSettings, create_app
+    from ..serve import ServeSettings, create_app  # start-up time: FastAPI loads only for `serve`
 
     if not prompts.is_dir():
         raise ConfigError(f"--prompts {prompts}: no such folder; create it or point to your prompt files")
