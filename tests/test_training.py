@@ -210,3 +210,16 @@ def test_init_from_another_prompt_transfers_its_vectors(tmp_path, sentiment_dir,
         build_prompted_model(config.replace(method="deep", num_virtual_tokens=None), backbone, task)
     with pytest.raises(IncompatiblePromptError):
         build_prompted_model(config, tiny.tiny_backbone("gpt2"), task)
+
+
+def test_label_words_for_some_labels_only_are_refused(tmp_path, tiny_llama, sentiment_dir):
+    """`--label-words positive=great` with two labels would leave 'negative' scored by its name without a word
+    from the user: refused in one line, naming the label that has none."""
+    from softprompt.errors import ConfigError
+
+    task = load_task(str(sentiment_dir))
+    config = TrainConfig(data=str(sentiment_dir), output=str(tmp_path / "x"), label_words=("positive=great",))
+    with pytest.raises(ConfigError, match=r"gives words for \['positive'\] but not for \['negative'\]"):
+        build_prompted_model(config, tiny_llama, task)
+    both = config.replace(label_words=("positive=great", "negative=negative"))
+    assert build_prompted_model(both, tiny_llama, task).verbalizer.words == (("negative",), ("great",))

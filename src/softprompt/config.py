@@ -241,8 +241,8 @@ class TrainConfig:
                                              "default: template if --template has markers, else prefix.", "prompt")
     template: str | None = _opt(None, "Template with {text}-style fields, optional [soft:N] runs, and {label} or "
                                       "{target} last; default: the dataset's.", "prompt")
-    label_words: tuple[str, ...] = _opt((), "Label words, e.g. positive=great,good negative=bad (default: names).",
-                                        "prompt")
+    label_words: tuple[str, ...] = _opt((), "Label words for every label, e.g. positive=great,good negative=bad "
+                                            "(default: the label names).", "prompt")
     init: PromptInit = _opt(PromptInit.LABELS, "Prompt init: random (uniform, the real embeddings' "
                                                "variance), vocab (frequent real tokens), text "
                                                "(--init-text) or labels (label-word embeddings, the rest "

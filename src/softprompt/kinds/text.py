@@ -56,6 +56,12 @@ def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, as
     verbalizer = None
     if config.task is TaskType.CLASSIFICATION:
         verbalizer = Verbalizer.from_spec(task.labels, config.label_words)
+        given = {part.partition("=")[0] for item in config.label_words for part in str(item).split()}
+        named = [label for label in verbalizer.labels if label in given]
+        if config.label_words and len(named) < len(verbalizer.labels):
+            missing = [label for label in verbalizer.labels if label not in named]
+            raise ConfigError(f"--label-words gives words for {named} but not for {missing}: give every label its "
+                              f"words (e.g. {missing[0]}=...), or none to use the label names")
     encoder = TemplateEncoder(template, backbone.tokenizer, config.max_length)
     word_ids = verbalizer.token_ids(encoder.answer_ids) if verbalizer else []
     generator = torch.Generator().manual_seed(config.seed)
