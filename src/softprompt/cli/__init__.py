@@ -33,7 +33,7 @@ def _exits() -> tuple[type[BaseException], ...]:
     return (click.exceptions.Exit, click.exceptions.Abort, typer.Exit, typer.Abort)
 
 
-def _one_line_usage_error(exc: Exception, argv: list[str]) -> str:
+def _one_line_usage_error(exc: Exception) -> str:
     """'No such option: --bogus' -> one line naming what was given and where help is."""
     message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
     context = getattr(exc, "ctx", None)  # click attaches the command's context when it has one
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a verb group without its verb: its help, as asked
             exc.show()  # type: ignore[attr-defined]
             return 0
-        print(_one_line_usage_error(exc, args), file=sys.stderr)
+        print(_one_line_usage_error(exc), file=sys.stderr)
         return 2
     except exits as exc:
         if type(exc).__name__ == "Abort":

@@ -29,8 +29,9 @@ def run_requests(backbone: Backbone, requests: Sequence[Request]) -> list[Classi
     for i, result in zip(mixed, run_batch(backbone, [requests[i] for i in mixed])):
         results[i] = result
     groups: dict[tuple[int, str], list[int]] = {}
+    mixed_rows = set(mixed)
     for i, req in enumerate(requests):
-        if i not in set(mixed):
+        if i not in mixed_rows:
             groups.setdefault((id(req.model), req.task), []).append(i)
     for indices in groups.values():
         for i, result in zip(indices, _run_one_prompt(backbone, [requests[i] for i in indices])):
@@ -43,8 +44,7 @@ def _run_one_prompt(backbone: Backbone, requests: Sequence[Request]) -> list[Cla
     model = requests[0].model
     if model.backbone is not backbone:
         raise ConfigError("every request's prompt must be bound to the batch's backbone")
-    kind = kind_of(model)
-    kind.require(Capability.SERVE, f"backbone '{backbone.name}'")
+    kind = kind_of(model)  # the bank admitted only servable kinds (PromptBank.add)
     rows = [dict(fields_of(model, req.inputs)) for req in requests]
     if requests[0].task == "classify":
         if model.task is not TaskType.CLASSIFICATION:

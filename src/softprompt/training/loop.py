@@ -186,12 +186,6 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
     if main:
         metrics_path.unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
 
-    def log(record: dict) -> None:
-        progress_.history.append(record)
-        if main:
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
     def write(extra: dict) -> Path:  # one writer: the main process
         return processes.write_once(lambda: job.save(out, model, {**job.metadata, **extra}))
 
@@ -221,6 +215,12 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
         bar.update(run.progress.step)
         bar.write(f"softprompt: resumed {out} at step {run.progress.step} of {total_steps}")
     progress_ = run.progress
+
+    def log(record: dict) -> None:
+        progress_.history.append(record)
+        if main:
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
     # ---- loop ----------------------------------------------------------------------------------------------
     for step in range(progress_.step + 1, total_steps + 1):

@@ -270,14 +270,14 @@ def assemble_encoder(backbone: Backbone, prompt: SoftPrompt, template: Template,
     return EncoderClassifier(backbone, prompt, template, labels, max_length=max_length, pooling=pooling, head=head)
 
 
-def assemble_masked_lm(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None,
-                       **_: Any) -> MaskedLMPromptedModel:
-    return MaskedLMPromptedModel(backbone, prompt, template, verbalizer, max_length=_.get("max_length", 128))
+def assemble_masked_lm(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None, *,
+                       max_length: int = 128, **_: Any) -> MaskedLMPromptedModel:
+    return MaskedLMPromptedModel(backbone, prompt, template, verbalizer, max_length=max_length)
 
 
-def assemble_seq2seq(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None,
-                     **_: Any) -> Seq2SeqPromptedModel:
-    return Seq2SeqPromptedModel(backbone, prompt, template, verbalizer, max_length=_.get("max_length", 128))
+def assemble_seq2seq(backbone: Backbone, prompt: SoftPrompt, template: Template, verbalizer: Verbalizer | None, *,
+                     max_length: int = 128, **_: Any) -> Seq2SeqPromptedModel:
+    return Seq2SeqPromptedModel(backbone, prompt, template, verbalizer, max_length=max_length)
 
 
 __all__ = ["EncoderClassifier", "MaskedLMPromptedModel", "Seq2SeqPromptedModel", "assemble_encoder",
