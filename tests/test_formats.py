@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 
@@ -19,6 +20,7 @@ from softprompt import (
     read_prompt_tensors,
     save_prompt,
 )
+from softprompt.errors import StorageError
 from softprompt.frozen import weights_fingerprint
 from softprompt.kinds.causal_lm.backbone import CausalLMBackbone
 
@@ -75,6 +77,7 @@ def test_size_of_a_20x576_prompt_is_well_under_100kb(tmp_path):
 
 
 def test_failed_write_leaves_nothing_behind(tmp_path, tiny_llama, monkeypatch):
+    """A full disk mid-save is a `StorageError` (CLI exit 1); the file there before is untouched, no temp left."""
     path = tmp_path / "p.safetensors"
     model = _model(tiny_llama)
     save_prompt(path, model)
@@ -82,10 +85,10 @@ def test_failed_write_leaves_nothing_behind(tmp_path, tiny_llama, monkeypatch):
 
     def broken(tensors, filename, metadata=None):
         open(filename, "wb").write(b"half")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(formats, "save_file", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="No space left on device.*unchanged"):
         save_prompt(path, model)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["p.safetensors"]
 
@@ -126,3 +129,4 @@ def test_nan_tensors_are_refused(tmp_path, tiny_llama):
     path = save_prompt(tmp_path / "nan.safetensors", model)
     with pytest.raises(PromptFileError, match="NaN or infinite"):
         read_prompt_tensors(path)
+

@@ -74,7 +74,19 @@ def test_label_word_specs(labels, spec):
     assert list(verbalizer.labels) == [str(label) for label in labels]
 
 
+def _parquet_bytes() -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"text": ["a fine film", "dull"], "label": ["positive", "negative"]}), buffer)
+    return buffer.getvalue()
+
+
 _VALID_ROWS = {
+    ".parquet": _parquet_bytes(),
     ".jsonl": b'{"text": "a fine film", "label": "positive"}\n{"text": "dull", "label": "negative"}\n',
     ".csv": b'text,label\n"a fine, film",positive\ndull,negative\n',
     ".tsv": b"text\tlabel\na fine film\tpositive\ndull\tnegative\n",

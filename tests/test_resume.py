@@ -11,7 +11,7 @@ import torch
 from resume_worker_client import start_worker
 from safetensors.torch import load_file
 
-from softprompt import TrainConfig
+from softprompt import TrainConfig, read_prompt_tensors
 from softprompt.cli import main
 from softprompt.training import resume, train
 from softprompt.training.checkpoint import CHECKPOINT_NAME, BatchStream, load_checkpoint
@@ -94,6 +94,68 @@ def test_kill_9_mid_checkpoint_write_keeps_the_last_checkpoint(tmp_path, tiny_mo
     result = resume(run, progress=False)
     assert not list(run.glob(f".{CHECKPOINT_NAME}.*.tmp"))  # resuming cleared the leftover
     assert result.steps == 20
+    _same_prompt(run, reference.output)
+    assert _records(run) == _records(reference.output)
+
+
+def test_kill_9_mid_prompt_write_keeps_the_last_best_prompt(tmp_path, tiny_model_dir, sentiment_dir):
+    reference = train(_config(tmp_path, tiny_model_dir, sentiment_dir, "reference"), progress=False)
+    config = _config(tmp_path, tiny_model_dir, sentiment_dir, "killed", eval_every=2, checkpoint_every=2)
+    proc = _start("hang-in-prompt-write", config)
+    line = proc.stdout.readline()
+    assert line.strip() == "IN_PROMPT_WRITE", proc.communicate()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run = Path(config.output)
+    assert list(run.glob(".prompt.safetensors.*.tmp"))  # the half-written temp file is there ...
+    read_prompt_tensors(run / "prompt.safetensors")  # ... and the prompt from the first validation is whole
+    result = resume(run, progress=False)
+    assert result.steps == 20 and not list(run.glob(".*.tmp"))
+    reference_again = train(_config(tmp_path, tiny_model_dir, sentiment_dir, "reference2", eval_every=2,
+                                    checkpoint_every=2), progress=False)
+    _same_prompt(run, reference_again.output)
+    assert _records(run) == _records(reference_again.output)
+    del reference
+
+
+def test_kill_9_at_random_points_then_resume_gives_the_same_run(tmp_path, tiny_model_dir, sentiment_dir):
+    """Killed three times at random moments (seeded), resumed by a new process each time: after every kill each
+    file in the run folder is whole (or absent), and the run ends with the uninterrupted run's prompt and log."""
+    import random
+
+    reference = train(_config(tmp_path, tiny_model_dir, sentiment_dir, "reference"), progress=False)
+    config = _config(tmp_path, tiny_model_dir, sentiment_dir, "killed")
+    run = Path(config.output)
+    rng = random.Random(17)
+    mode, steps, kills = "slow", [0], 0
+    for _ in range(3):
+        proc = _start(mode, config)
+        started = time.time()
+
+        def stamp():
+            return (run / CHECKPOINT_NAME).stat().st_mtime_ns if (run / CHECKPOINT_NAME).exists() else None
+
+        before = stamp()
+        while stamp() == before and proc.poll() is None and time.time() - started < 120:
+            time.sleep(0.01)  # this process has written a checkpoint: it is training, past its start-up
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        state = load_checkpoint(run)  # whole, whatever the kill interrupted
+        assert steps[-1] < state["step"] <= 20
+        steps.append(state["step"])
+        if (run / "prompt.safetensors").exists():
+            read_prompt_tensors(run / "prompt.safetensors")
+        if (run / "metrics.jsonl").exists():
+            [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        mode = "resume-slow"
+    assert kills >= 2, steps  # (the third process may finish first)
+    if not (run / "training.png").exists():
+        result = resume(run, progress=False)
+        assert result.steps == 20
     _same_prompt(run, reference.output)
     assert _records(run) == _records(reference.output)
 

@@ -186,8 +186,11 @@ def test_admin_upload_replace_delete(client, prompt_dir, tiny_llama, tmp_path):
                                                headers=auth), 422)
     other = tiny.tiny_backbone("llama", seed=9)
     foreign = save_prompt(tmp_path / "foreign.safetensors", _classifier(other, "prefix", 5, 1))
-    assert "fingerprint" in _error(client.post("/v1/prompts?name=foreign", content=foreign.read_bytes(),
-                                               headers=auth), 409)
+    refusal = _error(client.post("/v1/prompts?name=foreign", content=foreign.read_bytes(), headers=auth), 409)
+    assert "fingerprint" in refusal and "--model" not in refusal  # no command-line advice to an HTTP client
+    for message in (refusal, _error(client.post("/v1/prompts?name=junk", content=b"junk" * 9, headers=auth), 422)):
+        assert str(prompt_dir) not in message and ".upload" not in message  # nothing of the server's paths
+        assert message.startswith("the uploaded file for ")
     assert "empty body" in _error(client.post("/v1/prompts?name=empty", content=b"", headers=auth), 422)
     assert sorted(p.name for p in prompt_dir.iterdir()) == [  # nothing half-written left behind
         "copy.safetensors", "notes.txt", "qa.safetensors", "sentiment-suffix.safetensors", "sentiment.safetensors"]
@@ -286,3 +289,42 @@ def test_the_openapi_schema_declares_what_the_server_answers(client):
     response = client.put("/v1/classify", json={})
     assert response.status_code == 405 and "POST" in response.headers["allow"]
     assert response.json()["error"]["code"] == 405
+
+
+def test_a_full_disk_during_an_upload_is_a_507_and_changes_nothing(client, prompt_dir, monkeypatch):
+    import errno
+
+    import softprompt.serve.directory as directory
+
+    data = (prompt_dir / "sentiment-suffix.safetensors").read_bytes()
+    before = {p.name: p.read_bytes() for p in prompt_dir.iterdir()}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_fdopen = directory.os.fdopen
+
+    class HalfWriter:  # writes half the bytes, then the disk is full
+        def __init__(self, fd, mode):
+            self.handle = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, payload):
+            self.handle.write(payload[: len(payload) // 2])
+            full()
+
+    for target, replacement in ((directory.os, "replace"), (directory.os, "fdopen")):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, replacement, full if replacement == "replace" else HalfWriter)
+            for name in ("sentiment", "brand-new"):  # replacing a served prompt, and a new one
+                message = _error(client.post(f"/v1/prompts?name={name}", content=data, headers=auth), 507)
+                assert "No space left" in message and str(prompt_dir) not in message
+        assert {p.name: p.read_bytes() for p in prompt_dir.iterdir()} == before  # no temp file, nothing replaced
+    assert client.post("/v1/classify", json={"prompt": "sentiment", "inputs": ["great"]}).status_code == 200
+    assert "brand-new" not in client.app.state.bank

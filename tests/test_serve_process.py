@@ -89,3 +89,75 @@ def test_openai_client_against_the_real_server(server):
     scores = models["sentiment"].class_scores(models["sentiment"].make_batch([{"text": "great"}, {"text": "bad"}],
                                                                              label_field=None))
     assert [r["label"] for r in classify["results"]] == [["negative", "positive"][int(i)] for i in scores.argmax(-1)]
+
+
+def test_the_real_server_answers_as_its_schema_says(server):
+    """Schemathesis against the `softprompt serve` process over real HTTP (the in-process run has more examples)."""
+    import schemathesis
+    from test_serve_schema import fuzz_every_route
+
+    url, _ = server
+    assert fuzz_every_route(schemathesis.openapi.from_url(f"{url}/openapi.json"), "t0ken", 12) >= 9
+    with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+        assert json.load(response)["status"] == "ok"  # still up
+
+
+def test_a_body_refused_early_reaches_a_client_still_sending_as_a_413(server):
+    """The limit is checked on Content-Length before the body is read; a client that goes on sending must still
+    read the 413 (no connection reset under its feet)."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    size = 64 << 20  # far over the default --max-body-bytes (4 MiB)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {size}\r\n\r\n".encode())
+        chunk, sent = b"x" * 65536, 0
+        try:
+            while sent < size:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the server may stop reading once it has answered; the answer must still be there to read
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["request", "stream"])
+def test_a_client_that_disconnects_frees_its_rows(server, stream):
+    """A client gone mid-request or mid-stream: its queued rows never run and its generating rows stop at their
+    next token, so the server's queue empties and far fewer tokens are generated than were asked for."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    abandoned, generated = _metric(url, "softprompt_abandoned_rows_total"), _metric(
+        url, "softprompt_generated_tokens_total")
+    body = json.dumps({"model": "qa", "prompt": "tell me everything", "n": 16, "max_tokens": 256,
+                       "temperature": 1.0, "seed": 1, "stream": stream}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        if stream:
+            received = b""
+            while b"data: " not in received:  # the first generated text has arrived: rows are mid-generation
+                received += sock.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200")
+        else:
+            time.sleep(0.3)
+    deadline = time.time() + 60
+    while time.time() < deadline and _metric(url, "softprompt_abandoned_rows_total") < abandoned + 16:
+        time.sleep(0.1)
+    assert _metric(url, "softprompt_abandoned_rows_total") == abandoned + 16
+    assert _metric(url, "softprompt_queue_rows") == 0
+    time.sleep(1.0)  # a batch still running would go on adding tokens
+    assert _metric(url, "softprompt_generated_tokens_total") - generated < 16 * 256 / 2

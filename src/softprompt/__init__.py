@@ -7,7 +7,15 @@
 
 from .config import TrainConfig
 from .data import BUILTIN_DATASETS, TaskData, load_task
-from .errors import BackboneError, ConfigError, DataError, IncompatiblePromptError, PromptFileError, SoftPromptError
+from .errors import (
+    BackboneError,
+    ConfigError,
+    DataError,
+    IncompatiblePromptError,
+    PromptFileError,
+    SoftPromptError,
+    StorageError,
+)
 from .evaluation import evaluate
 from .formats import read_prompt_file, read_prompt_tensors, save_prompt
 from .hub import BUILTIN_BACKBONES, load_backbone, resolve_precision
@@ -28,7 +36,7 @@ from .version import __version__ as __version__
 __all__ = [
     "BUILTIN_BACKBONES", "BUILTIN_DATASETS", "Backbone", "BackboneError", "BackboneKind", "CausalLMBackbone",
     "ConfigError", "DataError", "DeepPrompt", "IncompatiblePromptError", "Placement", "PromptFileError", "PromptInit",
-    "PromptBank", "PromptMethod", "PromptedModel", "SoftPrompt", "SoftPromptError", "TaskData", "TaskType", "Template", "TrainConfig",
+    "PromptBank", "PromptMethod", "PromptedModel", "SoftPrompt", "SoftPromptError", "StorageError", "TaskData", "TaskType", "Template", "TrainConfig",
     "TrainResult", "Verbalizer", "build_prompted_model", "build_template", "evaluate", "generate",
     "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file", "read_prompt_tensors",
     "resolve_precision", "save_prompt", "train", "train_multitask", "MultitaskResult",

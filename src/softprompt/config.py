@@ -214,9 +214,11 @@ class TrainConfig:
     """Everything one training run needs. Build it from keyword arguments, a YAML file, or the CLI."""
 
     model: str = _opt("smollm2-135m", "Backbone: a built-in name, a local Hugging Face folder, or a hub id.", "data")
-    data: str | None = _opt(None, "Built-in dataset name (rotten_tomatoes, bbc_news) or a folder of "
-                                  "train/validation/test .jsonl/.csv/.tsv files.", "data")
-    train_file: str | None = _opt(None, "Training file (.jsonl, .csv or .tsv); overrides the folder's.", "data")
+    data: str | None = _opt(None, "Built-in dataset name (rotten_tomatoes, bbc_news), a folder of "
+                                  "train/validation/test .jsonl/.csv/.tsv/.parquet files, a saved Hugging Face "
+                                  "dataset folder, or hf:NAME[:CONFIG] (local cache only).", "data")
+    train_file: str | None = _opt(None, "Training file (.jsonl, .csv, .tsv or .parquet); overrides the folder's.",
+                                  "data")
     validation_file: str | None = _opt(None, "Validation file; without one, 10% of train is held out.", "data")
     test_file: str | None = _opt(None, "Test file.", "data")
     task: TaskType = _opt(TaskType.CLASSIFICATION, "classification (label words) or generation (input -> target).",

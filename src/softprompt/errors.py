@@ -27,7 +27,12 @@ class DataError(SoftPromptError, ValueError):
 
 
 class IncompatiblePromptError(SoftPromptError):
-    """A prompt file was trained for another backbone (fingerprint or hidden size differ)."""
+    """A prompt file was trained for another backbone (fingerprint or hidden size differ). `reason` is the message
+    without the command-line fix (`pass --model NAME`), for clients that have no command line."""
+
+    def __init__(self, reason: str, fix: str = "") -> None:
+        super().__init__(f"{reason}: {fix}" if fix else reason)
+        self.reason = reason
 
 
 class PromptFileError(SoftPromptError):
@@ -36,3 +41,7 @@ class PromptFileError(SoftPromptError):
 
 class BackboneError(SoftPromptError):
     """A backbone could not be found or loaded."""
+
+
+class StorageError(SoftPromptError):
+    """A file could not be written (full disk, read-only folder); nothing half-written was left behind."""

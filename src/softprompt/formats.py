@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .errors import IncompatiblePromptError, PromptFileError
+from .errors import ConfigError, IncompatiblePromptError, PromptFileError, StorageError
 from .prompts import TENSOR_NAMES, PromptMethod
 from .protocols import Backbone, BackboneKind, PromptedTask, TaskType
 from .version import __version__
@@ -63,19 +63,38 @@ def user_permissions(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
 
 
+def check_output_path(path: str | Path, flag: str = "--output", *, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder where a file goes (or a file
+    where a folder goes), or a path that runs through a file."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file; give a folder (it holds the run's files)")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call `write(tmp_path)` on a temp file beside `path`, then rename it into place (with the user's normal
-    file permissions)."""
+    file permissions). A write that fails (a full disk) raises `StorageError` and leaves `path` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         user_permissions(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise StorageError(f"{path}: could not write it ({exc.strerror or exc}); the file there before, if any, "
+                           "is unchanged") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
@@ -169,8 +188,8 @@ def check_compatible(meta: dict[str, Any], backbone: Backbone, path: str | Path 
     if expected.get("hidden_size") != backbone.hidden_size:
         raise IncompatiblePromptError(
             f"{path} was trained on '{expected.get('name')}' (hidden size {expected.get('hidden_size')}); the loaded "
-            f"backbone '{backbone.name}' has hidden size {backbone.hidden_size}: pass --model {expected.get('name')}")
+            f"backbone '{backbone.name}' has hidden size {backbone.hidden_size}", f"pass --model {expected.get('name')}")
     if expected.get("fingerprint") != backbone.fingerprint():
         raise IncompatiblePromptError(
             f"{path} was trained on '{expected.get('name')}' (fingerprint {expected.get('fingerprint')}); the loaded "
-            f"backbone '{backbone.name}' has fingerprint {backbone.fingerprint()}: pass --model {expected.get('name')}")
+            f"backbone '{backbone.name}' has fingerprint {backbone.fingerprint()}", f"pass --model {expected.get('name')}")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 import typer
 
-from ..errors import SoftPromptError
+from ..errors import SoftPromptError, StorageError
 from ..version import __version__
 
-app = typer.Typer(name="softprompt", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(name="softprompt", add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prompt tuning for frozen Hugging Face models: train, evaluate, compare, predict, inspect, explain, sweep, serve.")
+
+
+COMPLETE_VAR = "_SOFTPROMPT_COMPLETE"
 
 
 def _register() -> None:
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     _register()
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(COMPLETE_VAR):  # the shell asks for completions (`softprompt --install-completion`)
+        return command.main(args=args, prog_name="softprompt", complete_var=COMPLETE_VAR, standalone_mode=False) or 0
     if args in (["--version"], ["-V"]):
         print(f"softprompt {__version__}")
         return 0
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except SoftPromptError as exc:
         message = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # one line whatever a value held
         print(f"softprompt: error: {message}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, StorageError) else 2  # the machine failed (exit 1), not the user (exit 2)
     except usage_errors as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a verb group without its verb: its help, as asked
             exc.show()  # type: ignore[attr-defined]
@@ -72,4 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("softprompt: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a runtime failure of the machine (disk full, permission denied): one line, exit 1
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"softprompt: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     return 0

@@ -24,3 +24,4 @@ def load_for_inference(prompt: Path, model: str | None, precision: str, device: 
     backbone = load_backbone(model or meta["backbone"]["name"], dtype=resolve_precision(precision, target),
                              device=target)
     return load_prompted_model(prompt, backbone), meta
+

@@ -1,15 +1,17 @@
-"""Task data: built-in datasets, a folder of split files, or explicit files -> validated splits."""
+"""Task data: built-in datasets, a folder of split files, a Hugging Face dataset, or explicit files -> validated
+splits."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import ConfigError, DataError
+from . import hf
 from .builtin import BUILTIN_DATASETS, BuiltinDataset
-from .readers import SUFFIXES, read_rows
+from .readers import SUFFIXES, read_rows, validate_rows
 
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
 
@@ -49,7 +51,8 @@ def load_task(data: str | None = None, *, train_file: str | None = None, validat
               test_file: str | None = None, task: str = "classification", text_fields: Sequence[str] = ("text",),
               label_field: str | None = None, labels: Sequence[str] | None = None,
               skip_bad_rows: bool = False, validation_fraction: float = 0.1) -> TaskData:
-    """Load a task by built-in name, folder of `train/validation/test` files, or explicit files.
+    """Load a task by built-in name, folder of `train/validation/test` files (.jsonl, .csv, .tsv, .parquet), a
+    Hugging Face dataset (`hf:NAME[:CONFIG]` from the local cache, or a `save_to_disk` folder), or explicit files.
 
     >>> task = load_task("rotten_tomatoes")          # doctest: +SKIP
     >>> len(task.train), task.labels                  # doctest: +SKIP
@@ -61,17 +64,22 @@ def load_task(data: str | None = None, *, train_file: str | None = None, validat
         return _load_builtin(BUILTIN_DATASETS[data], labels)
     files: dict[str, Path | None] = {"train": None, "validation": None, "test": None}
     name = data or "custom"
-    if data is not None:
+    dataset: dict[str, tuple[str, Any]] = {}
+    if data is not None and (data.startswith(hf.PREFIX) or hf.is_saved_dataset(Path(data))):
+        name, dataset = hf.load_splits(data)
+    elif data is not None:
         folder = Path(data)
         if not folder.is_dir():
-            raise ConfigError(f"--data {data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) nor a folder "
-                              f"holding train/validation/test .jsonl, .csv or .tsv files")
+            raise ConfigError(f"--data {data}: not a built-in dataset ({', '.join(BUILTIN_DATASETS)}), a folder "
+                              f"holding train/validation/test {', '.join(SUFFIXES)} files, a saved Hugging Face "
+                              f"dataset folder, nor hf:NAME")
         files = {split: _find_split(folder, split) for split in files}
         name = folder.name
     for split, given in (("train", train_file), ("validation", validation_file), ("test", test_file)):
         if given is not None:
             files[split] = Path(given)
-    if not any(files.values()):
+            dataset.pop(split, None)
+    if not any(files.values()) and not dataset:
         raise ConfigError("no data: give --data NAME_OR_FOLDER or --train-file/--validation-file/--test-file")
 
     fields = tuple(text_fields)
@@ -79,10 +87,15 @@ def load_task(data: str | None = None, *, train_file: str | None = None, validat
     splits: dict[str, list[dict]] = {"train": [], "validation": [], "test": []}
     label_set = tuple(labels) if labels else None
     for split in ("train", "validation", "test"):  # train first: it defines the label set
-        if files[split] is None:
+        checks = dict(text_fields=fields, label_field=label_field, labels=label_set if classification else None,
+                      skip_bad_rows=skip_bad_rows)
+        if split in dataset:
+            origin, numbered = dataset[split]
+            rows, bad = validate_rows(numbered, origin, **checks)
+        elif files[split] is not None:
+            rows, bad = read_rows(files[split], **checks)
+        else:
             continue
-        rows, bad = read_rows(files[split], text_fields=fields, label_field=label_field,
-                              labels=label_set if classification else None, skip_bad_rows=skip_bad_rows)
         splits[split], skipped = rows, skipped + bad
         if classification and label_set is None:
             label_set = tuple(sorted({row[label_field] for row in rows}))
@@ -93,7 +106,7 @@ def load_task(data: str | None = None, *, train_file: str | None = None, validat
         splits["validation"], splits["train"] = rows[:cut], rows[cut:]
     if classification and label_set is not None and len(label_set) < 2:
         raise DataError(f"classification needs at least 2 labels, found {list(label_set)} in field '{label_field}'",
-                        path=str(files["train"] or files["test"] or files["validation"]))
+                        path=str(files["train"] or files["test"] or files["validation"] or data))
     default = (" ".join(f"{{{f}}}" for f in fields) + ("\nLabel: {label}" if classification else "\n{target}"))
     return TaskData(name, splits["train"], splits["validation"], splits["test"],
                     label_set if classification else None, fields, label_field, default, skipped)

@@ -47,7 +47,8 @@ class Request:
 
     `inputs` is a string (fills the template's single input field) or a mapping of field -> text.
     `temperature` 0 means greedy decoding. `on_text` (generation) receives each new piece of text as it is
-    decoded (stop strings and incomplete characters held back), for streaming.
+    decoded (stop strings and incomplete characters held back), for streaming. A server sets `abandoned` when the
+    row's client has gone: a generating row then stops at its next token.
     """
 
     model: PromptedModel
@@ -59,6 +60,7 @@ class Request:
     stop: Sequence[str] = ()
     seed: int | None = None
     on_text: Callable[[str], None] | None = None
+    abandoned: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,9 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
 def _advance(state: _Decoding, token: int, tokenizer, eos: int | None) -> None:
     """Add one token to a row: finish on end-of-sequence, a stop string or the token budget; stream new text."""
     req = state.request
+    if req.abandoned:  # nobody is waiting for the rest
+        state.finish = "stop"
+        return
     if token == eos:
         state.finish = "stop"
     else:

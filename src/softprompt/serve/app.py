@@ -18,22 +18,22 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ConfigError, IncompatiblePromptError, PromptFileError
+from ..errors import ConfigError, IncompatiblePromptError, PromptFileError, StorageError
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..inference.batch import Generation, Request, fields_of
 from ..kinds import kind_of
 from ..protocols import Capability, ServedTask, TaskType
 from ..version import __version__
 from .batcher import DynamicBatcher, Work
-from .directory import PromptDirectory, check_name
+from .directory import NAME_SCHEMA, PromptDirectory, check_name
 from .metrics import Metrics
 from .schemas import ChatBody, ClassifyBody, CompletionBody, error_responses
 
@@ -68,6 +68,7 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
     (IncompatiblePromptError, 409, "incompatible_prompt"),
     (PromptFileError, 422, "invalid_prompt_file"),
     (ConfigError, 422, "invalid_request_error"),
+    (StorageError, 507, "insufficient_storage"),
 ]
 
 
@@ -104,6 +105,10 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         async def handler(_: HttpRequest, exc: Exception, status: int = status, name: str = name) -> JSONResponse:
             return _error(status, str(exc), name)
         app.add_exception_handler(kind, handler)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: HttpRequest, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it, the metrics count it
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: HttpRequest, exc: RequestValidationError) -> JSONResponse:
@@ -168,8 +173,12 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
                 "not_loaded": directory.not_loaded()}
 
     @app.post("/v1/prompts", status_code=201, dependencies=[Depends(require_admin)],
-              responses=error_responses(401, 403, 409, 411, 413, 422))
-    async def upload_prompt(request: HttpRequest, name: str) -> JSONResponse:
+              responses=error_responses(401, 403, 409, 411, 413, 422, 507),
+              openapi_extra={"requestBody": {"required": True, "description": "the prompt file's bytes", "content": {
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}}})
+    async def upload_prompt(request: HttpRequest, name: Annotated[str, Query(
+            description="the prompt's name (its file in the folder is NAME.safetensors)",
+            json_schema_extra=NAME_SCHEMA)]) -> JSONResponse:
         check_name(name)
         data = await request.body()
         if len(data) > settings.max_body_bytes:
@@ -193,32 +202,33 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
 
     # ---- classification ------------------------------------------------------------------------------------
     @app.post("/v1/classify", responses=error_responses(404, 411, 413, 422))
-    async def classify(body: ClassifyBody) -> dict[str, Any]:
+    async def classify(body: ClassifyBody, request: HttpRequest) -> dict[str, Any]:
         model = bank.get(body.prompt)
         if model.task is not TaskType.CLASSIFICATION:
             raise ConfigError(f"prompt '{body.prompt}' is a generation prompt: use /v1/completions")
         _check_inputs(model, body.inputs, settings)
         works = _submit(batcher, [Request(model, x, "classify") for x in body.inputs])
-        results = await asyncio.gather(*(w.future for w in works))
+        results = await _results(request, batcher, works)
         return {"prompt": body.prompt, "results": [{"label": r.label, "scores": r.scores} for r in results]}
 
     # ---- OpenAI-compatible completions ---------------------------------------------------------------------
     @app.post("/v1/completions", responses=error_responses(404, 411, 413, 422))
-    async def completions(body: CompletionBody):
+    async def completions(body: CompletionBody, request: HttpRequest):
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
-        return await _complete(body, texts, max_tokens, chat=False)
+        return await _complete(request, body, texts, max_tokens, chat=False)
 
     @app.post("/v1/chat/completions", responses=error_responses(404, 411, 413, 422))
-    async def chat_completions(body: ChatBody):
+    async def chat_completions(body: ChatBody, request: HttpRequest):
         users = [m for m in body.messages if m.role == "user"]
         if not users:
             raise ApiError(422, "messages hold no 'user' message: its content fills the prompt's input field")
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await _complete(body, [users[-1].text()], settings.max_new_tokens if limit is None else limit,
-                               chat=True)
+        return await _complete(request, body, [users[-1].text()],
+                               settings.max_new_tokens if limit is None else limit, chat=True)
 
-    async def _complete(body: CompletionBody | ChatBody, texts: list[str], max_tokens: int, chat: bool):
+    async def _complete(request: HttpRequest, body: CompletionBody | ChatBody, texts: list[str], max_tokens: int,
+                        chat: bool):
         model = bank.get(body.model)
         if max_tokens > settings.max_new_tokens:
             raise ApiError(422, f"max_tokens {max_tokens} is over this server's limit of {settings.max_new_tokens} "
@@ -236,8 +246,8 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": body.model}
         if stream is not None:
-            return StreamingResponse(_events(head, works, stream, chat), media_type="text/event-stream")
-        results: list[Generation] = await asyncio.gather(*(w.future for w in works))
+            return StreamingResponse(_events(head, works, stream, chat, batcher), media_type="text/event-stream")
+        results: list[Generation] = await _results(request, batcher, works)
         choices = [({"index": i, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}
                     if chat else {"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason})
                    for i, r in enumerate(results)]
@@ -283,8 +293,45 @@ def _submit(batcher: DynamicBatcher, requests: list[Request], stream: asyncio.Qu
     return works
 
 
-async def _events(head: dict[str, Any], works: list[Work], stream: asyncio.Queue, chat: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def _disconnected(request: HttpRequest) -> None:
+    """Returns when the client closes the connection (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _results(request: HttpRequest, batcher: DynamicBatcher, works: list[Work]) -> list[Any]:
+    """The rows' results, in order. If the client goes away first, its rows are abandoned (a queued row never
+    runs, a generating one stops at its next token) and `ClientGone` ends the request."""
+    gathered = asyncio.gather(*(w.future for w in works))
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if gathered.done():
+            return gathered.result()
+        batcher.abandon(works)
+        gathered.cancel()
+        raise ClientGone
+    finally:
+        watcher.cancel()
+
+
+async def _events(head: dict[str, Any], works: list[Work], stream: asyncio.Queue, chat: bool,
+                  batcher: DynamicBatcher) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. A client that stops reading
+    mid-stream has its rows abandoned (Starlette cancels this generator when the client disconnects)."""
+    try:
+        async for event in _event_lines(head, works, stream, chat):
+            yield event
+    finally:
+        batcher.abandon(works)  # nothing left to abandon after [DONE]
+
+
+async def _event_lines(head: dict[str, Any], works: list[Work], stream: asyncio.Queue,
+                       chat: bool) -> AsyncIterator[str]:
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:

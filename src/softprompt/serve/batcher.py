@@ -111,6 +111,9 @@ class DynamicBatcher:
                 self._cond.wait()
             if self._stopped:
                 return None
+            self._drop_abandoned()
+            if not self._pending:
+                return []
             while len(self._pending) < self.max_rows and not self._stopped:  # let a batch gather
                 left = self._pending[0].enqueued + self.wait - time.monotonic()
                 if left <= 0:
@@ -125,6 +128,29 @@ class DynamicBatcher:
                 self._pending = deque(w for w in self._pending if id(w) not in chosen)
             self.metrics.queue_rows.set(len(self._pending))
             return batch
+
+    def _drop_abandoned(self) -> None:
+        """Rows whose client went away leave the queue without running (their futures are already cancelled)."""
+        kept = deque(w for w in self._pending if not w.request.abandoned)
+        if len(kept) != len(self._pending):
+            self.metrics.abandoned_rows.inc(len(self._pending) - len(kept))
+            self._pending = kept
+            self.metrics.queue_rows.set(len(kept))
+
+    def abandon(self, works: list[Work]) -> None:
+        """The client of these rows has gone: queued rows are dropped, a generating row stops at its next token."""
+        running = 0
+        for work in works:
+            if not work.future.done():
+                running += 1
+                work.request.abandoned = True
+                work.future.cancel()
+        with self._cond:
+            queued = sum(1 for w in self._pending if w.request.abandoned)
+            self._drop_abandoned()
+            self._cond.notify_all()
+        if running > queued:  # the rest were in a batch already: count them here
+            self.metrics.abandoned_rows.inc(running - queued)
 
     def _loop(self) -> None:
         while (taken := self._take()) is not None:

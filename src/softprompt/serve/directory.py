@@ -8,6 +8,7 @@ retried when it changes (a copy still in progress, say); the other prompts keep 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, PromptFileError, SoftPromptError
+from ..errors import ConfigError, IncompatiblePromptError, PromptFileError, SoftPromptError, StorageError
 from ..formats import user_permissions
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..kinds import load_prompted_model
@@ -26,6 +27,9 @@ log = logging.getLogger("softprompt.serve")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SUFFIX = ".safetensors"
+# The whole rule as JSON Schema, for the OpenAPI document: no two dots in a row, at most 64 characters, no extension.
+NAME_SCHEMA = {"pattern": r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$", "maxLength": 64,
+               "not": {"pattern": r"\.safetensors$"}}
 
 
 def check_name(name: str) -> str:
@@ -57,17 +61,23 @@ class PromptDirectory:
         st = path.stat()
         return st.st_mtime_ns, st.st_size
 
-    def _load(self, name: str, path: Path) -> PromptedTask:
+    def _load(self, name: str, path: Path, shown: str) -> PromptedTask:
         """Load and prepare one file. Whatever a file holds, the only error that leaves is a `SoftPromptError`
-        (a crafted or damaged file must never stop a scan or answer 500)."""
+        (a crafted or damaged file must never stop a scan or answer 500), and its message names the file as
+        `shown` -- a client learns nothing of the server's paths, and gets no command-line advice."""
         try:
             model = load_prompted_model(path, self.bank.backbone)
             self.prepare(model)
-        except SoftPromptError:
-            raise
+        except IncompatiblePromptError as exc:
+            raise IncompatiblePromptError(exc.reason.replace(str(path), shown) + ": train it on this server's "
+                                          "backbone (GET /healthz names it)") from None
+        except SoftPromptError as exc:
+            error = copy.copy(exc)
+            error.args = (str(exc).replace(str(path), shown),)
+            raise error from None
         except Exception as exc:  # noqa: BLE001 -- any other failure is still this file's fault
             log.exception("prompt file %s could not be loaded", path)
-            raise PromptFileError(f"{path.name}: not a usable prompt file ({exc.__class__.__name__}: {exc})") from exc
+            raise PromptFileError(f"{shown}: not a usable prompt file ({exc.__class__.__name__})") from exc
         return model
 
     def not_loaded(self) -> list[dict[str, str]]:
@@ -99,7 +109,7 @@ class PromptDirectory:
                 if self._known.get(name) == stat or self._failed.get(name, (None, ""))[0] == stat:
                     continue
                 try:
-                    model = self._load(name, path)
+                    model = self._load(name, path, path.name)
                 except SoftPromptError as exc:
                     self._failed[name] = (stat, str(exc))
                     log.warning("prompt file %s not served: %s", path, exc)
@@ -119,15 +129,24 @@ class PromptDirectory:
         Raises PromptFileError (not a prompt file) or IncompatiblePromptError (another backbone); then nothing
         is written."""
         target = self.path(name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".upload", dir=self.folder)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            model = self._load(name, Path(tmp))
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".upload", dir=self.folder)
+        except OSError as exc:
+            raise StorageError(f"the server could not store the prompt file ({exc.strerror})") from None
+        try:
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            except OSError as exc:  # a full disk: the temp file goes, the served file is untouched
+                raise StorageError(f"the server could not store the prompt file ({exc.strerror})") from None
+            model = self._load(name, Path(tmp), f"the uploaded file for '{name}'")
             user_permissions(tmp)
             with self._lock:
                 replaced = name in self.bank
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except OSError as exc:
+                    raise StorageError(f"the server could not store the prompt file ({exc.strerror})") from None
                 self.bank.add(name, model)
                 self._known[name] = self._stat(target)
                 self._failed.pop(name, None)

@@ -24,6 +24,8 @@ class Metrics:
         self.batch_seconds = Histogram("softprompt_batch_seconds", "Backbone time per batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.generated_tokens = Counter("softprompt_generated_tokens_total", "Tokens generated", registry=r)
+        self.abandoned_rows = Counter("softprompt_abandoned_rows_total", "Rows whose client went away before the "
+                                      "answer (dropped from the queue, or stopped mid-generation)", registry=r)
         self.queue_rows = Gauge("softprompt_queue_rows", "Rows waiting for a batch", registry=r)
         self.prompts = Gauge("softprompt_prompts_loaded", "Prompts being served", registry=r)
 

@@ -17,7 +17,7 @@ def _encodable(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_encodable)]
-SEED_LIMIT = 2**63  # a torch generator's seed range
+SEED_LIMIT = 2**53  # inside a torch generator's range (2**63), and exact in every JSON parser (a double holds 2**53)
 
 
 class ClassifyBody(BaseModel):
@@ -66,7 +66,10 @@ class ChatMessage(BaseModel):
 
 
 class ChatBody(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, description="at least one 'user' message (the last one "
+                                        "fills the prompt's input field)", json_schema_extra={"contains": {
+                                            "type": "object", "required": ["role"],
+                                            "properties": {"role": {"const": "user"}}}})
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
 
@@ -88,5 +91,5 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     """OpenAPI `responses` entries for the error codes an endpoint can answer, all in the `ErrorBody` shape."""
     meaning = {401: "missing or wrong admin token", 403: "uploads and deletions are off", 404: "no such prompt",
                409: "a prompt trained on another backbone", 411: "no Content-Length", 413: "request over a limit",
-               422: "invalid request, prompt file or input"}
+               422: "invalid request, prompt file or input", 507: "the server could not store the file (disk full)"}
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}

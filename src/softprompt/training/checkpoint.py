@@ -100,9 +100,10 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
 
 
 def clear_interrupted_writes(run_dir: str | Path) -> int:
-    """Remove temp files a killed checkpoint write left behind (the checkpoint they would have replaced is
-    intact); returns how many. Only for a run no process is writing any more: `resume` calls it."""
-    stale = list(Path(run_dir).glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    """Remove temp files a killed write left behind (a checkpoint, the prompt, the log's plot: the files they
+    would have replaced are intact); returns how many. Only for a run no process is writing any more: `resume`
+    calls it."""
+    stale = [path for path in Path(run_dir).glob(".*.tmp") if path.is_file()]  # atomic_write's `.NAME.XXXX.tmp`
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)

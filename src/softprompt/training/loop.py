@@ -23,7 +23,7 @@ from ..config import RUN_SECTION, OptimizerName, TrainConfig
 from ..data import TaskData, load_task
 from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
-from ..formats import atomic_write, save_prompt
+from ..formats import atomic_write, check_output_path, save_prompt
 from ..hub import load_backbone, resolve_precision
 from ..kinds import build_prompted_model
 from ..kinds.text import resolved_placement
@@ -114,6 +114,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     from accelerate.utils import set_seed  # seeds every library the run touches
 
     multitask = config.method is PromptMethod.MULTITASK
+    check_output_path(config.output, folder=True)
     processes = setup_processes(config)
     set_seed(config.seed)
     # Data first: a bad row is reported before a large backbone is loaded.
