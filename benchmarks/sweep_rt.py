@@ -1,4 +1,4 @@
-"""The sweep the README's length and initialisation trends come from: rotten_tomatoes, smollm2-135m.
+"""The sweep the docs' length and initialisation trends come from (docs/guides/train.md): rotten_tomatoes, smollm2-135m.
 
 learning rate {3e-3, 3e-2, 3e-1} x prompt length {1, 5, 20, 100} x init {random, vocab, labels}, prefix, a
 grid of 36 trials at one step budget with median pruning (softprompt.tools.sweep). Resumable: run it again to

@@ -80,14 +80,14 @@ def test_user_mistakes_are_one_line_and_exit_2(trained, tmp_path):
 
 
 def test_readme_options_table_is_generated_from_the_declarations():
-    """Each option is declared once (config.py); the README's table must be what the declarations generate."""
+    """Each option is declared once (config.py); the docs' options table must be what the declarations generate."""
     from pathlib import Path
 
     from softprompt.cli.options import readme_block
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert readme_block() in readme, "README options table drifted: run `python -m softprompt.cli.options --write " \
-                                     "README.md`"
+    readme = (Path(__file__).parents[1] / "docs" / "guides" / "train.md").read_text()
+    assert readme_block() in readme, "docs options table drifted: run `python -m softprompt.cli.options --write " \
+                                     "docs/guides/train.md`"
 
 
 def test_every_option_is_a_flag_in_its_help_panel():
@@ -257,3 +257,13 @@ def test_shell_completion_completes_verbs_and_flags():
     assert proc.returncode == 0 and proc.stdout.split() == ["train"]
     proc = run(_SOFTPROMPT_COMPLETE="complete_bash", COMP_WORDS="softprompt train --num-v", COMP_CWORD="2")
     assert proc.stdout.split() == ["--num-virtual-tokens"]
+
+
+def test_the_demo_figure_in_the_readme_is_the_one_make_demo_compares_with():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    line = next(line for line in (root / "Makefile").read_text().splitlines()
+                if line.startswith("DEMO_README_ACCURACY"))
+    figure = line.split(":=")[1].strip()
+    assert f"{figure}% on 1,000 test reviews" in (root / "README.md").read_text()

@@ -1,8 +1,9 @@
 """softprompt: prompt tuning for frozen Hugging Face models.
 
->>> import softprompt as sp
->>> backbone = sp.load_backbone("smollm2-135m")                                    # doctest: +SKIP
->>> result = sp.train(sp.TrainConfig(data="rotten_tomatoes", output="runs/rt"), backbone=backbone)  # doctest: +SKIP
+Examples:
+    >>> import softprompt as sp
+    >>> backbone = sp.load_backbone("smollm2-135m")                                    # doctest: +SKIP
+    >>> result = sp.train(sp.TrainConfig(data="rotten_tomatoes", output="runs/rt"), backbone=backbone)  # doctest: +SKIP
 """
 
 from .config import TrainConfig
@@ -24,6 +25,7 @@ from .inference.bank import PromptBank
 from .kinds import build_prompted_model, load_prompted_model
 from .kinds.causal_lm.backbone import CausalLMBackbone
 from .kinds.causal_lm.model import PromptedModel
+from .pretrained import from_pretrained
 from .prompts import DeepPrompt, PromptInit, PromptMethod, SoftPrompt, initial_embeddings
 from .protocols import Backbone, BackboneKind, TaskType
 from .template import Placement, Template, build_template
@@ -38,6 +40,6 @@ __all__ = [
     "ConfigError", "DataError", "DeepPrompt", "IncompatiblePromptError", "Placement", "PromptFileError", "PromptInit",
     "PromptBank", "PromptMethod", "PromptedModel", "SoftPrompt", "SoftPromptError", "StorageError", "TaskData", "TaskType", "Template", "TrainConfig",
     "TrainResult", "Verbalizer", "build_prompted_model", "build_template", "evaluate", "generate",
-    "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file", "read_prompt_tensors",
+    "from_pretrained", "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file", "read_prompt_tensors",
     "resolve_precision", "save_prompt", "train", "train_multitask", "MultitaskResult",
 ]

@@ -39,13 +39,22 @@ class OptimizerName(str, Enum):
     ADAFACTOR = "adafactor"
 
 
+class ReportTo(str, Enum):
+    """Where a run's records go besides metrics.jsonl (accelerate's trackers)."""
+
+    NONE = "none"
+    TENSORBOARD = "tensorboard"
+    WANDB = "wandb"
+    MLFLOW = "mlflow"
+
+
 class SchedulerName(str, Enum):
     COSINE = "cosine"
     LINEAR = "linear"
     CONSTANT = "constant"
 
 
-# Option groups: the help panels of `softprompt train --help`, the README's tables, and the sections a YAML
+# Option groups: the help panels of `softprompt train --help`, the docs' options table, and the sections a YAML
 # config may nest options in (`vpt: {deep: true}` is `vpt_deep: true`).
 GROUPS: dict[str, str] = {
     "data": "Backbone and data", "prompt": "Prompt", "optimisation": "Optimisation", "evaluation": "Evaluation",
@@ -81,7 +90,7 @@ def resolve_device(device: str, flag: str = "--device") -> torch.device:
 
 
 def _opt(default: Any, help: str, group: str, flag: str | None = None) -> Any:
-    """An option, declared once: its default, its help (CLI, README), its group (help panel, YAML section) and,
+    """An option, declared once: its default, its help (CLI, docs), its group (help panel, YAML section) and,
     inside a group, its flat name (`vpt.deep` is `--vpt-deep`, `vpt_deep:` in YAML)."""
     if group not in GROUPS:
         raise ValueError(f"unknown option group {group!r}")
@@ -272,7 +281,11 @@ class TrainConfig:
     max_steps: int | None = _opt(None, "Optimiser steps; overrides --epochs.", "optimisation")
     max_length: int = _opt(128, "Maximum tokens per example (input is truncated, never the prompt or answer).",
                            "optimisation")
-    log_every: int = _opt(10, "Log the mean training loss (and the model's other figures) every K steps.", "evaluation")
+    log_every: int = _opt(0, "Log the mean training loss (and the model's other figures) every K steps (0 = auto: "
+                             "every 10 steps, or 10 times in a run of fewer than 100 steps).", "evaluation")
+    report_to: ReportTo = _opt(ReportTo.NONE, "Also send the run's records to tensorboard (OUTPUT/tensorboard), "
+                                              "wandb or mlflow, through accelerate's trackers; none = metrics.jsonl "
+                                              "only.", "evaluation")
     eval_every: int = _opt(100, "Evaluate on validation every K steps (0 = only at the end).", "evaluation")
     eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).", "evaluation")
     patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).", "evaluation")
@@ -326,7 +339,8 @@ class TrainConfig:
         for name in FLAT_OPTIONS:
             _check_type(name, self.option(name))
         for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
-                           ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision)):
+                           ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision),
+                           ("report_to", ReportTo)):
             value = getattr(self, name)
             if value is None and name == "placement":
                 continue
@@ -351,7 +365,7 @@ class TrainConfig:
             (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
-            (self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
+            (self.log_every >= 0, f"--log-every must be >= 0 (0 = auto), got {self.log_every}"),
             (self.eval_every >= 0, f"--eval-every must be >= 0 (0 = off), got {self.eval_every}"),
             (self.eval_limit >= 0, f"--eval-limit must be >= 0 (0 = all), got {self.eval_limit}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),

@@ -51,8 +51,9 @@ def evaluate(model: PromptedTask, rows: Sequence[Mapping], *, label_field: str =
              limit: int = 0, progress: bool = False) -> dict:
     """Classification: accuracy and macro-F1. Generation: mean target-token loss and perplexity.
 
-    >>> evaluate(model, task.test, limit=500)   # doctest: +SKIP
-    {'accuracy': 0.87, 'macro_f1': 0.86, 'n': 500, 'seconds': 12.5}
+    Examples:
+        >>> evaluate(model, task.test, limit=500)   # doctest: +SKIP
+        {'accuracy': 0.87, 'macro_f1': 0.86, 'n': 500, 'seconds': 12.5}
     """
     rows = list(rows[:limit] if limit else rows)
     start = time.perf_counter()

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -99,10 +99,39 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+# Set by `softprompt.pretrained`, which knows the kind table and the backbone loader (they import this module).
+_FROM_PRETRAINED: Callable[..., PromptedTask] | None = None
+
+
+class Pretrained:
+    """`save_pretrained` / `from_pretrained` on every prompted model, as transformers and PEFT models have them:
+    a folder holding `prompt.safetensors` (or the file itself)."""
+
+    def save_pretrained(self, folder: str | Path, **extra: Any) -> Path:
+        """Write `folder/prompt.safetensors` (atomically); returns its path."""
+        return save_prompt(Path(folder) / PROMPT_FILE, self, **extra)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backbone: Any = None, **options: Any) -> Any:
+        """Load a prompt folder or file; `backbone` (a loaded backbone or a name) defaults to the one named in the
+        file. `options`: `precision`, `device` for a backbone loaded here."""
+        if _FROM_PRETRAINED is None:
+            raise RuntimeError("import softprompt first")  # the package import sets the loader
+        model = _FROM_PRETRAINED(path, backbone, **options)
+        if not isinstance(model, cls):
+            raise PromptFileError(f"{path} holds a {type(model).__name__} prompt, not a {cls.__name__}; load it with "
+                                  "softprompt.from_pretrained")
+        return model
+
+
+PROMPT_FILE = "prompt.safetensors"
+
+
 def save_prompt(path: str | Path, model: PromptedTask, **extra: Any) -> Path:
     """Write `model`'s prompt and metadata to `path` atomically.
 
-    >>> save_prompt("runs/rt/prompt.safetensors", model, init="labels")   # doctest: +SKIP
+    Examples:
+        >>> save_prompt("runs/rt/prompt.safetensors", model, init="labels")   # doctest: +SKIP
     """
     meta = prompt_metadata(model, **extra)
     tensors = model.file_tensors()  # the prompt's (a deep prompt's MLP folded into plain prefixes) and a head's

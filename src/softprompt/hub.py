@@ -178,9 +178,10 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     `load_in` = "8bit" / "4bit" quantises the linear layers with bitsandbytes (CUDA); `dtype` is then the
     compute dtype.
 
-    >>> backbone = load_backbone("smollm2-135m")   # doctest: +SKIP
-    >>> backbone.hidden_size                        # doctest: +SKIP
-    576
+    Examples:
+        >>> backbone = load_backbone("smollm2-135m")   # doctest: +SKIP
+        >>> backbone.hidden_size                        # doctest: +SKIP
+        576
     """
     if isinstance(dtype, str):
         dtype = resolve_precision(dtype, device)

@@ -24,9 +24,10 @@ class PromptInit(str, Enum):
 class SoftPrompt(nn.Module):
     """`num_virtual_tokens x hidden_size` trainable embeddings, kept in fp32 whatever the backbone's dtype.
 
-    >>> prompt = SoftPrompt(torch.zeros(20, 576))
-    >>> prompt().shape
-    torch.Size([20, 576])
+    Examples:
+        >>> prompt = SoftPrompt(torch.zeros(20, 576))
+        >>> prompt().shape
+        torch.Size([20, 576])
     """
 
     method = "prompt"
@@ -132,9 +133,10 @@ class DeepPrompt(nn.Module):
     initial prefixes + MLP(seed), the MLP's last layer starting at zero; `folded()` turns the result into plain
     prefixes (what a prompt file stores). The input sequence itself gets no soft tokens.
 
-    >>> deep = DeepPrompt(torch.zeros(2, 5, 1, 4), torch.zeros(2, 5, 1, 4), hidden_size=8)
-    >>> [k.shape for k, _ in deep.layer_prefix()]
-    [torch.Size([1, 1, 5, 4]), torch.Size([1, 1, 5, 4])]
+    Examples:
+        >>> deep = DeepPrompt(torch.zeros(2, 5, 1, 4), torch.zeros(2, 5, 1, 4), hidden_size=8)
+        >>> [tuple(k.shape) for k, _ in deep.layer_prefix()]
+        [(1, 1, 5, 4), (1, 1, 5, 4)]
     """
 
     method = "deep"

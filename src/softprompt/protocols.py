@@ -94,9 +94,10 @@ class PromptedTask(Protocol):
     """What training, evaluation, prompt files, the bank, the server, compare and explain read from a prompted
     model, whatever its kind. Rows are mappings (`{"text": ..., "label": ...}`, `{"image": tensor, ...}`).
 
-    >>> model = load_prompted_model("runs/rt/prompt.safetensors", backbone)       # doctest: +SKIP
-    >>> model.class_scores(model.make_batch([{"text": "Great fun."}], None))       # doctest: +SKIP
-    tensor([[-3.2, -0.4]])
+    Examples:
+        >>> model = load_prompted_model("runs/rt/prompt.safetensors", backbone)       # doctest: +SKIP
+        >>> model.class_scores(model.make_batch([{"text": "Great fun."}], None))       # doctest: +SKIP
+        tensor([[-3.2, -0.4]])
     """
 
     backbone: Backbone

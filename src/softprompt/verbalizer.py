@@ -15,9 +15,10 @@ class Verbalizer:
     """Maps each label to one or more words. A class scores the log-likelihood of its words at the answer
     position (multi-token words: the sum over their tokens; several words: log-sum-exp over words).
 
-    >>> v = Verbalizer.from_spec(["negative", "positive"], ["positive=great,good"])
-    >>> v.words
-    (('negative',), ('great', 'good'))
+    Examples:
+        >>> v = Verbalizer.from_spec(["negative", "positive"], ["positive=great,good"])
+        >>> v.words
+        (('negative',), ('great', 'good'))
     """
 
     labels: tuple[str, ...]

@@ -54,9 +54,10 @@ def load_task(data: str | None = None, *, train_file: str | None = None, validat
     """Load a task by built-in name, folder of `train/validation/test` files (.jsonl, .csv, .tsv, .parquet), a
     Hugging Face dataset (`hf:NAME[:CONFIG]` from the local cache, or a `save_to_disk` folder), or explicit files.
 
-    >>> task = load_task("rotten_tomatoes")          # doctest: +SKIP
-    >>> len(task.train), task.labels                  # doctest: +SKIP
-    (9752, ('negative', 'positive'))
+    Examples:
+        >>> task = load_task("rotten_tomatoes")          # doctest: +SKIP
+        >>> len(task.train), task.labels                  # doctest: +SKIP
+        (9752, ('negative', 'positive'))
     """
     classification = task == "classification"
     label_field = label_field or ("label" if classification else "target")

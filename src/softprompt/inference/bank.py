@@ -31,9 +31,10 @@ class UnknownPromptError(SoftPromptError, KeyError):
 class PromptBank:
     """Prompts by name on one frozen backbone.
 
-    >>> bank = PromptBank(load_backbone("smollm2-135m"))                         # doctest: +SKIP
-    >>> bank.add("sentiment", "runs/rt/prompt.safetensors")                        # doctest: +SKIP
-    >>> bank.classify([("sentiment", {"text": "Great fun."}), ("topic", {"text": "Shares fell."})])  # doctest: +SKIP
+    Examples:
+        >>> bank = PromptBank(load_backbone("smollm2-135m"))                         # doctest: +SKIP
+        >>> bank.add("sentiment", "runs/rt/prompt.safetensors")                        # doctest: +SKIP
+        >>> bank.classify([("sentiment", {"text": "Great fun."}), ("topic", {"text": "Shares fell."})])  # doctest: +SKIP
     """
 
     def __init__(self, backbone: Backbone) -> None:

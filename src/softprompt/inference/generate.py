@@ -25,8 +25,9 @@ def generate(model: PromptedModel, examples: Sequence[Mapping[str, str]], *, max
     With `do_sample` and a `seed`, every row samples from its own generator seeded with `seed`, so a row's
     text does not depend on the rest of the batch.
 
-    >>> generate(model, [{"text": "Translate: cat"}], max_new_tokens=8, stop=["\\n"])   # doctest: +SKIP
-    ['chat']
+    Examples:
+        >>> generate(model, [{"text": "Translate: cat"}], max_new_tokens=8, stop=["\\n"])   # doctest: +SKIP
+        ['chat']
     """
     temperature = temperature if do_sample else 0.0
     requests = [Request(model, ex, "generate", max_new_tokens=max_new_tokens, temperature=temperature,

@@ -145,7 +145,8 @@ def prompted_model(backbone: Backbone, prompt: Any, template: Any, verbalizer: A
 def load_prompted_model(path: str | Path, backbone: Backbone) -> PromptedTask:
     """Rebuild a prompted model from a prompt file on an already loaded backbone (checked for compatibility).
 
-    >>> model = load_prompted_model("runs/rt/prompt.safetensors", load_backbone("smollm2-135m"))  # doctest: +SKIP
+    Examples:
+        >>> model = load_prompted_model("runs/rt/prompt.safetensors", load_backbone("smollm2-135m"))  # doctest: +SKIP
     """
     tensors, meta = read_prompt_tensors(path)
     check_compatible(meta, backbone, path)

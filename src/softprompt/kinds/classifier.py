@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..formats import Pretrained
 from ..protocols import TaskType
 
 
@@ -30,7 +31,7 @@ class InputSpec:
     num_virtual_tokens: int = 0
 
 
-class PromptedClassifier(nn.Module):
+class PromptedClassifier(Pretrained, nn.Module):
     """Base class: a frozen backbone, a soft prompt, a label set; subclasses turn rows into a batch
     (`inputs`) and a batch into class scores (`class_scores`)."""
 

@@ -4,8 +4,9 @@ One frozen backbone, a `PromptBank` kept in step with a prompt folder, and a `Dy
 of concurrent requests across prompts. Every error is JSON, `{"error": {"message", "type", "code"}}`, the shape
 OpenAI clients parse.
 
->>> app = create_app(PromptBank(load_backbone("smollm2-135m")), "prompts/")   # doctest: +SKIP
->>> uvicorn.run(app, host="127.0.0.1", port=8000)                               # doctest: +SKIP
+Examples:
+    >>> app = create_app(PromptBank(load_backbone("smollm2-135m")), "prompts/")   # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8000)                               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Annotated, Any, AsyncIterator
 from fastapi import Depends, FastAPI, Query
 from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError, StorageError
@@ -36,6 +39,8 @@ from .batcher import DynamicBatcher, Work
 from .directory import NAME_SCHEMA, PromptDirectory, check_name
 from .metrics import Metrics
 from .schemas import ChatBody, ClassifyBody, CompletionBody, error_responses
+
+STATIC = Path(__file__).parent / "static"  # the playground page and the vendored Swagger UI / ReDoc assets
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         directory.close()
         batcher.stop()
 
-    app = FastAPI(title="softprompt", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="softprompt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Soft prompts on one frozen backbone: classify, complete, manage prompts.")
     app.state.bank, app.state.directory, app.state.batcher, app.state.metrics = bank, directory, batcher, metrics
 
@@ -155,6 +160,26 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):  # bytes: any header compares
             raise ApiError(401, "missing or wrong admin token: send 'Authorization: Bearer <token>'",
                            "authentication_error")
+
+    # ---- the playground and the API docs, from files in the package (no CDN: they work offline) --------------
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="openapi.json", title="softprompt API",
+                                   swagger_js_url="static/vendor/swagger-ui-bundle.js",
+                                   swagger_css_url="static/vendor/swagger-ui.css",
+                                   swagger_favicon_url="static/vendor/favicon-32x32.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="openapi.json", title="softprompt API",
+                              redoc_js_url="static/vendor/redoc.standalone.js",
+                              redoc_favicon_url="static/vendor/favicon-32x32.png", with_google_fonts=False)
 
     # ---- health, metrics, prompts --------------------------------------------------------------------------
     @app.get("/healthz")

@@ -6,9 +6,10 @@ tokens it lies closest to (by cosine similarity or Euclidean distance). Learned 
 every real token -- their norms and the projection gap (accuracy of the soft prompt vs the same prompt with
 each vector replaced by its nearest token) show how far.
 
->>> report = explain_prompt(model, top_k=5)                        # doctest: +SKIP
->>> report["tokens"][0]["neighbours"][0]
-{'token': ' great', 'id': 1049, 'score': 0.41}
+Examples:
+    >>> report = explain_prompt(model, top_k=5)                        # doctest: +SKIP
+    >>> report["tokens"][0]["neighbours"][0]
+    {'token': ' great', 'id': 1049, 'score': 0.41}
 """
 
 from __future__ import annotations

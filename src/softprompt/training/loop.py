@@ -31,12 +31,15 @@ from ..progress import bar as progress_bar
 from ..progress import stage_line
 from ..prompts import PromptMethod
 from ..protocols import Backbone, PromptedTask, TaskType
+from .card import model_card
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
 from .distributed import Processes, setup_processes
 from .guard import DivergenceGuard
 from .multitask import MultitaskResult, load_tasks, multitask_job, parse_tasks
 from .plot import plot_history
 from .state import Job, Progress, RunState, restore, snapshot, trainable_parameters
+from .tracking import check_available as check_tracker
+from .tracking import open_tracker
 
 
 @dataclass
@@ -107,14 +110,16 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     `resume`) continues from one. `on_validation(step, result)` is called after every validation (a sweep
     reports to its pruner there; an exception it raises stops the run).
 
-    >>> result = train(TrainConfig(data="rotten_tomatoes", output="runs/rt", max_steps=200))   # doctest: +SKIP
-    >>> result.best_validation["accuracy"]                                                      # doctest: +SKIP
-    0.84
+    Examples:
+        >>> result = train(TrainConfig(data="rotten_tomatoes", output="runs/rt", max_steps=200))   # doctest: +SKIP
+        >>> result.best_validation["accuracy"]                                                      # doctest: +SKIP
+        0.84
     """
     from accelerate.utils import set_seed  # seeds every library the run touches
 
     multitask = config.method is PromptMethod.MULTITASK
     check_output_path(config.output, folder=True)
+    check_tracker(config.report_to)
     processes = setup_processes(config)
     set_seed(config.seed)
     # Data first: a bad row is reported before a large backbone is loaded.
@@ -217,11 +222,16 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
         bar.write(f"softprompt: resumed {out} at step {run.progress.step} of {total_steps}")
     progress_ = run.progress
 
+    tracker = open_tracker(config.report_to, out, out.name, config.to_dict()) if main else None
+    log_every = config.log_every or (10 if total_steps >= 100 else max(1, total_steps // 10))
+
     def log(record: dict) -> None:
         progress_.history.append(record)
         if main:
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if tracker is not None:
+                tracker.log(record)
 
     # ---- loop ----------------------------------------------------------------------------------------------
     for step in range(progress_.step + 1, total_steps + 1):
@@ -274,7 +284,7 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
             optimizer.zero_grad(set_to_none=True)
         progress_.train_seconds += time.perf_counter() - started
 
-        if (step % config.log_every == 0 or step == total_steps) and progress_.running_n:
+        if (step % log_every == 0 or step == total_steps) and progress_.running_n:
             mean_loss, mean_accuracy, figures = progress_.take_means()
             record = {"step": step, "split": "train", "loss": mean_loss,
                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "examples": progress_.seen,
@@ -323,9 +333,14 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
                 "batch_size": config.batch_size, "seed": config.seed,
                 "trainable_params": sum(p.numel() for p in trainable)}
     prompt_path = write({"training": training})
+    if tracker is not None:
+        tracker.finish()
     if main:
         plot_history(progress_.history, out / "training.png", title=f"{backbone.name} / {job.name} / "
                      f"{job.resolved['num_virtual_tokens']} virtual tokens")
+        card = model_card(config, training, job.resolved, backbone=backbone.name, task=model.task.value,
+                          prompt_file=prompt_path.name)
+        atomic_write(out / "README.md", lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
     return TrainResult(model, out, prompt_path, progress_.best_step, progress_.best_result, progress_.step,
                        progress_.train_seconds, progress_.history)
 

@@ -62,8 +62,9 @@ class CausalLMBackbone(FrozenBackbone):
     The wrapped model never trains: every parameter has `requires_grad=False` and the model stays in eval mode
     (dropout off) even when a parent module calls `.train()`.
 
-    >>> backbone = CausalLMBackbone(model, tokenizer, name="my-model")   # doctest: +SKIP
-    >>> hidden, _ = backbone.hidden_states(backbone.embed(ids), mask, positions)   # (B, T, d)
+    Examples:
+        >>> backbone = CausalLMBackbone(model, tokenizer, name="my-model")   # doctest: +SKIP
+        >>> hidden, _ = backbone.hidden_states(backbone.embed(ids), mask, positions)   # (B, T, d)
     """
 
     kind = BackboneKind.CAUSAL_LM

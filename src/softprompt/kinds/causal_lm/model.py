@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, IncompatiblePromptError
+from ...formats import Pretrained
 from ...prompts import SoftPrompt
 from ...protocols import Backbone, TaskType
 from ...scoring import backbone_autocast, place_soft_tokens, token_log_likelihood
@@ -20,13 +21,14 @@ from ...template import Encoded, Template, TemplateEncoder, left_pad
 from ...verbalizer import Verbalizer
 
 
-class PromptedModel(nn.Module):
+class PromptedModel(Pretrained, nn.Module):
     """Frozen backbone + soft prompt, placed by a template.
 
-    >>> model = PromptedModel(backbone, prompt, Template.parse("[soft:20] Review: {text} Sentiment: {label}"),
-    ...                       Verbalizer.from_spec(["negative", "positive"]))          # doctest: +SKIP
-    >>> model.class_scores(model.make_batch([{"text": "Great fun."}]))                  # doctest: +SKIP
-    tensor([[-3.2, -0.4]])
+    Examples:
+        >>> model = PromptedModel(backbone, prompt, Template.parse("[soft:20] Review: {text} Sentiment: {label}"),
+        ...                       Verbalizer.from_spec(["negative", "positive"]))          # doctest: +SKIP
+        >>> model.class_scores(model.make_batch([{"text": "Great fun."}]))                  # doctest: +SKIP
+        tensor([[-3.2, -0.4]])
     """
 
     def __init__(self, backbone: Backbone, prompt: SoftPrompt, template: Template,
@@ -398,8 +400,9 @@ class PromptedModel(nn.Module):
     def classify(self, inputs: Sequence[str | Mapping[str, Any]], batch_size: int = 32) -> list[str]:
         """Predicted label per input (a string fills the template's single input field).
 
-        >>> model.classify(["A three-hour cinema master class."])   # doctest: +SKIP
-        ['positive']
+        Examples:
+            >>> model.classify(["A three-hour cinema master class."])   # doctest: +SKIP
+            ['positive']
         """
         fields = self.template.input_fields
         rows = [{fields[0]: x} if isinstance(x, str) else x for x in inputs]

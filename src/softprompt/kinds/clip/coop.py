@@ -43,9 +43,10 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 class CoOpModel(PromptedClassifier):
     """Frozen CLIP + learnable text context per class prompt; scores = logit_scale x cosine(image, class text).
 
-    >>> prompt = CoOpModel.initial_prompt(backbone, ["cat", "dog"], init_text="a photo of a")  # doctest: +SKIP
-    >>> model = CoOpModel(backbone, prompt, ["cat", "dog"])                                      # doctest: +SKIP
-    >>> model.classify([torch.rand(3, 224, 224)])                                                # doctest: +SKIP
+    Examples:
+        >>> prompt = CoOpModel.initial_prompt(backbone, ["cat", "dog"], init_text="a photo of a")  # doctest: +SKIP
+        >>> model = CoOpModel(backbone, prompt, ["cat", "dog"])                                      # doctest: +SKIP
+        >>> model.classify([torch.rand(3, 224, 224)])                                                # doctest: +SKIP
     """
 
     def __init__(self, backbone: Any, prompt: SoftPrompt, classnames: Sequence[str], *, class_specific: bool = False,

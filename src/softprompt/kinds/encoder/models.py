@@ -84,10 +84,11 @@ class EncoderClassifier(_Bidirectional):
     `pooling` is `mean` (over every non-padding position, prompt included: how sentence encoders such as
     MiniLM were trained) or `cls` (the first token's state).
 
-    >>> model = EncoderClassifier(backbone, prompt, Template.parse("[soft:20] {text} {label}"),
-    ...                           ["negative", "positive"])   # doctest: +SKIP
-    >>> model.class_scores(model.make_batch([{"text": "Great fun."}]))   # doctest: +SKIP
-    tensor([[-0.7, 1.3]])
+    Examples:
+        >>> model = EncoderClassifier(backbone, prompt, Template.parse("[soft:20] {text} {label}"),
+        ...                           ["negative", "positive"])   # doctest: +SKIP
+        >>> model.class_scores(model.make_batch([{"text": "Great fun."}]))   # doctest: +SKIP
+        tensor([[-0.7, 1.3]])
     """
 
     def __init__(self, backbone: Backbone, prompt: SoftPrompt, template: Template, labels: Sequence[str], *,

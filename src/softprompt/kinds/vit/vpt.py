@@ -27,8 +27,9 @@ from ..classifier import InputSpec, PromptedClassifier, head_tensors, linear_hea
 class VPTModel(PromptedClassifier):
     """Frozen ViT + visual prompt + linear head on the final [CLS] state.
 
-    >>> model = VPTModel(backbone, VPTModel.initial_prompt(backbone, 10), ["sandal", "shirt"])  # doctest: +SKIP
-    >>> model.class_scores(model.make_batch([{"image": torch.rand(1, 28, 28)}], None))         # doctest: +SKIP
+    Examples:
+        >>> model = VPTModel(backbone, VPTModel.initial_prompt(backbone, 10), ["sandal", "shirt"])  # doctest: +SKIP
+        >>> model.class_scores(model.make_batch([{"image": torch.rand(1, 28, 28)}], None))         # doctest: +SKIP
     """
 
     def __init__(self, backbone: Any, prompt: SoftPrompt, labels: Sequence[str], *, deep: bool = False,

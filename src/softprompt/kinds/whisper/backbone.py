@@ -262,9 +262,10 @@ def whisper_tiny_dir(rebuild: bool = False) -> Path:
 class SpeechBackbone(FrozenBackbone):
     """A frozen Whisper encoder-decoder: audio -> log-mel features -> encoder states; the decoder scores text.
 
-    >>> backbone = load_whisper_backbone()                                   # doctest: +SKIP
-    >>> backbone.transcribe([audio_16khz])                                   # doctest: +SKIP
-    ['Hello world.']
+    Examples:
+        >>> backbone = load_whisper_backbone()                                   # doctest: +SKIP
+        >>> backbone.transcribe([audio_16khz])                                   # doctest: +SKIP
+        ['Hello world.']
     """
 
     kind = BackboneKind.SPEECH

@@ -36,10 +36,11 @@ def default_label_word(label: str) -> str:
 class SpeechPromptedModel(PromptedClassifier):
     """Frozen Whisper + decoder (and encoder) soft prompt; classes scored by label-word log-likelihood.
 
-    >>> prompt = SpeechPromptedModel.initial_prompt(backbone, 8, encoder_tokens=4)               # doctest: +SKIP
-    >>> model = SpeechPromptedModel(backbone, prompt, ["yes", "no"], encoder_tokens=4)            # doctest: +SKIP
-    >>> model.classify([waveform_16khz])                                                          # doctest: +SKIP
-    ['yes']
+    Examples:
+        >>> prompt = SpeechPromptedModel.initial_prompt(backbone, 8, encoder_tokens=4)               # doctest: +SKIP
+        >>> model = SpeechPromptedModel(backbone, prompt, ["yes", "no"], encoder_tokens=4)            # doctest: +SKIP
+        >>> model.classify([waveform_16khz])                                                          # doctest: +SKIP
+        ['yes']
     """
 
     def __init__(self, backbone: Any, prompt: SoftPrompt, labels: Sequence[str], *, encoder_tokens: int = 0,
