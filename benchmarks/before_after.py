@@ -12,7 +12,7 @@ smollm2-135m / rotten_tomatoes with `make bench`'s defaults (20-token prefix pro
 Only public names that both versions export are used. Writes benchmarks/results/before_after.json and .md.
 
     git worktree add /tmp/softprompt-old <commit>
-    python benchmarks/before_after.py --old-src /tmp/softprompt-old/src [--repeats 3]
+    python benchmarks/before_after.py --old-src /tmp/softprompt-old/src [--repeats 3] [--name before_after]
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--old-label", default="before")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--name", default="before_after", help="results/NAME.json and .md")
     args = parser.parse_args()
     sides = {args.old_label: args.old_src.resolve(), "after": NEW_SRC.resolve()}
     runs: dict[str, list[dict]] = {name: [] for name in sides}
@@ -102,7 +103,7 @@ def main() -> None:
               "bank_throughput": new["bank_rows_per_s"] / old["bank_rows_per_s"],
               "eval_throughput": new["eval_rows_per_s"] / old["eval_rows_per_s"]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "before_after.json").write_text(json.dumps({"runs": runs, "medians": medians, "ratios": ratios,
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"runs": runs, "medians": medians, "ratios": ratios,
                                                            "old_src": str(args.old_src)}, indent=1))
     lines = ["| side | train step (s, median) | bank classify (rows/s) | evaluate (rows/s) |", "|---|---|---|---|"]
     for name, m in medians.items():
@@ -110,7 +111,7 @@ def main() -> None:
     lines.append(f"| after / before | {ratios['step_speed']:.2f}x speed | {ratios['bank_throughput']:.2f}x | "
                  f"{ratios['eval_throughput']:.2f}x |")
     table = "\n".join(lines)
-    (RESULTS / "before_after.md").write_text(f"{args.repeats} alternating runs per side, medians; ratios > 1 mean "
+    (RESULTS / f"{args.name}.md").write_text(f"{args.repeats} alternating runs per side, medians; ratios > 1 mean "
                                              f"this checkout is faster.\n\n{table}\n")
     print(table)
 

@@ -2,7 +2,8 @@
 
 Median step time (forward + backward + optimiser, warm-up excluded) at batch 16 on rotten_tomatoes / bbc_news
 text cut to an exact token length, for prefix placement and for suffix placement (whose input columns run once
-without gradients). Writes benchmarks/results/scaling.json, scaling.md and scaling.png.
+without gradients), up to 1,024 text tokens, with the peak memory each step adds (RSS sampled every 5 ms).
+Writes benchmarks/results/scaling.json, scaling.md and scaling.png.
 
     python benchmarks/scaling.py [--quick]
 """
@@ -10,8 +11,11 @@ without gradients). Writes benchmarks/results/scaling.json, scaling.md and scali
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -28,10 +32,38 @@ def rows_of_length(tokenizer, texts, length, count):
     return [{"text": tokenizer.decode(ids[i * length:(i + 1) * length]), "label": "business"} for i in range(count)]
 
 
-def median_step(model, rows, steps, warmup=1) -> float:
+def base_rss_mb() -> float:
+    """Resident memory (MB) after handing freed heap pages back to the OS: a measurement that starts here sees
+    what it allocates, not pages an earlier one freed and glibc kept."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return rss_mb()
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def median_step(model, rows, steps, warmup=1, memory: list | None = None) -> float:
+    """Median seconds of a step; with `memory`, the highest RSS above the start seen during the steps is appended."""
     optimizer = torch.optim.AdamW(model.prompt.parameters(), lr=1e-3)
     batch = model.make_batch(rows)
     times = []
+    base, peak, running = base_rss_mb(), [0.0], [True]
+
+    def sample() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], rss_mb() - base)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
     for i in range(steps + warmup):
         started = time.perf_counter()
         loss, _ = model.loss(batch)
@@ -40,6 +72,10 @@ def median_step(model, rows, steps, warmup=1) -> float:
         optimizer.zero_grad(set_to_none=True)
         if i >= warmup:
             times.append(time.perf_counter() - started)
+    running[0] = False
+    watcher.join()
+    if memory is not None:
+        memory.append(peak[0])
     return statistics.median(times)
 
 
@@ -55,19 +91,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer points and steps (a smoke run)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--parts", default="backbone,prompt,sequence",
+                        help="which tables to measure (the others are kept from the last results/scaling.json)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     steps = 2 if args.quick else 4
     prompt_lengths = (1, 20, 100) if args.quick else (1, 5, 20, 100, 150)
-    seq_lengths = (32, 128) if args.quick else (32, 64, 128, 256, 512)
+    seq_lengths = (32, 128) if args.quick else (32, 64, 128, 256, 512, 1024)
     backbones = ("smollm2-135m",) if args.quick else ("smollm2-135m", "gemma3-270m")
     task = sp.load_task("bbc_news")
     texts = [r["text"] for r in task.train[:400]]
     results = {"prompt_length": [], "sequence_length": [], "backbone": [], "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
-    for name in backbones:
+    previous = RESULTS / "scaling.json"
+    if parts != {"backbone", "prompt", "sequence"} and previous.exists():  # keep the tables not measured now
+        kept = json.loads(previous.read_text())
+        for part, key in (("backbone", "backbone"), ("prompt", "prompt_length"), ("sequence", "sequence_length")):
+            if part not in parts:
+                results[key] = kept[key]
+        if "backbone" not in parts:
+            backbones = tuple(dict.fromkeys(r["backbone"] for r in kept["backbone"]))
+    for name in backbones if "backbone" in parts else ("smollm2-135m",):
         backbone = sp.load_backbone(name, dtype="auto")
         base_rows = rows_of_length(backbone.tokenizer, texts, 64, args.batch_size)
-        for placement in ("prefix", "suffix"):
+        for placement in ("prefix", "suffix") if "backbone" in parts else ():
             seconds = median_step(build(backbone, task, placement, 20, 64 + 40), base_rows, steps)
             results["backbone"].append({"backbone": name, "placement": placement, "seconds": seconds,
                                         "parameters": sum(p.numel() for p in backbone.model.parameters())})
@@ -75,15 +122,17 @@ def main() -> None:
         if name != "smollm2-135m":
             continue
         for placement in ("prefix", "suffix"):
-            for n in prompt_lengths:
+            for n in prompt_lengths if "prompt" in parts else ():
                 seconds = median_step(build(backbone, task, placement, n, 64 + n + 20), base_rows, steps)
                 results["prompt_length"].append({"placement": placement, "tokens": n, "seconds": seconds})
                 print("prompt", placement, n, f"{seconds:.3f}", flush=True)
-            for length in seq_lengths:
+            for length in seq_lengths if "sequence" in parts else ():
                 rows = rows_of_length(backbone.tokenizer, texts, length, args.batch_size)
-                seconds = median_step(build(backbone, task, placement, 20, length + 40), rows, steps)
-                results["sequence_length"].append({"placement": placement, "text_tokens": length, "seconds": seconds})
-                print("sequence", placement, length, f"{seconds:.3f}", flush=True)
+                memory: list = []
+                seconds = median_step(build(backbone, task, placement, 20, length + 40), rows, steps, memory=memory)
+                results["sequence_length"].append({"placement": placement, "text_tokens": length, "seconds": seconds,
+                                                   "peak_extra_mb": memory[0]})
+                print("sequence", placement, length, f"{seconds:.3f}", f"{memory[0]:.0f} MB", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scaling.json").write_text(json.dumps(results, indent=1))
@@ -92,10 +141,16 @@ def main() -> None:
     for n in prompt_lengths:
         row = {r["placement"]: r["seconds"] for r in results["prompt_length"] if r["tokens"] == n}
         lines.append(f"| {n} | {row.get('prefix', float('nan')):.3f} | {row.get('suffix', float('nan')):.3f} |")
-    lines += ["", "| text tokens | prefix | suffix |", "|---|---|---|"]
+    lines += ["", "| text tokens | prefix s | suffix s | prefix / 128 tokens | tokens / 128 | prefix peak MB | "
+                  "suffix peak MB |", "|---|---|---|---|---|---|---|"]
+    base = {r["placement"]: r["seconds"] for r in results["sequence_length"] if r["text_tokens"] == 128}
     for length in seq_lengths:
-        row = {r["placement"]: r["seconds"] for r in results["sequence_length"] if r["text_tokens"] == length}
-        lines.append(f"| {length} | {row.get('prefix', float('nan')):.3f} | {row.get('suffix', float('nan')):.3f} |")
+        row = {r["placement"]: r for r in results["sequence_length"] if r["text_tokens"] == length}
+        prefix, suffix = row.get("prefix", {}), row.get("suffix", {})
+        growth = prefix.get("seconds", float("nan")) / base.get("prefix", float("nan"))
+        lines.append(f"| {length} | {prefix.get('seconds', float('nan')):.3f} | {suffix.get('seconds', float('nan')):.3f} "
+                     f"| {growth:.2f}x | {length / 128:.2f}x | {prefix.get('peak_extra_mb', float('nan')):.0f} | "
+                     f"{suffix.get('peak_extra_mb', float('nan')):.0f} |")
     lines += ["", "| backbone | parameters | prefix | suffix |", "|---|---|---|---|"]
     for name in backbones:
         row = {r["placement"]: r for r in results["backbone"] if r["backbone"] == name}

@@ -145,3 +145,16 @@ def test_stream_holds_back_stop_strings(tiny_llama):
                                on_text=pieces.append)])[0]
     assert result.finish_reason == "stop" and stop not in result.text and full.startswith(result.text)
     assert "".join(pieces) == result.text
+
+
+def test_length_groups_sort_split_on_padding_and_cap_rows():
+    from softprompt.inference.engine import length_groups
+
+    lengths = [100, 10, 12, 95, 11, 50]
+    groups = length_groups(lengths, pad_ratio=1.5)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert groups == [[1, 4, 2], [5, 3, 0]]  # the short rows together, the long ones together
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert len(group) * longest <= 1.5 * sum(lengths[i] for i in group)
+    assert [len(g) for g in length_groups([5] * 10, max_rows=4)] == [4, 4, 2]

@@ -101,3 +101,31 @@ def test_dry_run_for_a_gpu_counts_fused_attention_as_a_real_sdpa_forward_keeps(t
     assert real < eager  # no T x T scores kept
     assert abs(estimate - real) / real < 0.1, (estimate, real, eager)
     print(f"fused estimate {estimate}, real sdpa {real}, eager {eager}")
+
+
+def test_long_sequences_switch_to_sdpa_with_the_same_result(monkeypatch):
+    """A CPU backbone loaded with eager attention runs SDPA from SDPA_FROM_KEYS attended positions on; both give
+    the same hidden states (padding masked), so the switch changes speed and memory, not results."""
+    import transformers.models.llama.modeling_llama as llama
+
+    import softprompt.kinds.causal_lm.backbone as module
+
+    model = tiny.tiny_model("llama")
+    model.config._attn_implementation = "eager"
+    backbone = module.CausalLMBackbone(model, tiny.tiny_tokenizer(), "tiny-llama")
+    assert backbone.attention_by_length
+    ids = torch.randint(5, 300, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    used = []
+    eager = llama.eager_attention_forward
+    monkeypatch.setattr(llama, "eager_attention_forward", lambda *a, **k: used.append("eager") or eager(*a, **k))
+    short, _ = backbone.hidden_states(backbone.embed(ids), mask, positions)
+    assert used and model.config._attn_implementation == "eager"
+    used.clear()
+    monkeypatch.setattr(module, "SDPA_FROM_KEYS", 32)  # 40 positions are now "long"
+    long, _ = backbone.hidden_states(backbone.embed(ids), mask, positions)
+    assert not used and model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(long[0, 7:], short[0, 7:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(long[1], short[1], atol=1e-5, rtol=1e-4)

@@ -18,7 +18,7 @@ from ..errors import ConfigError, SoftPromptError
 from ..kinds import kind_of, load_prompted_model
 from ..protocols import Backbone, Capability, PromptedTask, TaskType
 from .batch import Classification, Generation, Request
-from .engine import run_requests
+from .engine import run_in_groups
 
 
 class UnknownPromptError(SoftPromptError, KeyError):
@@ -80,9 +80,10 @@ class PromptBank:
             return len(self._models)
 
     # ---- mixed-prompt batches -----------------------------------------------------------------------------
-    def run(self, requests: Sequence[Request]) -> list[Classification | Generation]:
-        """Classification and generation rows of any prompts in one batch (see `inference.engine`)."""
-        return run_requests(self.backbone, requests)
+    def run(self, requests: Sequence[Request], *, max_rows: int = 32) -> list[Classification | Generation]:
+        """Classification and generation rows of any prompts, mixed in batches of rows of similar length (at
+        most `max_rows` each; see `inference.engine`); results in request order."""
+        return run_in_groups(self.backbone, requests, max_rows=max_rows)
 
     def classify(self, requests: Sequence[tuple[str, Mapping[str, str] | str]]) -> list[Classification]:
         """Classify rows of possibly different prompts in one backbone pass; results in request order."""

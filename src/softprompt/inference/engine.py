@@ -19,6 +19,36 @@ from ..protocols import Backbone, Capability, TaskType
 from .batch import Classification, Generation, Request, fields_of, run_batch
 
 
+def length_groups(lengths: Sequence[int], pad_ratio: float = 1.5, max_rows: int | None = None) -> list[list[int]]:
+    """Indices of rows, sorted by length and split where one more row would make padded tokens exceed
+    `pad_ratio` times the real ones (or the group would pass `max_rows`): a long news article and a short review
+    cost less apart than padded together."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    real = 0
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        tokens = lengths[index]
+        if group and ((len(group) + 1) * tokens > pad_ratio * (real + tokens)
+                      or (max_rows is not None and len(group) >= max_rows)):
+            groups.append(group)
+            group, real = [], 0
+        group.append(index)
+        real += tokens
+    return groups + ([group] if group else [])
+
+
+def run_in_groups(backbone: Backbone, requests: Sequence[Request], *, max_rows: int = 32,
+                  pad_ratio: float = 1.5) -> list[Classification | Generation]:
+    """`run_requests` over many rows: rows of similar length run together, at most `max_rows` a batch; results
+    in request order."""
+    lengths = [req.model.row_columns(fields_of(req.model, req.inputs)) for req in requests]
+    results: list[Classification | Generation | None] = [None] * len(requests)
+    for group in length_groups(lengths, pad_ratio, max_rows):
+        for index, result in zip(group, run_requests(backbone, [requests[i] for i in group])):
+            results[index] = result
+    return results  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def run_requests(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:
     """Run requests of any servable prompts on `backbone`; results in request order."""

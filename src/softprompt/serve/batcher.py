@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..inference.batch import Generation, Request
-from ..inference.engine import run_requests
+from ..inference.engine import length_groups, run_requests
 from ..protocols import Backbone
 from .metrics import Metrics
 
@@ -51,21 +51,6 @@ def _malloc_trim():
         return ctypes.CDLL(None).malloc_trim  # glibc: hand freed heap pages back to the OS
     except (OSError, AttributeError):
         return None
-
-
-def length_groups(works: list[Work], pad_ratio: float) -> list[list[Work]]:
-    """Split a batch, sorted by row length, where one more row would make padded tokens exceed `pad_ratio`
-    times the real ones: a long news article and a short review cost less apart than padded together."""
-    groups: list[list[Work]] = []
-    group: list[Work] = []
-    real = 0
-    for work in sorted(works, key=lambda w: w.tokens):
-        if group and (len(group) + 1) * work.tokens > pad_ratio * (real + work.tokens):
-            groups.append(group)
-            group, real = [], 0
-        group.append(work)
-        real += work.tokens
-    return groups + ([group] if group else [])
 
 
 class DynamicBatcher:
@@ -154,8 +139,8 @@ class DynamicBatcher:
 
     def _loop(self) -> None:
         while (taken := self._take()) is not None:
-            for batch in length_groups(taken, self.pad_ratio):
-                self._run(batch)
+            for group in length_groups([w.tokens for w in taken], self.pad_ratio):
+                self._run([taken[i] for i in group])
             if self._trim is not None and time.monotonic() - self._trimmed > 1.0:
                 # Batches of ever-changing shapes leave freed blocks that glibc keeps; without this the
                 # server's RSS creeps up under load (benchmarks/serve_load.py soak).

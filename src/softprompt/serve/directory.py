@@ -72,8 +72,12 @@ class PromptDirectory:
             raise IncompatiblePromptError(exc.reason.replace(str(path), shown) + ": train it on this server's "
                                           "backbone (GET /healthz names it)") from None
         except SoftPromptError as exc:
-            error = copy.copy(exc)
-            error.args = (str(exc).replace(str(path), shown),)
+            message = str(exc).replace(str(path), shown)
+            try:  # the same kind of error (its HTTP status), telling the new message
+                error = copy.copy(exc)
+                error.args = (message,)
+            except Exception:  # noqa: BLE001 -- an error class copy cannot rebuild: still this file's fault
+                error = PromptFileError(message)
             raise error from None
         except Exception as exc:  # noqa: BLE001 -- any other failure is still this file's fault
             log.exception("prompt file %s could not be loaded", path)

@@ -21,7 +21,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir, resolve_precision
 from ..kinds import detect_kind
-from ..kinds.causal_lm.backbone import checkpoint_layers, decoder_layers_of
+from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of
 from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
 from ..prompts import PromptMethod
 from ..protocols import BackboneKind
@@ -138,7 +138,9 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     kind = detect_kind(hf_config)
     if kind is not BackboneKind.CAUSAL_LM:
         raise ConfigError(f"--dry-run estimates causal-LM backbones; --model {config.model} is of kind {kind.value}")
-    fused = torch.device(device).type != "cpu"  # load_backbone: eager attention on CPU, SDPA elsewhere
+    tokens = config.max_length + (config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS)  # rows at --max-length
+    # load_backbone: SDPA off the CPU; on the CPU eager attention, switched to SDPA for long sequences
+    fused = torch.device(device).type != "cpu" or tokens >= SDPA_FROM_KEYS
     with torch.device("meta"):  # eager on the meta device (SDPA's mask checks need real values)
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="eager")
     model.requires_grad_(False)
@@ -153,7 +155,7 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
         prompt_params = layers * n * 2 * kv_heads * head_dim
     else:
         prompt_params = n * hidden
-    tokens = config.max_length + n  # worst case: every row at --max-length, with the virtual tokens
+    # worst case: every row at --max-length, with the virtual tokens (`tokens`, above)
     batch = config.batch_size
     activations = saved_activation_bytes(model, batch, tokens, dtype)
     how = "saved for backward, counted on a meta-device forward (eager attention)"

@@ -56,6 +56,11 @@ def _skip_shm_comm_build() -> None:
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
+# From this many attended positions on, SDPA's kernel is faster than eager attention on a CPU training step and
+# keeps memory linear in length (benchmarks/results/attention_by_length.md).
+SDPA_FROM_KEYS = 384
+
+
 class CausalLMBackbone(FrozenBackbone):
     """A frozen `*ForCausalLM` model behind the `Backbone` protocol.
 
@@ -76,6 +81,9 @@ class CausalLMBackbone(FrozenBackbone):
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._compiled_body: Any = None
+        # A model loaded with eager attention (the CPU default) switches to SDPA for long sequences, where eager's
+        # T x T scores per layer cost more than they save (benchmarks/attention_by_length.py).
+        self.attention_by_length = getattr(model.config, "_attn_implementation", None) == "eager"
 
     @property
     def hidden_size(self) -> int:
@@ -204,6 +212,9 @@ class CausalLMBackbone(FrozenBackbone):
         body = self.model.base_model
         if self._compiled_body is not None and torch.is_grad_enabled() and past_key_values is None and not use_cache:
             body = self._compiled_body
+        elif self.attention_by_length:
+            keys = attention_mask.shape[-1]  # the cached prefix and the new tokens
+            self.model.config._attn_implementation = "sdpa" if keys >= SDPA_FROM_KEYS else "eager"
         out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                     position_ids=position_ids, cache=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, (out.cache if use_cache else None)
