@@ -13,11 +13,9 @@ benchmarks/results/attention_by_length.{json,md}.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import statistics
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -28,46 +26,21 @@ import softprompt as sp
 from softprompt.hub import builtin_backbone_dir
 from softprompt.kinds.causal_lm.backbone import CausalLMBackbone
 
+sys.path.insert(0, str(Path(__file__).parent))
+from scaling import PeakRSS, base_rss_mb  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def base_rss_mb() -> float:
-    """Resident memory (MB) after handing freed heap pages back to the OS: a measurement that starts here sees
-    what it allocates, not pages an earlier one freed and glibc kept."""
-    gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    return rss_mb()
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def timed_step(model, batch, base: float) -> tuple[float, float]:
     """Seconds of one forward + backward, and the highest RSS above `base` while it ran (MB)."""
-    peak, running = [0.0], [True]
-
-    def sample() -> None:
-        while running[0]:
-            peak[0] = max(peak[0], rss_mb() - base)
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    started = time.perf_counter()
-    loss, _ = model.loss(batch)
-    loss.backward()
-    seconds = time.perf_counter() - started
-    running[0] = False
-    watcher.join()
+    with PeakRSS(base) as peak:
+        started = time.perf_counter()
+        loss, _ = model.loss(batch)
+        loss.backward()
+        seconds = time.perf_counter() - started
     model.prompt.embeddings.grad = None
-    return seconds, peak[0]
+    return seconds, peak.mb
 
 
 def main() -> None:

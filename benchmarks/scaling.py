@@ -50,32 +50,43 @@ def rss_mb() -> float:
     return float("nan")
 
 
+class PeakRSS:
+    """The highest resident memory above `base` (MB) while the block runs, sampled every 5 ms in a thread."""
+
+    def __init__(self, base: float) -> None:
+        self.base, self.mb, self._running = base, 0.0, True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while self._running:
+            self.mb = max(self.mb, rss_mb() - self.base)
+            time.sleep(0.005)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._running = False
+        self._thread.join()
+
+
 def median_step(model, rows, steps, warmup=1, memory: list | None = None) -> float:
     """Median seconds of a step; with `memory`, the highest RSS above the start seen during the steps is appended."""
     optimizer = torch.optim.AdamW(model.prompt.parameters(), lr=1e-3)
     batch = model.make_batch(rows)
     times = []
-    base, peak, running = base_rss_mb(), [0.0], [True]
-
-    def sample() -> None:
-        while running[0]:
-            peak[0] = max(peak[0], rss_mb() - base)
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    for i in range(steps + warmup):
-        started = time.perf_counter()
-        loss, _ = model.loss(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - started)
-    running[0] = False
-    watcher.join()
+    with PeakRSS(base_rss_mb()) as peak:
+        for i in range(steps + warmup):
+            started = time.perf_counter()
+            loss, _ = model.loss(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
     if memory is not None:
-        memory.append(peak[0])
+        memory.append(peak.mb)
     return statistics.median(times)
 
 
