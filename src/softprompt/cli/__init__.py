@@ -8,6 +8,7 @@ import sys
 import click
 import typer
 
+from ..cpu import keep_freed_memory
 from ..errors import SoftPromptError, StorageError
 from ..version import __version__
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(command.get_help(click.Context(command, info_name="softprompt")))
         return 0
     usage_errors, exits = _usage_errors(), _exits()
+    keep_freed_memory()  # this process runs backbones: reuse freed activations (softprompt.cpu)
     try:
         command.main(args=args, prog_name="softprompt", standalone_mode=False)
     except SoftPromptError as exc:

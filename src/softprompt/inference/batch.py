@@ -147,12 +147,19 @@ def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classific
     word_scores = dict(zip(multi, _multi_token_word_scores(
         backbone, [(requests[i].model, spans[i][0]) for i in multi], hidden, cache, mask, positions))) if multi else {}
 
+    single = [i for i, req in enumerate(requests) if req.task == "classify" and i not in word_scores]
+    if single:  # one vocabulary projection for every row whose label words are single tokens
+        log_probs = _last_log_probs(backbone, hidden, [spans[i][0] for i in single])      # (S, V)
+        for row, i in enumerate(single):
+            ids = torch.tensor([w[0] for w in requests[i].model.word_ids], device=log_probs.device)
+            word_scores[i] = log_probs[row, ids][None]                                      # (1, W)
+
     results: list[Classification | Generation | None] = [None] * len(requests)
     decoding: dict[int, _Decoding] = {}
     for i, (req, (first, count)) in enumerate(zip(requests, spans)):
         if req.task == "classify":
             model = req.model
-            words = word_scores[i] if i in word_scores else model.word_scores_from_hidden(hidden[first:first + count])
+            words = word_scores[i]
             scores = model.verbalizer.class_scores(words.float())[0]
             labels = model.verbalizer.labels
             results[i] = Classification(labels[int(scores.argmax())], {l: float(s) for l, s in zip(labels, scores)})
@@ -203,6 +210,15 @@ def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
         hidden, cache = backbone.hidden_states(tokens, mask, positions, past_key_values=cache,
                                                use_cache=want_cache or cache is not None)
     return hidden, cache, mask, positions
+
+
+def _last_log_probs(backbone: Backbone, hidden: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """Log-probabilities over the vocabulary after the last column of `rows` of the prefill: (len(rows), V), as
+    `PromptedModel.word_scores_from_hidden` computes them row by row (one matmul instead of one per row)."""
+    last = hidden.index_select(0, torch.tensor(rows, device=hidden.device))[:, -1]           # (S, d)
+    with backbone_autocast(backbone):
+        logits = backbone.token_logits(last)
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedModel, int]], hidden: torch.Tensor,

@@ -10,7 +10,6 @@ it was resolved to, so replacing or deleting a prompt never fails a request alre
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 import time
@@ -18,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cpu import keep_freed_memory, release_free_memory
 from ..inference.batch import Generation, Request
 from ..inference.engine import length_groups, run_requests
 from ..protocols import Backbone
@@ -46,11 +46,10 @@ def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -
         future.set_result(result)
 
 
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc: hand freed heap pages back to the OS
-    except (OSError, AttributeError):
-        return None
+# After this long without work the worker hands freed memory back to the kernel. Not between batches: a server
+# under load reuses the freed activations of the last batch (`cpu.keep_freed_memory`), and returning them would
+# make the next batch page-fault its way through fresh memory.
+IDLE_RELEASE_SECONDS = 2.0
 
 
 class DynamicBatcher:
@@ -66,10 +65,10 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self._trim = _malloc_trim()
-        self._trimmed = 0.0
+        self._ran_since_release = False
 
     def start(self) -> None:
+        keep_freed_memory()
         if self._thread is None:
             self._stopped = False
             self._thread = threading.Thread(target=self._loop, name="softprompt-batcher", daemon=True)
@@ -93,7 +92,9 @@ class DynamicBatcher:
     def _take(self) -> list[Work] | None:
         with self._cond:
             while not self._pending and not self._stopped:
-                self._cond.wait()
+                if not self._cond.wait(IDLE_RELEASE_SECONDS) and self._ran_since_release:
+                    release_free_memory()  # idle: the resident memory of the last peak goes back
+                    self._ran_since_release = False
             if self._stopped:
                 return None
             self._drop_abandoned()
@@ -141,11 +142,7 @@ class DynamicBatcher:
         while (taken := self._take()) is not None:
             for group in length_groups([w.tokens for w in taken], self.pad_ratio):
                 self._run([taken[i] for i in group])
-            if self._trim is not None and time.monotonic() - self._trimmed > 1.0:
-                # Batches of ever-changing shapes leave freed blocks that glibc keeps; without this the
-                # server's RSS creeps up under load (benchmarks/serve_load.py soak).
-                self._trim(0)
-                self._trimmed = time.monotonic()
+            self._ran_since_release = True
 
     def _run(self, batch: list[Work]) -> None:
         started = time.perf_counter()

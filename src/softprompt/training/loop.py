@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from ..config import RUN_SECTION, OptimizerName, TrainConfig
+from ..cpu import keep_freed_memory
 from ..data import TaskData, load_task
 from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
@@ -181,6 +182,7 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
     from transformers import get_scheduler  # start-up time
 
     model, train_rows, world, main = job.model, job.train_rows, processes.world, processes.main
+    keep_freed_memory()  # every step frees and re-allocates the same activations: keep them (softprompt.cpu)
     model.train()
     named_trainable = list(trainable_parameters(model).items())
     trainable = [p for _, p in named_trainable]

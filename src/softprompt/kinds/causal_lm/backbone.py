@@ -57,7 +57,9 @@ def _skip_shm_comm_build() -> None:
 
 
 # From this many attended positions on, SDPA's kernel is faster than eager attention on a CPU training step and
-# keeps memory linear in length (benchmarks/results/attention_by_length.md).
+# keeps memory linear in length (benchmarks/results/attention_by_length.md). Passes without gradients (evaluation,
+# serving, generation) use SDPA at every length: its forward-only flash kernel beats eager there
+# (benchmarks/results/serve_levers.md).
 SDPA_FROM_KEYS = 384
 
 
@@ -214,7 +216,8 @@ class CausalLMBackbone(FrozenBackbone):
             body = self._compiled_body
         elif self.attention_by_length:
             keys = attention_mask.shape[-1]  # the cached prefix and the new tokens
-            self.model.config._attn_implementation = "sdpa" if keys >= SDPA_FROM_KEYS else "eager"
+            sdpa = keys >= SDPA_FROM_KEYS or not torch.is_grad_enabled()
+            self.model.config._attn_implementation = "sdpa" if sdpa else "eager"
         out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                     position_ids=position_ids, cache=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, (out.cache if use_cache else None)
