@@ -274,6 +274,8 @@ def test_cli_dept_and_residual_train_eval_predict(tmp_path, tiny_model_dir, sent
                      "--max-steps", "2", "--batch-size", "4", "--eval-every", "0", "--precision", "fp32",
                      *flags]) == 0
         capsys.readouterr()
+        card = (out / "README.md").read_text()                             # the run's model card says what trained
+        assert {"dept": "DePT low-rank text offset (rank 2)", "residual": "through a residual MLP"}[name] in card
         prompt = str(out / "prompt.safetensors")
         assert main(["eval", "--prompt", prompt, "--model", tiny_model_dir, "--data", str(sentiment_dir),
                      "--split", "test"]) == 0

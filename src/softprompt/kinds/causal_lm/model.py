@@ -117,7 +117,7 @@ class PromptedModel(Pretrained, nn.Module):
         return 1 << 30
 
     def row_columns(self, fields: Mapping[str, str]) -> int:
-        return len(self.encoder.encode(fields).input_ids) - self.prompt_prefix_length
+        return len(self.encoder.encode(fields).input_ids) - self.cache_plan()[0]  # what the cached prefix replaces
 
     def widen_context(self, max_length: int) -> "PromptedModel":
         """Let contexts grow to `max_length` tokens before inputs are cut (never narrows). A server widens
