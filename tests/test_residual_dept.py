@@ -18,6 +18,7 @@ from softprompt.inference.generate import generate
 from softprompt.kinds import CapabilityError, build_prompted_model, load_prompted_model
 from softprompt.prompts import DecomposedPrompt, ResidualPrompt, SoftPrompt, dept_rank
 from softprompt.scoring import text_positions
+from softprompt.tools.explain import projected
 from softprompt.tools.interop import export_peft
 from softprompt.training.loop import _optimizer, _param_groups
 from softprompt.training.state import trainable_parameters
@@ -208,6 +209,11 @@ def test_dept_file_round_trip_and_every_loader_scores_what_trained(tmp_path, tin
     torch.testing.assert_close(as_tensor[0::2], expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(as_tensor[1::2], predict_scores(load_prompted_model(plain.prompt_path, tiny_llama), rows),
                                atol=1e-4, rtol=1e-4)
+
+    # explain's hard-prompt projection replaces the soft vectors by tokens and keeps the text offset
+    hard = projected(loaded)
+    assert isinstance(hard.prompt, DecomposedPrompt) and torch.equal(hard.prompt.offset_b, loaded.prompt.offset_b)
+    assert not torch.equal(hard.prompt.embeddings, loaded.prompt.embeddings)
 
     # the command line: info describes it; PEFT export refuses it in one line (exit 2)
     assert main(["info", str(result.prompt_path)]) == 0
