@@ -288,3 +288,37 @@ def test_cli_dept_and_residual_train_eval_predict(tmp_path, tiny_model_dir, sent
         assert json.loads(capsys.readouterr().out)["n"] == len(SENTIMENT)
         assert main(["predict", "--prompt", prompt, "--model", tiny_model_dir, "great fun"]) == 0
         assert capsys.readouterr().out.strip()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("options", [{"method": "dept", "dept_rank": 2}, {"reparam": "residual",
+                                                                          "residual_bottleneck": 8}],
+                         ids=["dept", "residual"])
+def test_an_interrupted_run_resumes_to_the_same_prompt(tmp_path, tiny_model_dir, sentiment_dir, options):
+    """The checkpoint holds the MLP / the offset and both optimiser groups: resuming ends where one run ends."""
+    from safetensors.torch import load_file
+
+    from softprompt.training import resume
+
+    def config(name):
+        return sp.TrainConfig(model=tiny_model_dir, data=str(sentiment_dir), output=str(tmp_path / name), max_steps=6,
+                              eval_every=2, eval_limit=0, batch_size=4, lr=3e-2, precision="fp32", device="cpu",
+                              checkpoint_every=2, **options)
+
+    reference = sp.train(config("reference"), progress=False)
+
+    def stop_at_4(step, _result):
+        if step == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        sp.train(config("stopped"), progress=False, on_validation=stop_at_4)
+    result = resume(tmp_path / "stopped", progress=False)
+    assert result.steps == 6
+    got, expected = load_file(result.prompt_path), load_file(reference.prompt_path)
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0)
