@@ -322,3 +322,29 @@ def test_an_interrupted_run_resumes_to_the_same_prompt(tmp_path, tiny_model_dir,
     assert got.keys() == expected.keys()
     for name in got:
         torch.testing.assert_close(got[name], expected[name], atol=0, rtol=0)
+
+
+def test_a_dept_file_whose_shapes_do_not_fit_is_refused(tmp_path, tiny_llama):
+    from safetensors.torch import save_file
+
+    from softprompt.errors import PromptFileError
+
+    model = build_prompted_model(_config(tmp_path, method="dept", dept_rank=2), tiny_llama, _task())
+    path = sp.save_prompt(tmp_path / "good.safetensors", model)
+    with safe_open(str(path), "pt") as handle:
+        header = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    assert isinstance(load_prompted_model(path, tiny_llama).prompt, DecomposedPrompt)
+    for name, bad in (("text_offset_b", torch.zeros(3, tiny_llama.hidden_size)),   # rank 3 against A's 2
+                      ("text_offset_b", torch.zeros(2, 7)),                        # not the prompt's width
+                      ("text_offset_a", torch.zeros(128))):                        # not a matrix
+        crafted = tmp_path / "crafted.safetensors"
+        save_file({**tensors, name: bad}, str(crafted), metadata=header)
+        with pytest.raises(PromptFileError) as info:
+            load_prompted_model(crafted, tiny_llama)
+        assert "\n" not in str(info.value) and name in str(info.value)
+    plain = tmp_path / "plain.safetensors"  # stray DePT-named tensors in a plain prompt's file are not read
+    save_file({"prompt_embeddings": tensors["prompt_embeddings"], "text_offset_a": torch.zeros(3),
+               "text_offset_b": torch.zeros(1)}, str(plain),
+              metadata={**header, "softprompt": header["softprompt"].replace('"method": "dept"', '"method": "prompt"')})
+    assert type(load_prompted_model(plain, tiny_llama).prompt) is SoftPrompt

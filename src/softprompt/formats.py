@@ -181,8 +181,9 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         dims, axis = _TOKEN_AXIS.get(name, (2, None))
         if len(shape) != dims or (axis is not None and shape[axis] != count):
             raise PromptFileError(f"{path}: tensor '{name}' of shape {shape} disagrees with its metadata")
-    for first, first_axis, second, second_axis in _AGREEING_AXES:
-        if first in tensors and second in tensors and tensors[first].shape[first_axis] != tensors[second].shape[second_axis]:
+    for first, first_axis, second, second_axis in _AGREEING_AXES:  # (their dimensions were checked just above)
+        if {first, second} <= set(TENSOR_NAMES[method]) and (
+                tensors[first].shape[first_axis] != tensors[second].shape[second_axis]):
             raise PromptFileError(f"{path}: tensors '{first}' {tuple(tensors[first].shape)} and '{second}' "
                                   f"{tuple(tensors[second].shape)} do not fit together")
     names = tensors if method is PromptMethod.MULTITASK else TENSOR_NAMES[method]  # + the per-task factors
