@@ -15,6 +15,7 @@ DEMO_DIR := runs/demo
 DEMO_README_ACCURACY := 82.8% on an AMD EPYC, 84.2% on an Intel Xeon with AMX
 
 .PHONY: install install-bench demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
+	stability-bench \
 	transfer-bench encoders-bench vpt-bench speech-bench clean
 
 install: $(STAMP)
@@ -86,6 +87,10 @@ compare-bench: install-bench
 
 sweep-bench: install
 	$(PY) benchmarks/sweep_rt.py
+
+# plain vs residual vs DePT prompts at lr 3e-3/3e-2/3e-1 x 3 seeds, 100 steps each (27 runs on smollm2-135m)
+stability-bench: install
+	$(PY) benchmarks/stability.py
 
 transfer-bench: install
 	$(PY) benchmarks/transfer.py --part multilingual --steps 60 \

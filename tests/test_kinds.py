@@ -20,7 +20,7 @@ from softprompt.cli import main
 from softprompt.data import TaskData
 from softprompt.evaluation import predict_scores
 from softprompt.inference.bank import PromptBank
-from softprompt.kinds import KINDS, CapabilityError, kind_of, load_prompted_model
+from softprompt.kinds import KINDS, CapabilityError, build_prompted_model, kind_of, load_prompted_model
 from softprompt.protocols import BackboneKind, Capability, PromptedTask
 from softprompt.serve import ServeSettings, create_app
 
@@ -79,6 +79,28 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def trained_dept(tmp_path_factory):
+    """Each kind that takes DePT prompts trained with --method dept for 2 steps (its low-rank offset at a rate
+    that moves it): kind -> (backbone, task, result)."""
+    out = {}
+    for kind in (k for k in BackboneKind if KINDS[k].can(Capability.DEPT)):
+        make_backbone, make_task, options = CASES[kind]
+        backbone, task = make_backbone(), make_task()
+        config = sp.TrainConfig(data=task.name, output=str(tmp_path_factory.mktemp(f"{kind.value}-dept")),
+                                max_steps=2, batch_size=4, eval_every=2, num_virtual_tokens=2, lr=0.05,
+                                precision="fp32", checkpoint_every=0, method="dept", dept_rank=2, dept_lr=0.05,
+                                **options)
+        out[kind] = (backbone, task, sp.train(config, backbone=backbone, task=task, progress=False))
+        assert out[kind][2].model.prompt.offset_b.abs().max() > 0  # the offset takes part in what is compared
+    return out
+
+
+def _runs(method, request):
+    """The trained prompts of `method` (prompt or dept), by kind."""
+    return request.getfixturevalue("trained" if method == "prompt" else "trained_dept")
+
+
 def test_every_kind_has_a_case():
     assert set(CASES) == set(KINDS) == set(BackboneKind)
 
@@ -117,9 +139,15 @@ def test_what_a_kind_cannot_do_is_refused_in_one_line(kind, trained):
         assert "it can train, eval, predict and info" in message
 
 
+@pytest.mark.parametrize("method", ["prompt", "dept"])
 @pytest.mark.parametrize("kind", list(BackboneKind), ids=lambda k: k.value)
-def test_bank_scores_equal_predict_or_the_kind_is_refused(kind, trained):
-    backbone, task, result = trained[kind]
+def test_bank_scores_equal_predict_or_the_kind_is_refused(kind, method, request):
+    if method == "dept" and not KINDS[kind].can(Capability.DEPT):
+        backbone, make_task = CASES[kind][0](), CASES[kind][1]
+        with pytest.raises(CapabilityError, match=f"a {kind.value} backbone .* does not support DePT"):
+            build_prompted_model(sp.TrainConfig(data="x", method="dept"), backbone, make_task())
+        return
+    backbone, task, result = _runs(method, request)[kind]
     if not KINDS[kind].can(Capability.SERVE):
         with pytest.raises(CapabilityError, match=f"a {kind.value} backbone .* does not support serving"):
             PromptBank(backbone)
@@ -135,9 +163,10 @@ def test_bank_scores_equal_predict_or_the_kind_is_refused(kind, trained):
     assert [g.label for g in got] == [labels[int(i)] for i in expected.argmax(-1)]
 
 
+@pytest.mark.parametrize("method", ["prompt", "dept"])
 @pytest.mark.parametrize("kind", [k for k in BackboneKind if KINDS[k].can(Capability.SERVE)], ids=lambda k: k.value)
-def test_server_classify_equals_predict(kind, trained, tmp_path):
-    backbone, task, result = trained[kind]
+def test_server_classify_equals_predict(kind, method, request, tmp_path):
+    backbone, task, result = _runs(method, request)[kind]
     folder = tmp_path / "prompts"
     folder.mkdir()
     (folder / "task.safetensors").write_bytes(result.prompt_path.read_bytes())

@@ -137,3 +137,28 @@ def test_a_failed_method_keeps_the_others():
     assert table[0]["accuracy"] == pytest.approx(0.7) and table[0]["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
     assert table[0]["trainable_percent"] == pytest.approx(1.0) and table[0]["latency_overhead"] == pytest.approx(2.0)
     assert table[1] == {"method": "full", "error": "MemoryError"}
+
+
+def test_compare_has_rows_for_residual_and_dept(tmp_path, tiny_model_dir, sentiment_dir, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    from softprompt.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", tiny_model_dir, "--data", str(sentiment_dir), "--methods",
+                 "prompt,residual,dept", "--seeds", "1", "--max-steps", "2", "--batch-size", "8",
+                 "--precision", "fp32", "--output", str(out)]) == 0
+    table = {r["method"]: r for r in json.loads((out / "compare.json").read_text())}
+    assert list(table) == ["prompt", "residual", "dept"] and not any("error" in r for r in table.values())
+    d = 32  # the tiny backbone's hidden size
+    assert table["prompt"]["trainable_params"] == 20 * d
+    assert table["residual"]["trainable_params"] > 20 * d                  # its MLP trains ...
+    assert table["residual"]["artifact_bytes"] == table["prompt"]["artifact_bytes"]  # ... and is folded away
+    assert 10 * d < table["dept"]["trainable_params"] <= 20 * d           # within a 20-token prompt's count
+    runs = {json.loads(line)["method"]: json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()}
+    with safe_open(runs["dept"]["artifact"], "pt") as handle:
+        assert json.loads(handle.metadata()["softprompt"])["method"] == "dept"
+    printed = capsys.readouterr().out
+    assert "| residual |" in printed and "| dept |" in printed

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from .errors import ConfigError
-from .prompts import PromptInit, PromptMethod
+from .prompts import PromptInit, PromptMethod, Reparam
 from .protocols import TaskType
 from .template import Placement
 
@@ -59,6 +59,8 @@ class SchedulerName(str, Enum):
 GROUPS: dict[str, str] = {
     "data": "Backbone and data", "prompt": "Prompt", "optimisation": "Optimisation", "evaluation": "Evaluation",
     "deep": "Method: deep prompts (--method deep)",
+    "residual": "Reparameterisation: residual prompt tuning (--reparam residual)",
+    "dept": "Method: DePT, a shorter prompt + a low-rank offset of the text embeddings (--method dept)",
     "mpt": "Method: multitask prompt tuning (--method multitask, --init-from a shared prompt)",
     "encoder": "Kind: encoders with a classification head (minilm-l6)", "vpt": "Kind: ViT (visual prompt tuning)",
     "coop": "Kind: CLIP (CoOp)", "whisper": "Kind: Whisper (speech)", "run": "Run control",
@@ -157,6 +159,39 @@ class DeepOptions:
 
 
 @dataclass(frozen=True)
+class ResidualOptions:
+    """--reparam residual: the prompt trains through a residual bottleneck MLP, folded into plain vectors at save."""
+
+    reparam: Reparam = _opt(Reparam.NONE, "--method prompt: none (train the vectors directly) or residual (through a "
+                                          "bottleneck MLP with a skip connection, shared by every token, as in "
+                                          "Residual Prompt Tuning; folded into a plain prompt when saved: same file "
+                                          "and inference cost).", "residual", flag="reparam")
+    bottleneck: int = _opt(400, "--reparam residual: width of the MLP's bottleneck (trained only; the saved prompt "
+                                "holds no MLP).", "residual", flag="residual_bottleneck")
+    dropout: float = _opt(0.1, "--reparam residual: dropout on the MLP's output while training.", "residual",
+                          flag="residual_dropout")
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "reparam", Reparam(self.reparam))
+        except ValueError:
+            raise ConfigError(f"--reparam {self.reparam!r}: choose one of "
+                              f"{', '.join(r.value for r in Reparam)}") from None
+
+
+@dataclass(frozen=True)
+class DePTOptions:
+    """--method dept: the prompt (--num-virtual-tokens, default 10) and the low-rank offset's rank and rate."""
+
+    rank: int | None = _opt(None, "--method dept: rank r of the offset A·B (A: --max-length x r, B: r x hidden "
+                                  "size); default: the largest with m·d + r·(s + d) <= 20·d, a 20-token prompt's "
+                                  "parameter count (m prompt tokens, s = --max-length, d = hidden size).",
+                            "dept", flag="dept_rank")
+    lr: float = _opt(1e-4, "--method dept: peak learning rate of the low-rank offset (the prompt's is --lr; the "
+                           "offset moves every text token, so it trains more slowly).", "dept", flag="dept_lr")
+
+
+@dataclass(frozen=True)
 class MultitaskOptions:
     """Multitask prompt tuning: stage 1 (--method multitask) and stage 2 (--init-from a shared prompt)."""
 
@@ -242,12 +277,13 @@ class TrainConfig:
     output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.",
                        "run")
     method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input), deep (trainable "
-                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2) "
-                                                     "or multitask (a shared prompt for --tasks, MPT stage 1).",
-                                "prompt")
+                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2), "
+                                                     "multitask (a shared prompt for --tasks, MPT stage 1) or dept (a "
+                                                     "shorter prompt + a low-rank offset of the text tokens' "
+                                                     "embeddings, DePT).", "prompt")
     train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.", "data")
-    num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20 (with [soft:N] markers: their total).",
-                                          "prompt")
+    num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20, 10 for --method dept (with "
+                                                "[soft:N] markers: their total).", "prompt")
     placement: Placement | None = _opt(None, "Where soft tokens go: prefix, suffix, or template ([soft:N] markers); "
                                              "default: template if --template has markers, else prefix.", "prompt")
     template: str | None = _opt(None, "Template with {text}-style fields, optional [soft:N] runs, and {label} or "
@@ -303,6 +339,8 @@ class TrainConfig:
 
     # Each method's and kind's own options, one group each (`config.vpt.deep`; flags and YAML keep `vpt_deep`).
     deep: DeepOptions = _group(DeepOptions, "deep")
+    residual: ResidualOptions = _group(ResidualOptions, "residual")
+    dept: DePTOptions = _group(DePTOptions, "dept")
     mpt: MultitaskOptions = _group(MultitaskOptions, "mpt")
     encoder: EncoderOptions = _group(EncoderOptions, "encoder")
     vpt: VPTOptions = _group(VPTOptions, "vpt")
@@ -376,6 +414,17 @@ class TrainConfig:
             (self.load_in in (None, "8bit", "4bit"), f"--load-in {self.load_in!r}: choose 8bit or 4bit"),
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
+            (not (self.gradient_checkpointing and self.method is PromptMethod.DEPT),
+             "--gradient-checkpointing is for --method prompt (DePT's offsets are indexed by whole rows, which "
+             "its recomputed word rows are not)"),
+            (self.residual.bottleneck >= 1, f"--residual-bottleneck must be >= 1, got {self.residual.bottleneck}"),
+            (0 <= self.residual.dropout < 1, f"--residual-dropout must be in [0, 1), got {self.residual.dropout}"),
+            (not (self.residual.reparam is Reparam.RESIDUAL and self.method is not PromptMethod.PROMPT),
+             f"--reparam residual is for --method prompt, not --method {self.method.value}"
+             + (" (deep prompts have --deep-reparam)" if self.method is PromptMethod.DEEP else "")),
+            (self.dept.rank is None or self.dept.rank >= 1, f"--dept-rank must be >= 1, got {self.dept.rank}"),
+            (self.dept.lr > 0, f"--dept-lr must be > 0, got {self.dept.lr}"),
+            (not (self.dept.rank is not None and self.method is not PromptMethod.DEPT), "--dept-rank needs --method dept"),
             (self.encoder.pooling in ("mean", "cls"), f"--pooling {self.encoder.pooling!r}: choose mean or cls"),
             (self.whisper.encoder_prompt_tokens >= 0,
              f"--encoder-prompt-tokens must be >= 0, got {self.whisper.encoder_prompt_tokens}"),

@@ -1,7 +1,8 @@
 """The prompt file: safetensors with the prompt's tensors and JSON metadata.
 
-Prompt tuning stores `prompt_embeddings` [n, d]; deep prompt tuning stores `prefix_keys` and `prefix_values`
-[layers, n, kv_heads, head_dim] (metadata `method`: prompt or deep).
+Prompt tuning stores `prompt_embeddings` [n, d] (a residual prompt too: its MLP is folded in); deep prompt tuning
+stores `prefix_keys` and `prefix_values` [layers, n, kv_heads, head_dim]; DePT stores `prompt_embeddings` [m, d],
+`text_offset_a` [max positions, r] and `text_offset_b` [r, d] (metadata `method`: prompt, deep or dept).
 
 Metadata names the backbone and its weight fingerprint, the template, the verbaliser, the init and the
 training figures. Loading onto another backbone is refused with `IncompatiblePromptError`. Writes are atomic
@@ -177,8 +178,14 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     count = meta.get("num_virtual_tokens")
     for name in TENSOR_NAMES[method]:
         shape = tuple(tensors[name].shape)
-        if len(shape) != (4 if method is PromptMethod.DEEP else 2) or shape[method is PromptMethod.DEEP] != count:
+        dims, axis = _TOKEN_AXIS.get(name, (2, None))
+        if len(shape) != dims or (axis is not None and shape[axis] != count):
             raise PromptFileError(f"{path}: tensor '{name}' of shape {shape} disagrees with its metadata")
+    for first, first_axis, second, second_axis in _AGREEING_AXES:  # (their dimensions were checked just above)
+        if {first, second} <= set(TENSOR_NAMES[method]) and (
+                tensors[first].shape[first_axis] != tensors[second].shape[second_axis]):
+            raise PromptFileError(f"{path}: tensors '{first}' {tuple(tensors[first].shape)} and '{second}' "
+                                  f"{tuple(tensors[second].shape)} do not fit together")
     names = tensors if method is PromptMethod.MULTITASK else TENSOR_NAMES[method]  # + the per-task factors
     names = [*names, *(n for n in tensors if n.startswith("head.") and n not in names)]  # an encoder's head
     if meta.get("head") and not {"head.weight", "head.bias"} <= set(tensors):
@@ -189,6 +196,12 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         raise PromptFileError(f"{path}: tensor(s) {broken} hold NaN or infinite values; retrain or restore the file")
     return out, meta
 
+
+# tensor -> (dimensions, the axis that counts virtual tokens or None); tensors not named here are 2-D
+_TOKEN_AXIS: dict[str, tuple[int, int | None]] = {"prompt_embeddings": (2, 0), "shared_prompt": (2, 0),
+                                                  "prefix_keys": (4, 1), "prefix_values": (4, 1)}
+# (tensor, axis, tensor, axis) that must be equal where a file holds both: DePT's A·B and its width
+_AGREEING_AXES = (("text_offset_a", 1, "text_offset_b", 0), ("text_offset_b", 1, "prompt_embeddings", 1))
 
 # metadata field -> the JSON types it may hold (absent is fine: older files, or a kind that has no such field)
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {

@@ -82,6 +82,8 @@ class Capability(str, Enum):
     MIXED_BATCH = "mixed-prompt batches (several prompts in one backbone pass)"
     GENERATE = "generation (--task generation, /v1/completions)"
     DEEP = "deep prompts (--method deep)"
+    RESIDUAL = "residual prompt reparameterisation (--reparam residual)"
+    DEPT = "DePT prompts (--method dept)"
     INIT_FROM = "prompt transfer (--init-from)"
     MULTITASK = "multitask prompt tuning (--method multitask)"
     EXPLAIN = "softprompt explain (nearest vocabulary tokens)"

@@ -32,3 +32,14 @@ def token_log_likelihood(log_probs: torch.Tensor, targets: torch.Tensor) -> torc
     targets = targets.expand(*log_probs.shape[:-1])
     picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked.masked_fill(targets < 0, 0.0).sum(dim=-1)
+
+
+def text_positions(soft_index: torch.Tensor, attention_mask: torch.Tensor,
+                   answer: torch.Tensor | None = None) -> torch.Tensor:
+    """Each column's index among its row's real text tokens (B, T), -1 for soft tokens, padding and `answer`
+    columns (B, T bool: generation targets). Counted from the row's first real column, so left padding and
+    soft runs shift nothing: the positions DePT's low-rank offset is indexed by."""
+    text = (attention_mask > 0) & (soft_index < 0)
+    if answer is not None:
+        text = text & ~answer
+    return (text.long().cumsum(dim=1) - 1).masked_fill(~text, -1)

@@ -39,6 +39,10 @@ def info(
         f"template      {meta.get('template')!r}",
         f"task          {meta.get('task')}",
     ]
+    if "text_offset_a" in tensors:  # DePT
+        positions, rank = tensors["text_offset_a"].shape
+        lines.insert(2, f"text offset   DePT low-rank A·B: {positions} positions x rank {rank} x {main.shape[1]}  "
+                        f"(mean offset norm {(tensors['text_offset_a'] @ tensors['text_offset_b']).norm(dim=-1).mean():.3f})")
     if meta.get("verbalizer"):
         lines.append("verbalizer    " + ", ".join(f"{k}={'/'.join(v)}" for k, v in meta["verbalizer"].items()))
     lines.append(f"init          {meta.get('init')}")

@@ -24,7 +24,7 @@ import torch
 from ..errors import ConfigError
 from ..kinds.causal_lm.model import PromptedModel
 from ..protocols import Backbone, TaskType
-from ..scoring import backbone_autocast, place_soft_tokens, token_log_likelihood
+from ..scoring import backbone_autocast, place_soft_tokens, text_positions, token_log_likelihood
 from ..template import Encoded, left_pad
 
 # CPU matmul kernels (oneDNN) are built and cached per shape; every new shape costs time and memory (a
@@ -206,6 +206,7 @@ def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
     tokens = backbone.embed(batch["input_ids"])                           # (R, T, d)
     if tables:
         tokens = place_soft_tokens(tokens, batch["soft_index"], torch.cat(tables))
+    tokens = _offset_text(rows, tokens, batch)
     with backbone_autocast(backbone):
         hidden, cache = backbone.hidden_states(tokens, mask, positions, past_key_values=cache,
                                                use_cache=want_cache or cache is not None)
@@ -219,6 +220,23 @@ def _last_log_probs(backbone: Backbone, hidden: torch.Tensor, rows: Sequence[int
     with backbone_autocast(backbone):
         logits = backbone.token_logits(last)
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _offset_text(rows: Sequence[_Row], tokens: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Add each DePT prompt's low-rank offsets to its rows' text tokens, as `PromptedModel.embed` does (those
+    rows hold their whole context: a DePT prompt has no cached prefix)."""
+    groups: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        if row.model.offsets_text:
+            groups.setdefault(id(row.model), []).append(index)
+    if not groups:
+        return tokens
+    positions = text_positions(batch["soft_index"], batch["attention_mask"])    # (R, T)
+    offsets = torch.zeros_like(tokens)
+    for members in groups.values():
+        index = torch.tensor(members, device=tokens.device)
+        offsets[index] = rows[members[0]].model.prompt.text_offsets(positions[index]).to(tokens.dtype)
+    return tokens + offsets
 
 
 def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedModel, int]], hidden: torch.Tensor,

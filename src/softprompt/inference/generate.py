@@ -44,6 +44,7 @@ def _generate_without_cache(model: PromptedModel, req: Request) -> str:
     state = _Decoding(req, 0, torch.Generator().manual_seed(seed))
     encoded = model.encoder.encode(fields_of(model, req.inputs))   # the context alone, for any task
     batch = {k: v.to(backbone.device) for k, v in left_pad([encoded], model.encoder.pad_id).items()}
+    batch["labels"] = torch.full_like(batch["input_ids"], -100)  # generated tokens are the answer, as in training
     while state.finish is None and req.max_new_tokens > 0:
         hidden, _ = _full_pass(model, batch)
         logits = backbone.token_logits(hidden[:, -1]).float().cpu()[0]
@@ -53,7 +54,8 @@ def _generate_without_cache(model: PromptedModel, req: Request) -> str:
         batch = {"input_ids": torch.cat([batch["input_ids"], one * token], dim=1),
                  "soft_index": torch.cat([batch["soft_index"], -one], dim=1),
                  "attention_mask": torch.cat([batch["attention_mask"], one], dim=1),
-                 "position_ids": torch.cat([batch["position_ids"], batch["position_ids"][:, -1:] + 1], dim=1)}
+                 "position_ids": torch.cat([batch["position_ids"], batch["position_ids"][:, -1:] + 1], dim=1),
+                 "labels": torch.cat([batch["labels"], one * token], dim=1)}
     return state.text
 
 

@@ -24,7 +24,7 @@ from ..data import TaskData
 from ..errors import ConfigError, PromptFileError, SoftPromptError
 from ..formats import check_compatible, read_prompt_tensors
 from ..frozen import FrozenBackbone
-from ..prompts import PromptMethod
+from ..prompts import PromptMethod, Reparam
 from ..protocols import Backbone, BackboneKind, Capability, PromptedTask, TaskType
 from .causal_lm import backbone as causal_lm_backbone
 from .causal_lm.model import assemble as assemble_causal_lm
@@ -78,7 +78,7 @@ def _text_kind(name: BackboneKind, summary: str, detect, load, assemble: Assembl
                 partial(text_model_from_file, assemble=assemble), frozenset(capabilities), assemble)
 
 
-_TEXT = {Capability.SERVE, Capability.INIT_FROM, Capability.EXPLAIN}
+_TEXT = {Capability.SERVE, Capability.INIT_FROM, Capability.EXPLAIN, Capability.RESIDUAL, Capability.DEPT}
 
 # Detection tries the entries in this order; a config that none claims is read as a causal LM.
 KINDS: dict[BackboneKind, Kind] = {k.name: k for k in (
@@ -119,6 +119,10 @@ def required_capabilities(config: TrainConfig) -> list[Capability]:
         needs.append(Capability.DEEP)
     if config.method is PromptMethod.MULTITASK:
         needs.append(Capability.MULTITASK)
+    if config.method is PromptMethod.DEPT:
+        needs.append(Capability.DEPT)
+    if config.residual.reparam is Reparam.RESIDUAL:
+        needs.append(Capability.RESIDUAL)
     if config.init_from:
         needs.append(Capability.INIT_FROM)
     return needs

@@ -13,13 +13,25 @@ from ..config import TrainConfig
 from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import check_compatible, read_prompt_tensors
-from ..prompts import DeepPrompt, PromptMethod, SoftPrompt, initial_embeddings, prompt_from_tensors, target_prompt
+from ..prompts import (
+    DecomposedPrompt,
+    DeepPrompt,
+    PromptMethod,
+    Reparam,
+    ResidualPrompt,
+    SoftPrompt,
+    dept_rank,
+    initial_embeddings,
+    prompt_from_tensors,
+    target_prompt,
+)
 from ..protocols import Backbone, PromptedTask, TaskType
 from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
 from .classifier import linear_head
 
 DEFAULT_NUM_VIRTUAL_TOKENS = 20
+DEFAULT_DEPT_TOKENS = 10  # DePT's default: half a default prompt, the other half's parameters go to the offset
 
 # (backbone, prompt, template, verbaliser, *, labels, max_length, pooling, head) -> the kind's prompted model
 Assemble = Callable[..., PromptedTask]
@@ -44,7 +56,7 @@ def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, as
         placement = resolved_placement(config, body)
         count = config.num_virtual_tokens
         if placement is not Placement.TEMPLATE and count is None:
-            count = DEFAULT_NUM_VIRTUAL_TOKENS
+            count = DEFAULT_DEPT_TOKENS if config.method is PromptMethod.DEPT else DEFAULT_NUM_VIRTUAL_TOKENS
         template = build_template(body, placement, count)
         count = template.num_virtual_tokens
     if source is not None and count != source[0]:
@@ -69,20 +81,40 @@ def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, as
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
     if source is not None and source[2] is PromptMethod.MULTITASK:  # MPT stage 2: a fresh factor on the shared prompt
+        if config.residual.reparam is Reparam.RESIDUAL:
+            raise ConfigError(f"--reparam residual does not apply to a multitask shared prompt (--init-from "
+                              f"{config.init_from}): drop --reparam")
         prompt = target_prompt(source[1], config.mpt.rank, config.mpt.train_shared, backbone.device)
-    elif source is not None:  # prompt transfer: the other task's trained vectors
+    elif source is not None:  # prompt transfer: the other task's trained tensors
         tensors = {k: v.to(backbone.device) for k, v in source[1].items()}
         torch.manual_seed(config.seed)
         prompt = (DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], backbone.hidden_size,
-                             reparam_hidden=config.deep.reparam) if deep else SoftPrompt(tensors["prompt_embeddings"]))
+                             reparam_hidden=config.deep.reparam) if deep
+                  else _input_prompt(config, prompt_from_tensors(config.method.value, tensors, backbone.hidden_size)))
     elif deep:  # start from the keys/values the backbone computes for the same init tokens
         keys, values = backbone.keys_values(vectors)
         torch.manual_seed(config.seed)  # the reparameterisation MLP's init
         prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep.reparam)
+    elif config.method is PromptMethod.DEPT:
+        rank = config.dept.rank or dept_rank(count, backbone.hidden_size, config.max_length, DEFAULT_NUM_VIRTUAL_TOKENS)
+        if rank < 1:
+            raise ConfigError(f"--method dept: a {count}-token prompt leaves no room for a low-rank offset within a "
+                              f"{DEFAULT_NUM_VIRTUAL_TOKENS}-token prompt's parameters (hidden size "
+                              f"{backbone.hidden_size}, --max-length {config.max_length}); lower --num-virtual-tokens "
+                              f"or give --dept-rank")
+        prompt = DecomposedPrompt.initial(vectors.to(backbone.device), config.max_length, rank, generator)
     else:
-        prompt = SoftPrompt(vectors.to(backbone.device))
+        prompt = _input_prompt(config, SoftPrompt(vectors.to(backbone.device)))
     return assemble(backbone, prompt, template, verbalizer, labels=task.labels, max_length=config.max_length,
                     pooling=config.encoder.pooling, head=None)
+
+
+def _input_prompt(config: TrainConfig, prompt: SoftPrompt | DecomposedPrompt) -> torch.nn.Module:
+    """A plain prompt as it trains: through the residual MLP with --reparam residual, else as it is."""
+    if config.residual.reparam is not Reparam.RESIDUAL:
+        return prompt
+    torch.manual_seed(config.seed)  # the MLP's init
+    return ResidualPrompt(prompt.embeddings, config.residual.bottleneck, config.residual.dropout)
 
 
 def text_model_from_file(backbone: Backbone, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..formats import atomic_write
 from ..kinds.causal_lm.model import PromptedModel
-from ..prompts import SoftPrompt
+from ..prompts import DecomposedPrompt, SoftPrompt
 
 Metric = Literal["cosine", "l2"]
 
@@ -80,8 +80,11 @@ def projected(model: PromptedModel, metric: Metric = "cosine") -> PromptedModel:
     """The hard prompt: the same model with each soft vector replaced by its nearest real token's embedding."""
     _, ids = nearest_tokens(model, 1, metric)
     matrix = model.backbone.input_embedding_matrix().detach()
-    hard = SoftPrompt(matrix[ids[:, 0].to(matrix.device)].float())
-    return model.with_prompt(hard)
+    vectors = matrix[ids[:, 0].to(matrix.device)].float()
+    prompt = model.prompt
+    if isinstance(prompt, DecomposedPrompt):  # only the soft vectors become tokens: DePT's text offset stays
+        return model.with_prompt(DecomposedPrompt(vectors, prompt.offset_a, prompt.offset_b))
+    return model.with_prompt(SoftPrompt(vectors))
 
 
 def compare_prompts(first: PromptedModel, second: PromptedModel) -> dict[str, Any]:

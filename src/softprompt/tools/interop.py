@@ -35,6 +35,8 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 OUR_METADATA = "softprompt.json"
 EXPORT_FILES = {PEFT_CONFIG, PEFT_WEIGHTS, OUR_METADATA, "README.md"}
+_NO_PEFT_EQUIVALENT = {"dept": ": PEFT's prompt-tuning adapter has no place for DePT's low-rank offset of the text "
+                               "embeddings (text_offset_a / text_offset_b)"}
 
 
 def peft_template_body(template: Template) -> str:
@@ -78,9 +80,9 @@ def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name
     _check_target(out, overwrite)
     _, meta = read_prompt_tensors(prompt_path)
     KINDS[BackboneKind(meta["backbone"]["kind"])].require(Capability.PEFT_EXPORT, str(prompt_path))
-    if meta.get("method", "prompt") != "prompt":
+    if meta.get("method", "prompt") != "prompt":  # a residual prompt is saved folded: it is a plain prompt here
         raise ConfigError(f"{prompt_path} is a {meta.get('method')} prompt; PEFT export covers prompt tuning "
-                          "(--method prompt)")
+                          f"(--method prompt){_NO_PEFT_EQUIVALENT.get(meta.get('method'), '')}")
     embeddings, meta = read_prompt_file(prompt_path)
     body = peft_template_body(Template.parse(meta["template"]))
     backbone = meta["backbone"]

@@ -22,8 +22,8 @@ from ..errors import ConfigError
 from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir, resolve_precision
 from ..kinds import detect_kind
 from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of
-from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
-from ..prompts import PromptMethod
+from ..kinds.text import DEFAULT_DEPT_TOKENS, DEFAULT_NUM_VIRTUAL_TOKENS
+from ..prompts import PromptMethod, Reparam, dept_rank
 from ..protocols import BackboneKind
 
 GIB = 1024 ** 3
@@ -153,8 +153,14 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
         kv_heads = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
         head_dim = getattr(hf_config, "head_dim", None) or hidden // hf_config.num_attention_heads
         prompt_params = layers * n * 2 * kv_heads * head_dim
+    elif config.method is PromptMethod.DEPT:
+        n = config.num_virtual_tokens or DEFAULT_DEPT_TOKENS
+        rank = config.dept.rank or dept_rank(n, hidden, config.max_length, DEFAULT_NUM_VIRTUAL_TOKENS)
+        prompt_params = n * hidden + rank * (config.max_length + hidden)
     else:
         prompt_params = n * hidden
+        if config.residual.reparam is Reparam.RESIDUAL:  # the MLP trains too (and is folded away at save)
+            prompt_params += 2 * hidden * config.residual.bottleneck + config.residual.bottleneck + 3 * hidden
     # worst case: every row at --max-length, with the virtual tokens (`tokens`, above)
     batch = config.batch_size
     activations = saved_activation_bytes(model, batch, tokens, dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import TrainConfig
+from ..prompts import PromptMethod, Reparam
 from ..version import __version__
 
 
@@ -16,13 +17,24 @@ def _figures(result: dict[str, Any] | None) -> str:
                      for key, value in result.items() if key not in ("seconds",))
 
 
+def _variant(config: TrainConfig) -> str:
+    """What a residual or DePT run adds to the method line."""
+    if config.method is PromptMethod.DEPT:
+        rank = f"rank {config.dept.rank}" if config.dept.rank else "the largest rank within a 20-token prompt's size"
+        return f", DePT low-rank text offset ({rank}) at lr {config.dept.lr}"
+    if config.residual.reparam is Reparam.RESIDUAL:
+        return (f", trained through a residual MLP (bottleneck {config.residual.bottleneck}, dropout "
+                f"{config.residual.dropout}), saved folded into plain vectors")
+    return ""
+
+
 def model_card(config: TrainConfig, training: dict[str, Any], resolved: dict[str, Any], *, backbone: str, task: str,
                prompt_file: str) -> str:
     labels, template = resolved.get("labels"), resolved.get("template")
     rows = [("backbone", f"`{backbone}` (frozen; the prompt file carries its fingerprint)"),
             ("task", task + (f" over {len(labels)} labels: {', '.join(labels)}" if labels else "")),
             ("method", f"{config.method.value}, {resolved.get('num_virtual_tokens')} virtual tokens, placement "
-                       f"{resolved.get('placement')}, init {config.init.value}"),
+                       f"{resolved.get('placement')}, init {config.init.value}{_variant(config)}"),
             ("template", "`" + template.replace("\n", "\\n") + "`" if template else "—"),
             ("data", f"{training.get('data')} ({training.get('train_examples')} training examples)"),
             ("optimisation", f"lr {config.lr}, batch {config.batch_size}, {training.get('steps')} steps, "

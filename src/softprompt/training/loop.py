@@ -30,7 +30,7 @@ from ..kinds import build_prompted_model
 from ..kinds.text import resolved_placement
 from ..progress import bar as progress_bar
 from ..progress import stage_line
-from ..prompts import PromptMethod
+from ..prompts import DecomposedPrompt, PromptMethod
 from ..protocols import Backbone, PromptedTask, TaskType
 from .card import model_card
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
@@ -67,11 +67,20 @@ def per_class(rows: list[dict], label_field: str, k: int, seed: int) -> list[dic
 
 
 def _param_groups(config: TrainConfig, named: list[tuple[str, torch.Tensor]]) -> list[dict]:
-    """One group at --lr; a classification head (`head.*`) in its own group at --head-lr when given."""
-    head = [p for n, p in named if n.startswith("head.")]
-    if config.encoder.head_lr is None or not head:
-        return [{"params": [p for _, p in named]}]
-    return [{"params": [p for n, p in named if not n.startswith("head.")]}, {"params": head, "lr": config.encoder.head_lr}]
+    """One group at --lr; a classification head (`head.*`) in its own group at --head-lr when given, and DePT's
+    low-rank offset (`prompt.offset_a`, `prompt.offset_b`) in its own at --dept-lr."""
+    def own_rate(name: str) -> float | None:
+        if name.startswith("head."):
+            return config.encoder.head_lr
+        if name.rpartition(".")[2] in DecomposedPrompt.OFFSET_PARAMETERS:
+            return config.dept.lr
+        return None
+
+    groups: dict[float | None, list[torch.Tensor]] = {None: []}
+    for name, param in named:
+        groups.setdefault(own_rate(name), []).append(param)
+    return [{"params": params} if lr is None else {"params": params, "lr": lr}
+            for lr, params in groups.items() if params]
 
 
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:

@@ -6,6 +6,8 @@ artefact. The template and verbaliser are the task's (zero soft tokens unless th
 methods differ only in what they train.
 
 - `prompt`, `deep`: a soft prompt / per-layer key/value prefixes (`build_prompted_model`).
+- `residual`: a soft prompt trained through a residual MLP, saved folded (`--reparam residual`).
+- `dept`: a shorter prompt + a low-rank offset of the text embeddings (`--method dept`).
 - `lora`: low-rank updates of the attention query/value projections through PEFT (`inject_adapter_in_model`).
 - `adapter`: bottleneck adapters (Houlsby et al. 2019: after the attention output projection and after the
   feed-forward block, inside the residual branch; `pfeiffer`: after the feed-forward block only).
@@ -31,7 +33,7 @@ from ..errors import ConfigError
 from ..formats import atomic_write, save_prompt
 from ..kinds import build_prompted_model, kind_of
 from ..kinds.causal_lm.model import PromptedModel
-from ..prompts import PromptMethod, SoftPrompt
+from ..prompts import PromptMethod, Reparam, SoftPrompt
 from ..protocols import Backbone, Capability, TaskType
 from ..template import Template, left_pad
 from ..verbalizer import Verbalizer
@@ -39,6 +41,8 @@ from ..verbalizer import Verbalizer
 
 class MethodName(str, Enum):
     PROMPT = "prompt"
+    RESIDUAL = "residual"
+    DEPT = "dept"
     DEEP = "deep"
     LORA = "lora"
     ADAPTER = "adapter"
@@ -48,8 +52,17 @@ class MethodName(str, Enum):
 
 
 # Learning rates that suit each method at this scale (a method's own literature; --lr overrides for all).
-DEFAULT_LR = {MethodName.PROMPT: 3e-2, MethodName.DEEP: 1e-2, MethodName.LORA: 1e-3, MethodName.ADAPTER: 1e-3,
+DEFAULT_LR = {MethodName.PROMPT: 3e-2, MethodName.RESIDUAL: 3e-2, MethodName.DEPT: 3e-2, MethodName.DEEP: 1e-2, MethodName.LORA: 1e-3, MethodName.ADAPTER: 1e-3,
               MethodName.FULL: 2e-5, MethodName.PROBE: 1e-2, MethodName.ZEROSHOT: 0.0}
+
+
+# The prompt methods: the run options each one sets (the rest of the config is the comparison's).
+PROMPT_OPTIONS: dict[MethodName, dict[str, str]] = {
+    MethodName.PROMPT: {"method": PromptMethod.PROMPT.value},
+    MethodName.RESIDUAL: {"method": PromptMethod.PROMPT.value, "reparam": Reparam.RESIDUAL.value},
+    MethodName.DEPT: {"method": PromptMethod.DEPT.value},
+    MethodName.DEEP: {"method": PromptMethod.DEEP.value},
+}
 
 
 @dataclass
@@ -180,9 +193,8 @@ def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone
         raise ConfigError(f"method {name!r}: choose from {', '.join(m.value for m in MethodName)}") from None
     if task.labels is None:
         raise ConfigError("method comparisons are for classification tasks (a label set and a verbaliser)")
-    if name in (MethodName.PROMPT, MethodName.DEEP):
-        method = PromptMethod.DEEP if name is MethodName.DEEP else PromptMethod.PROMPT
-        model = build_prompted_model(config.replace(method=method), backbone, task)
+    if name in PROMPT_OPTIONS:
+        model = build_prompted_model(config.replace(**PROMPT_OPTIONS[name]), backbone, task)
         return Method(name, model, lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
     kind_of(backbone).require(Capability.BASELINES, f"--methods {name.value}")
     if name is MethodName.ZEROSHOT:

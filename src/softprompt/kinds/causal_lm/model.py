@@ -14,9 +14,9 @@ from torch import nn
 
 from ...errors import ConfigError, IncompatiblePromptError
 from ...formats import Pretrained
-from ...prompts import SoftPrompt
+from ...prompts import DecomposedPrompt, SoftPrompt
 from ...protocols import Backbone, TaskType
-from ...scoring import backbone_autocast, place_soft_tokens, token_log_likelihood
+from ...scoring import backbone_autocast, place_soft_tokens, text_positions, token_log_likelihood
 from ...template import Encoded, Template, TemplateEncoder, left_pad
 from ...verbalizer import Verbalizer
 
@@ -60,8 +60,10 @@ class PromptedModel(Pretrained, nn.Module):
         self.encoder = TemplateEncoder(template, backbone.tokenizer, max_length)
         self.word_ids: list[list[int]] = verbalizer.token_ids(self.encoder.answer_ids) if verbalizer else []
         self.max_word_tokens = max((len(w) for w in self.word_ids), default=0)
-        self.split_frozen_input = True  # see hidden(); off only to compare against the single pass
-        self.use_prompt_cache = True    # inference: reuse a leading prompt's keys/values (see hidden())
+        # A DePT prompt changes the text tokens too: no column runs ahead of it (the frozen-input split), and
+        # rows run whole (its offsets are indexed by position in the whole row, not in what follows a cache).
+        self.split_frozen_input = not self.offsets_text  # see hidden(); off only to compare against the single pass
+        self.use_prompt_cache = not self.offsets_text    # inference: reuse a leading prompt's keys/values (hidden())
         self._prompt_cache: tuple | None = None
 
     @classmethod
@@ -115,7 +117,7 @@ class PromptedModel(Pretrained, nn.Module):
         return 1 << 30
 
     def row_columns(self, fields: Mapping[str, str]) -> int:
-        return len(self.encoder.encode(fields).input_ids) - self.prompt_prefix_length
+        return len(self.encoder.encode(fields).input_ids) - self.cache_plan()[0]  # what the cached prefix replaces
 
     def widen_context(self, max_length: int) -> "PromptedModel":
         """Let contexts grow to `max_length` tokens before inputs are cut (never narrows). A server widens
@@ -127,10 +129,23 @@ class PromptedModel(Pretrained, nn.Module):
     def _autocast(self):
         return backbone_autocast(self.backbone)
 
+    @property
+    def offsets_text(self) -> bool:
+        """Whether the prompt also shifts the text tokens' input embeddings (DePT's low-rank offset)."""
+        return isinstance(self.prompt, DecomposedPrompt)
+
+    def answer_columns(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, T) True at a training row's target tokens (generation), which are answers, not text; else None."""
+        return batch["labels"] != -100 if "labels" in batch else None
+
     # ---- forward -------------------------------------------------------------------------------------------
     def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings with the prompt's vectors placed at the soft positions: (B, T, d)."""
+        """Token embeddings with the prompt's vectors placed at the soft positions (and a DePT prompt's offsets
+        added to the text tokens): (B, T, d). `batch` holds whole rows."""
         tokens = self.backbone.embed(batch["input_ids"])                  # (B, T, d)
+        if self.offsets_text:
+            positions = text_positions(batch["soft_index"], batch["attention_mask"], self.answer_columns(batch))
+            tokens = tokens + self.prompt.text_offsets(positions).to(tokens.dtype)
         if self.prompt.num_input_tokens == 0:                             # zero-shot or deep: no input soft tokens
             return tokens
         return place_soft_tokens(tokens, batch["soft_index"], self.prompt())

@@ -57,12 +57,16 @@ class _Bidirectional(PromptedModel):
 
     def __init__(self, backbone: Backbone, prompt: SoftPrompt, template: Template,
                  verbalizer: Verbalizer | None, *, max_length: int) -> None:
-        if prompt.method != "prompt":
+        if prompt.method == "deep":
             raise ConfigError(f"backbone '{backbone.name}' ({backbone.kind.value}): only input-level soft prompts "
                               f"are implemented (--method prompt); deep prompts are for causal LMs")
         super().__init__(backbone, prompt, template, verbalizer, max_length=max_length)
         self.split_frozen_input = False  # every position attends to the prompt: nothing runs ahead of it
         self.use_prompt_cache = False
+
+    def answer_columns(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """The encoder's rows hold no answer tokens (a decoder's `labels` are its own)."""
+        return None
 
     def position_limit(self) -> int:
         """Learned absolute positions (BERT, BART) end at `max_position_embeddings`; keep room for the special
