@@ -142,6 +142,7 @@ def test_a_client_that_disconnects_frees_its_rows(server, stream):
     port = int(url.rsplit(":", 1)[1])
     abandoned, generated = _metric(url, "softprompt_abandoned_rows_total"), _metric(
         url, "softprompt_generated_tokens_total")
+    finished = _metric(url, "softprompt_finished_rows_total")
     body = json.dumps({"model": "qa", "prompt": "tell me everything", "n": 16, "max_tokens": 256,
                        "temperature": 1.0, "seed": 1, "stream": stream}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -154,10 +155,21 @@ def test_a_client_that_disconnects_frees_its_rows(server, stream):
             assert received.startswith(b"HTTP/1.1 200")
         else:
             time.sleep(0.3)
+    def accounted() -> tuple[float, float]:  # rows abandoned, rows that ended (by end-of-sequence) before the client left
+        return (_metric(url, "softprompt_abandoned_rows_total") - abandoned,
+                _metric(url, "softprompt_finished_rows_total") - finished)
+
     deadline = time.time() + 60
-    while time.time() < deadline and _metric(url, "softprompt_abandoned_rows_total") < abandoned + 16:
+    while time.time() < deadline and sum(accounted()) < 16:
         time.sleep(0.1)
-    assert _metric(url, "softprompt_abandoned_rows_total") == abandoned + 16
+    cut, ended = accounted()
+    assert cut + ended == 16  # every row is accounted for once (rows leave a running decoder one by one)
     assert _metric(url, "softprompt_queue_rows") == 0
     time.sleep(1.0)  # a batch still running would go on adding tokens
     assert _metric(url, "softprompt_generated_tokens_total") - generated < 16 * 256 / 2
+    # The same seeded request run to its end: only rows that end by end-of-sequence can have ended above.
+    request = urllib.request.Request(f"{url}/v1/completions", data=json.dumps({**json.loads(body), "stream": False})
+                                     .encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        reasons = [choice["finish_reason"] for choice in json.load(response)["choices"]]
+    assert ended <= reasons.count("stop") < 16

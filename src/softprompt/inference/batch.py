@@ -6,8 +6,10 @@ once per prompt), right-aligned into one left-padded prefix block; the rest of t
 positions after its prefix. Soft tokens later in a template index one table of the batch's prompt vectors.
 Classification rows are scored from the prefill (label words of several tokens: each row's context cache is
 repeated per word and only the words' tokens run after it, so a row costs one context pass however many classes
-its prompt has); generation rows then decode together, each with its own
-sampling settings, stop strings and random generator, leaving the batch as they finish.
+its prompt has); generation rows then decode together in a `Decoder`, each with its own sampling settings, stop
+strings and random generator, leaving as they finish. Rows of a later prefill join a running `Decoder` between
+two of its steps (continuous batching: `start_batch` + `Decoder.step`, as the server runs them); `run_batch`
+decodes one batch to the end.
 
 Every row's result equals running its prompt alone (to float tolerance; tested), and a seeded sampled row
 draws the same tokens whatever else shares its batch.
@@ -108,6 +110,10 @@ class _Decoding:
     emitted: int = 0
     finish: str | None = None
     text: str = ""
+    index: int = 0                        # the row's place in the requests of its `start_batch`
+
+    def result(self) -> Generation:
+        return Generation(self.text, self.finish or "length", self.prompt_tokens, len(self.ids))
 
 
 def _split_prefix(model: PromptedModel, encoded: Encoded) -> _Row:
@@ -120,8 +126,22 @@ def _split_prefix(model: PromptedModel, encoded: Encoded) -> _Row:
 @torch.no_grad()
 def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:
     """Run classification and generation requests of any prompts on `backbone` together; results in order."""
+    results, decoder = start_batch(backbone, requests)
+    while decoder.active:
+        for state in decoder.step():
+            results[state.index] = state.result()
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decoder | None" = None
+                ) -> tuple[list[Classification | Generation | None], "Decoder"]:
+    """The prefill of `requests`: results of the rows that are done (classification, nothing to generate), None
+    for generation rows, which join `decoder` (a new one when None) to be decoded by its `step`s; a finished
+    row's `_Decoding.index` is its place in `requests`."""
+    decoder = decoder if decoder is not None else Decoder(backbone)
     if not requests:
-        return []
+        return [], decoder
     for req in requests:
         if req.model.backbone is not backbone:
             raise ConfigError("every request's prompt must be bound to the batch's backbone")
@@ -146,7 +166,6 @@ def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classific
     hidden, cache, mask, positions = _prefill(backbone, rows, want_cache)   # hidden (R, T, d)
     word_scores = dict(zip(multi, _multi_token_word_scores(
         backbone, [(requests[i].model, spans[i][0]) for i in multi], hidden, cache, mask, positions))) if multi else {}
-
     single = [i for i, req in enumerate(requests) if req.task == "classify" and i not in word_scores]
     if single:  # one vocabulary projection for every row whose label words are single tokens
         log_probs = _last_log_probs(backbone, hidden, [spans[i][0] for i in single])      # (S, V)
@@ -155,31 +174,25 @@ def run_batch(backbone: Backbone, requests: Sequence[Request]) -> list[Classific
             word_scores[i] = log_probs[row, ids][None]                                      # (1, W)
 
     results: list[Classification | Generation | None] = [None] * len(requests)
-    decoding: dict[int, _Decoding] = {}
-    for i, (req, (first, count)) in enumerate(zip(requests, spans)):
+    decoding: list[_Decoding] = []
+    for i, req in enumerate(requests):
         if req.task == "classify":
             model = req.model
-            words = word_scores[i]
-            scores = model.verbalizer.class_scores(words.float())[0]
+            scores = model.verbalizer.class_scores(word_scores[i].float())[0]
             labels = model.verbalizer.labels
             results[i] = Classification(labels[int(scores.argmax())], {l: float(s) for l, s in zip(labels, scores)})
         elif req.max_new_tokens <= 0:
             results[i] = Generation("", "length", prompt_tokens[i], 0)
         else:
             seed = req.seed if req.seed is not None else random.getrandbits(63)
-            decoding[i] = _Decoding(req, prompt_tokens[i], torch.Generator().manual_seed(seed))
+            decoding.append(_Decoding(req, prompt_tokens[i], torch.Generator().manual_seed(seed), index=i))
     if decoding:
-        order = list(decoding)
-        select = torch.tensor([spans[i][0] for i in order], device=hidden.device)
-        last = hidden.index_select(0, select)[:, -1]                     # (G, d)
-        if len(order) != len(rows):
+        select = torch.tensor([spans[state.index][0] for state in decoding], device=hidden.device)
+        if len(decoding) != len(rows):
             cache.batch_select_indices(select)
-        _decode(backbone, [decoding[i] for i in order], last, cache, mask.index_select(0, select),
-                positions.index_select(0, select)[:, -1:])
-        for i in order:
-            state = decoding[i]
-            results[i] = Generation(state.text, state.finish, state.prompt_tokens, len(state.ids))
-    return results  # type: ignore[return-value]
+        decoder.join(decoding, hidden.index_select(0, select)[:, -1], cache, mask.index_select(0, select),
+                     positions.index_select(0, select)[:, -1:])
+    return results, decoder
 
 
 def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
@@ -347,33 +360,81 @@ def _advance(state: _Decoding, token: int, tokenizer, eos: int | None) -> None:
         state.emitted = len(ready)
 
 
-def _decode(backbone: Backbone, states: list[_Decoding], last: torch.Tensor, cache, mask: torch.Tensor,
-            positions: torch.Tensor) -> None:
-    """Decode the generation rows together from their last prefill hidden state; finished rows leave."""
-    tokenizer = backbone.tokenizer
-    eos = tokenizer.eos_token_id
-    active = list(range(len(states)))
-    while True:
-        logits = backbone.token_logits(last).float().cpu()                # (G, V)
-        tokens = []
-        for row, i in enumerate(active):
-            state = states[i]
-            token = _pick(logits[row], state.request.temperature, state.request.top_p, state.generator)
-            _advance(state, token, tokenizer, eos)
-            tokens.append(token)
-        keep = [row for row, i in enumerate(active) if states[i].finish is None]
-        if not keep:
+def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer[0], layer[1]) for layer in cache]
+
+
+def _left_pad_columns(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if not missing:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class Decoder:
+    """Generation rows decoding together, one token per row per `step`: rows leave as they finish and rows of a
+    later prefill `join` between steps (continuous batching), their caches left-padded to one width (padding
+    columns are masked; every row keeps its own positions)."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self.states: list[_Decoding] = []
+        self.last: torch.Tensor | None = None       # (G, d) hidden state the next token is read from
+        self.cache = None                           # key/value cache (G rows)
+        self.mask: torch.Tensor | None = None       # (G, columns) attention mask over the cache
+        self.positions: torch.Tensor | None = None  # (G, 1) position of each row's last token
+
+    @property
+    def active(self) -> bool:
+        return bool(self.states)
+
+    def join(self, states: list[_Decoding], last: torch.Tensor, cache, mask: torch.Tensor,
+             positions: torch.Tensor) -> None:
+        if not self.states:
+            self.states, self.last, self.cache, self.mask, self.positions = list(states), last, cache, mask, positions
             return
-        if len(keep) != len(active):
-            index = torch.tensor(keep, device=mask.device)
-            cache.batch_select_indices(index)
-            mask, positions = mask.index_select(0, index), positions.index_select(0, index)
+        from transformers import DynamicCache  # start-up time
+
+        width = max(self.mask.shape[1], mask.shape[1])
+        layers = [(torch.cat([_left_pad_columns(k0, width, 2), _left_pad_columns(k1, width, 2)]),
+                   torch.cat([_left_pad_columns(v0, width, 2), _left_pad_columns(v1, width, 2)]))
+                  for (k0, v0), (k1, v1) in zip(_cache_layers(self.cache), _cache_layers(cache))]
+        self.cache = DynamicCache(ddp_cache_data=layers, config=self.backbone.model.config)
+        self.mask = torch.cat([_left_pad_columns(self.mask, width, 1), _left_pad_columns(mask, width, 1)])
+        self.positions = torch.cat([self.positions, positions])
+        self.last = torch.cat([self.last, last])
+        self.states += states
+
+    @torch.no_grad()
+    def step(self) -> list[_Decoding]:
+        """Pick every row's next token (streaming its text), drop the rows that finished (returned), and run one
+        forward for the rest."""
+        backbone = self.backbone
+        tokenizer = backbone.tokenizer
+        logits = backbone.token_logits(self.last).float().cpu()           # (G, V)
+        tokens = []
+        for row, state in enumerate(self.states):
+            token = _pick(logits[row], state.request.temperature, state.request.top_p, state.generator)
+            _advance(state, token, tokenizer, tokenizer.eos_token_id)
+            tokens.append(token)
+        keep = [row for row, state in enumerate(self.states) if state.finish is None]
+        finished = [state for state in self.states if state.finish is not None]
+        if not keep:
+            self.states, self.last, self.cache, self.mask, self.positions = [], None, None, None, None
+            return finished
+        if len(keep) != len(self.states):
+            index = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.positions = self.mask.index_select(0, index), self.positions.index_select(0, index)
+            self.states = [self.states[row] for row in keep]
             tokens = [tokens[row] for row in keep]
-            active = [active[row] for row in keep]
-        ids = torch.tensor(tokens, device=mask.device)[:, None]            # (G, 1)
-        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        positions = positions + 1
+        ids = torch.tensor(tokens, device=self.mask.device)[:, None]        # (G, 1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(keep), 1)], dim=1)
+        self.positions = self.positions + 1
         with backbone_autocast(backbone):
-            hidden, cache = backbone.hidden_states(backbone.embed(ids), mask, positions, past_key_values=cache,
-                                                   use_cache=True)
-        last = hidden[:, -1]
+            hidden, self.cache = backbone.hidden_states(backbone.embed(ids), self.mask, self.positions,
+                                                        past_key_values=self.cache, use_cache=True)
+        self.last = hidden[:, -1]
+        return finished

@@ -16,7 +16,7 @@ import torch
 from ..errors import ConfigError
 from ..kinds import kind_of
 from ..protocols import Backbone, Capability, TaskType
-from .batch import Classification, Generation, Request, fields_of, run_batch
+from .batch import Classification, Decoder, Generation, Request, fields_of, start_batch
 
 
 def length_groups(lengths: Sequence[int], pad_ratio: float = 1.5, max_rows: int | None = None) -> list[list[int]]:
@@ -52,11 +52,25 @@ def run_in_groups(backbone: Backbone, requests: Sequence[Request], *, max_rows: 
 @torch.no_grad()
 def run_requests(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:
     """Run requests of any servable prompts on `backbone`; results in request order."""
+    results, decoder = start_requests(backbone, requests)
+    where = {id(req): i for i, req in enumerate(requests)}
+    while decoder.active:
+        for state in decoder.step():
+            results[where[id(state.request)]] = state.result()
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def start_requests(backbone: Backbone, requests: Sequence[Request], decoder: Decoder | None = None
+                   ) -> tuple[list[Classification | Generation | None], Decoder]:
+    """`run_requests` up to the decoding: results of the rows that are done, None for generation rows of
+    mixed-batch kinds, which join `decoder` (see `inference.batch.start_batch`); rows of other kinds run whole."""
     mixed = [i for i, req in enumerate(requests) if kind_of(req.model).can(Capability.MIXED_BATCH)]
+    started, decoder = start_batch(backbone, [requests[i] for i in mixed], decoder)
     if len(mixed) == len(requests):
-        return run_batch(backbone, requests)
+        return started, decoder
     results: list[Classification | Generation | None] = [None] * len(requests)
-    for i, result in zip(mixed, run_batch(backbone, [requests[i] for i in mixed])):
+    for i, result in zip(mixed, started):
         results[i] = result
     groups: dict[tuple[int, str], list[int]] = {}
     mixed_rows = set(mixed)
@@ -66,7 +80,7 @@ def run_requests(backbone: Backbone, requests: Sequence[Request]) -> list[Classi
     for indices in groups.values():
         for i, result in zip(indices, _run_one_prompt(backbone, [requests[i] for i in indices])):
             results[i] = result
-    return results  # type: ignore[return-value]
+    return results, decoder
 
 
 def _run_one_prompt(backbone: Backbone, requests: Sequence[Request]) -> list[Classification | Generation]:

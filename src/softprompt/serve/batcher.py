@@ -1,10 +1,14 @@
-"""Dynamic batching: rows of concurrent requests, also for different prompts, share one backbone batch.
+"""Dynamic and continuous batching: rows of concurrent requests, also for different prompts, share backbone passes.
 
 Requests enqueue rows (one `Request` each) from the event loop; one worker thread owns the backbone. It waits
 until the oldest row has waited `wait_ms` (or a batch is full), takes up to `max_rows` rows -- of any prompts,
-or with `mix_prompts=False` only rows of the oldest row's prompt (the one-prompt-at-a-time baseline) -- runs
-them with `run_requests`, and hands each result back to its request's event loop. A row holds the model object
-it was resolved to, so replacing or deleting a prompt never fails a request already queued.
+or with `mix_prompts=False` only rows of the oldest row's prompt (the one-prompt-at-a-time baseline) -- and runs
+their prefill together (`start_requests`): classification rows are answered from it, generation rows join the
+rows already decoding. Between two decode steps the worker admits what has arrived meanwhile (without waiting
+for company), so a new request does not wait for the longest generation in flight, and a row that finishes
+leaves at once (continuous batching); rows decoding count against `max_rows`. Each result goes back to its
+request's event loop. A row holds the model object it was resolved to, so replacing or deleting a prompt never
+fails a request already queued.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..cpu import keep_freed_memory, release_free_memory
-from ..inference.batch import Generation, Request
-from ..inference.engine import length_groups, run_requests
+from ..inference.batch import Decoder, Generation, Request
+from ..inference.engine import length_groups, run_requests, start_requests
 from ..protocols import Backbone
 from .metrics import Metrics
 
@@ -66,6 +70,8 @@ class DynamicBatcher:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._ran_since_release = False
+        self._decoder = Decoder(backbone)
+        self._decoding: dict[int, Work] = {}  # id(request) -> work, for the rows in `_decoder`
 
     def start(self) -> None:
         keep_freed_memory()
@@ -90,26 +96,29 @@ class DynamicBatcher:
 
     # ---- worker --------------------------------------------------------------------------------------------
     def _take(self) -> list[Work] | None:
+        """The next rows to prefill: None once stopped, [] when rows are decoding and nothing fits or waits."""
+        decoding = len(self._decoding)
         with self._cond:
-            while not self._pending and not self._stopped:
+            while not self._pending and not self._stopped and not decoding:
                 if not self._cond.wait(IDLE_RELEASE_SECONDS) and self._ran_since_release:
                     release_free_memory()  # idle: the resident memory of the last peak goes back
                     self._ran_since_release = False
             if self._stopped:
                 return None
             self._drop_abandoned()
-            if not self._pending:
+            room = self.max_rows - decoding
+            if not self._pending or room <= 0:
                 return []
-            while len(self._pending) < self.max_rows and not self._stopped:  # let a batch gather
+            while not decoding and len(self._pending) < room and not self._stopped:  # let a batch gather
                 left = self._pending[0].enqueued + self.wait - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             if self.mix_prompts:
-                batch = [self._pending.popleft() for _ in range(min(self.max_rows, len(self._pending)))]
+                batch = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
             else:
                 model = self._pending[0].request.model
-                batch = [w for w in self._pending if w.request.model is model][: self.max_rows]
+                batch = [w for w in self._pending if w.request.model is model][:room]
                 chosen = {id(w) for w in batch}
                 self._pending = deque(w for w in self._pending if id(w) not in chosen)
             self.metrics.queue_rows.set(len(self._pending))
@@ -142,12 +151,18 @@ class DynamicBatcher:
         while (taken := self._take()) is not None:
             for group in length_groups([w.tokens for w in taken], self.pad_ratio):
                 self._run([taken[i] for i in group])
+            if self._decoding:
+                self._step()
             self._ran_since_release = True
+        while self._decoding:  # stopping: the rows in flight finish
+            self._step()
 
     def _run(self, batch: list[Work]) -> None:
+        """Prefill `batch`: answer its finished rows, let its generation rows join the decoder."""
         started = time.perf_counter()
         try:
-            outcomes = [(result, None) for result in run_requests(self.backbone, [w.request for w in batch])]
+            results, self._decoder = start_requests(self.backbone, [w.request for w in batch], self._decoder)
+            outcomes = [(result, None) for result in results]
         except Exception:  # noqa: BLE001 -- isolate the failing rows: run each alone
             log.exception("a batch of %d rows failed; running its rows one by one", len(batch))
             outcomes = [self._alone(w) for w in batch]
@@ -155,10 +170,29 @@ class DynamicBatcher:
         self.metrics.batch_rows.observe(len(batch))
         self.metrics.batch_prompts.observe(len({id(w.request.model) for w in batch}))
         for work, (result, error) in zip(batch, outcomes):
-            self.metrics.generated_tokens.inc(result.completion_tokens if isinstance(result, Generation) else 0)
-            work.loop.call_soon_threadsafe(_resolve, work.future, result, error)
-            if work.stream is not None:
-                work.loop.call_soon_threadsafe(work.stream.put_nowait, (work.index, None))
+            if result is None and error is None:
+                self._decoding[id(work.request)] = work
+            else:
+                self._finish(work, result, error)
+
+    def _step(self) -> None:
+        """One decode step of every generating row; the rows that finished get their results."""
+        try:
+            finished = [(state.request, state.result(), None) for state in self._decoder.step()]
+        except Exception as exc:  # noqa: BLE001 -- the rows in flight get the error; the server goes on
+            log.exception("decoding %d rows failed", len(self._decoding))
+            finished = [(work.request, None, exc) for work in self._decoding.values()]
+            self._decoder = Decoder(self.backbone)
+        for request, result, error in finished:
+            self._finish(self._decoding.pop(id(request)), result, error)
+
+    def _finish(self, work: Work, result: Any, error: BaseException | None) -> None:
+        self.metrics.generated_tokens.inc(result.completion_tokens if isinstance(result, Generation) else 0)
+        if error is None and not work.request.abandoned:
+            self.metrics.finished_rows.inc()
+        work.loop.call_soon_threadsafe(_resolve, work.future, result, error)
+        if work.stream is not None:
+            work.loop.call_soon_threadsafe(work.stream.put_nowait, (work.index, None))
 
     def _alone(self, work: Work) -> tuple[Any, BaseException | None]:
         try:

@@ -26,6 +26,8 @@ class Metrics:
         self.generated_tokens = Counter("softprompt_generated_tokens_total", "Tokens generated", registry=r)
         self.abandoned_rows = Counter("softprompt_abandoned_rows_total", "Rows whose client went away before the "
                                       "answer (dropped from the queue, or stopped mid-generation)", registry=r)
+        self.finished_rows = Counter("softprompt_finished_rows_total", "Rows answered (classified, or generated to "
+                                     "their end) to a client still waiting", registry=r)
         self.queue_rows = Gauge("softprompt_queue_rows", "Rows waiting for a batch", registry=r)
         self.prompts = Gauge("softprompt_prompts_loaded", "Prompts being served", registry=r)
 
