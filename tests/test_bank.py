@@ -4,6 +4,7 @@ import torch
 
 from softprompt import ConfigError, PromptedModel, SoftPrompt, Verbalizer, build_template, save_prompt
 from softprompt.inference.bank import PromptBank, UnknownPromptError
+from softprompt.inference.cache_budget import cache_bytes
 
 
 def _prompt(backbone, body, placement, n, labels, words=(), seed=0):
@@ -158,3 +159,32 @@ def test_length_groups_sort_split_on_padding_and_cap_rows():
         longest = max(lengths[i] for i in group)
         assert len(group) * longest <= 1.5 * sum(lengths[i] for i in group)
     assert [len(g) for g in length_groups([5] * 10, max_rows=4)] == [4, 4, 2]
+
+
+def test_cache_budget_evicts_least_recent_and_results_do_not_change(tiny_llama):
+    """Under a budget that holds one prompt's cache, rows alternating between three prefix prompts still get
+    the scores of an unlimited bank; the budget drops the least recently used caches and stays within bounds."""
+    specs = [("a", 5, 1), ("b", 3, 2), ("c", 6, 3)]
+    free = PromptBank(tiny_llama)
+    for name, n, seed in specs:
+        free.add(name, _prompt(tiny_llama, "Review: {text} Sentiment: {label}", "prefix", n, ["no", "yes"], seed=seed))
+    rows = [(name, text) for text in ("a great film", "dull", "warm and funny") for name, _, _ in specs]
+    expected = free.classify(rows)
+    one = max(cache_bytes(free.get(n).prompt_cache()) for n, _, _ in specs)
+    assert free.cache_budget.bytes >= 3 * one // 2 and free.cache_budget.evictions == 0  # all three held
+
+    tight = PromptBank(tiny_llama, cache_budget_bytes=one)
+    for name, n, seed in specs:
+        tight.add(name, _prompt(tiny_llama, "Review: {text} Sentiment: {label}", "prefix", n, ["no", "yes"],
+                                seed=seed))
+    for row, want in zip(rows, expected):  # one row at a time: every prompt switch passes the budget
+        got = tight.classify([row])[0]
+        assert got.label == want.label
+        torch.testing.assert_close(torch.tensor(list(got.scores.values())), torch.tensor(list(want.scores.values())))
+        assert tight.cache_budget.bytes <= one and len(tight.cache_budget) == 1
+    assert tight.cache_budget.evictions >= len(rows) - 1
+    last = rows[-1][0]
+    assert tight.get(last)._prompt_cache is not None
+    assert all(tight.get(n)._prompt_cache is None for n, _, _ in specs if n != last)  # dropped, prompt kept
+    tight.remove(last)
+    assert tight.cache_budget.bytes == 0 and len(tight.cache_budget) == 0

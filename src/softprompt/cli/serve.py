@@ -34,6 +34,9 @@ def serve(
     max_input_tokens: Annotated[int, typer.Option(help="Tokens per input text.")] = 512,
     max_new_tokens: Annotated[int, typer.Option(help="Generated tokens per choice.")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="Request body size (JSON or a prompt file).")] = 4 << 20,
+    prompt_cache_mb: Annotated[float, typer.Option(
+        help="Memory for the prompts' cached keys/values (MB); the least recently used are dropped above it and "
+             "recomputed when next needed.")] = 2048.0,
     reload_interval: Annotated[float, typer.Option(help="Seconds between prompt-folder scans (0: never).")] = 2.0,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error.")] = "info",
 ) -> None:
@@ -47,6 +50,8 @@ def serve(
                         ("--max-input-tokens", max_input_tokens), ("--max-body-bytes", max_body_bytes)]:
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if not prompt_cache_mb >= 0:  # NaN too
+        raise ConfigError(f"--prompt-cache-mb must be 0 or more (got {prompt_cache_mb})")
     import uvicorn  # start-up time: serve only
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,7 +61,7 @@ def serve(
                              mix_prompts=mix_prompts, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
                              max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens,
                              reload_interval=reload_interval)
-    application = create_app(PromptBank(backbone), prompts, settings)
+    application = create_app(PromptBank(backbone, cache_budget_bytes=int(prompt_cache_mb * 2**20)), prompts, settings)
     bank = application.state.bank
     logging.getLogger("softprompt.serve").info("serving %d prompt(s) from %s on %s: %s", len(bank), prompts,
                                                backbone.name, ", ".join(bank.names()) or "none yet")

@@ -18,6 +18,7 @@ from ..errors import ConfigError, SoftPromptError
 from ..kinds import kind_of, load_prompted_model
 from ..protocols import Backbone, Capability, PromptedTask, TaskType
 from .batch import Classification, Generation, Request
+from .cache_budget import PromptCacheBudget
 from .engine import run_in_groups
 
 
@@ -37,9 +38,12 @@ class PromptBank:
         >>> bank.classify([("sentiment", {"text": "Great fun."}), ("topic", {"text": "Shares fell."})])  # doctest: +SKIP
     """
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, *, cache_budget_bytes: int | None = None) -> None:
+        """`cache_budget_bytes`: the most bytes the prompts' cached keys/values may hold together; the least
+        recently used are dropped (and recomputed when next needed) above it. None: no limit."""
         kind_of(backbone).require(Capability.SERVE, f"--model {backbone.name}")
         self.backbone = backbone
+        self.cache_budget = PromptCacheBudget(cache_budget_bytes)
         self._models: dict[str, PromptedTask] = {}
         self._lock = threading.Lock()
 
@@ -51,14 +55,20 @@ class PromptBank:
             raise ConfigError(f"prompt '{name}' is bound to another backbone object than this bank's")
         kind_of(model).require(Capability.SERVE, f"prompt '{name}'")
         model.eval()
+        if hasattr(model, "drop_prompt_cache"):  # a model with a reusable prefix cache shares the bank's budget
+            model.cache_budget = self.cache_budget
         with self._lock:  # a swap replaces the entry whole: requests already holding the old model finish on it
-            self._models[name] = model
+            old, self._models[name] = self._models.get(name), model
+        if old is not None and old is not model:
+            self.cache_budget.forget(old)
         return model
 
     def remove(self, name: str) -> None:
         with self._lock:
-            if self._models.pop(name, None) is None:
-                raise UnknownPromptError(f"no prompt named '{name}'")
+            model = self._models.pop(name, None)
+        if model is None:
+            raise UnknownPromptError(f"no prompt named '{name}'")
+        self.cache_budget.forget(model)
 
     def get(self, name: str) -> PromptedTask:
         with self._lock:

@@ -79,6 +79,7 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
 
 def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = ServeSettings()) -> FastAPI:
     metrics = Metrics()
+    metrics.watch_cache(bank.cache_budget)
 
     def prepare(model: ServedTask) -> None:
         kind_of(model).require(Capability.SERVE, "this server")  # before anything reads text-model parts

@@ -30,6 +30,15 @@ class Metrics:
                                      "their end) to a client still waiting", registry=r)
         self.queue_rows = Gauge("softprompt_queue_rows", "Rows waiting for a batch", registry=r)
         self.prompts = Gauge("softprompt_prompts_loaded", "Prompts being served", registry=r)
+        self.cache_bytes = Gauge("softprompt_prompt_cache_bytes", "Bytes of the prompts' cached keys/values held "
+                                 "(under --prompt-cache-mb)", registry=r)
+        self.cache_evictions = Gauge("softprompt_prompt_cache_evictions", "Prompt caches dropped for the memory "
+                                     "budget since the server started (recomputed on their next use)", registry=r)
+
+    def watch_cache(self, budget) -> None:
+        """Report a bank's `PromptCacheBudget` at every scrape."""
+        self.cache_bytes.set_function(lambda: budget.bytes)
+        self.cache_evictions.set_function(lambda: budget.evictions)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -65,6 +65,7 @@ class PromptedModel(Pretrained, nn.Module):
         self.split_frozen_input = not self.offsets_text  # see hidden(); off only to compare against the single pass
         self.use_prompt_cache = not self.offsets_text    # inference: reuse a leading prompt's keys/values (hidden())
         self._prompt_cache: tuple | None = None
+        self.cache_budget: Any = None  # an inference.cache_budget.PromptCacheBudget a bank shares among its prompts
 
     @classmethod
     def zero_shot(cls, backbone: Backbone, template_body: str, verbalizer: Verbalizer | None = None, *,
@@ -215,24 +216,36 @@ class PromptedModel(Pretrained, nn.Module):
         return 0, 0
 
     def prompt_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (keys, values) of the constant prefix, batch 1; recomputed only when the prompt changes."""
+        """Per-layer (keys, values) of the constant prefix, batch 1; recomputed only when the prompt changes (or
+        after a bank's cache budget dropped it)."""
         key = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters()) + (
             self.backbone.device, self.backbone.dtype)
-        if self.deep and (self._prompt_cache is None or self._prompt_cache[0] != key):
-            with torch.no_grad():
-                layers = [(k.to(self.backbone.dtype), v.to(self.backbone.dtype)) for k, v in self.prompt.layer_prefix()]
-            self._prompt_cache = (key, layers)
-        if self._prompt_cache is None or self._prompt_cache[0] != key:
-            bos = self.encoder.bos
-            count = self.prompt_prefix_length - len(bos)
-            prefix = left_pad([Encoded(bos + [self.encoder.pad_id] * count, [-1] * len(bos) + list(range(count)))],
-                              self.encoder.pad_id)
-            prefix = {k: v.to(self.backbone.device) for k, v in prefix.items()}
-            with torch.no_grad(), self._autocast():
-                _, cache = self.backbone.hidden_states(self.embed(prefix), prefix["attention_mask"],
-                                                       prefix["position_ids"], use_cache=True)
-            self._prompt_cache = (key, [(layer[0], layer[1]) for layer in cache])
-        return self._prompt_cache[1]
+        entry = self._prompt_cache  # one read: a budget may drop the attribute from another thread
+        if entry is None or entry[0] != key:
+            if self.deep:
+                with torch.no_grad():
+                    layers = [(k.to(self.backbone.dtype), v.to(self.backbone.dtype))
+                              for k, v in self.prompt.layer_prefix()]
+            else:
+                bos = self.encoder.bos
+                count = self.prompt_prefix_length - len(bos)
+                prefix = left_pad([Encoded(bos + [self.encoder.pad_id] * count,
+                                           [-1] * len(bos) + list(range(count)))], self.encoder.pad_id)
+                prefix = {k: v.to(self.backbone.device) for k, v in prefix.items()}
+                with torch.no_grad(), self._autocast():
+                    _, cache = self.backbone.hidden_states(self.embed(prefix), prefix["attention_mask"],
+                                                           prefix["position_ids"], use_cache=True)
+                layers = [(layer[0], layer[1]) for layer in cache]
+            entry = self._prompt_cache = (key, layers)
+            if self.cache_budget is not None:
+                self.cache_budget.forget(self)
+        if self.cache_budget is not None:
+            self.cache_budget.used(self, entry[1])
+        return entry[1]
+
+    def drop_prompt_cache(self) -> None:
+        """Forget the cached keys/values (a cache budget evicting them); the next use recomputes them."""
+        self._prompt_cache = None
 
     def _prompt_cache_applies(self, past_key_values: Any = None) -> bool:
         return (past_key_values is None and not torch.is_grad_enabled()
