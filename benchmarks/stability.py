@@ -75,25 +75,30 @@ def summarise(rows: list[dict], methods: list[str], lrs: list[float]) -> dict:
             per_lr[f"{lr:g}"] = ({"mean": statistics.mean(at), "std": statistics.stdev(at) if len(at) > 1 else 0.0,
                                   "runs": len(at)} if at else {"runs": 0})
         entry["by_lr"] = per_lr
+        lr_means = [v["mean"] for v in per_lr.values() if v["runs"]]
+        if lr_means:  # the learning-rate sensitivity itself, seeds averaged out; and the worst seed std at one lr
+            entry["lr_spread"] = max(lr_means) - min(lr_means)
+            entry["max_seed_std"] = max(v["std"] for v in per_lr.values() if v["runs"])
         out[method] = entry
     return out
 
 
 def markdown(summary: dict, lrs: list[float], title: str) -> str:
     lines = [f"### {title}", "",
-             "| method | mean accuracy | std | worst | best | worst-to-best spread | "
-             + " | ".join(f"lr {lr:g} (mean ± std)" for lr in lrs) + " | failed runs |",
-             "|---|---|---|---|---|---|" + "---|" * len(lrs) + "---|"]
+             "| method | mean accuracy | std | worst | best | worst-to-best spread | spread of lr means | "
+             "largest seed std | " + " | ".join(f"lr {lr:g} (mean ± std)" for lr in lrs) + " | failed runs |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(lrs) + "---|"]
     for method, s in summary.items():
         if not s["runs"]:
-            lines.append(f"| {method} | no finished run | | | | | " + "| " * len(lrs) + f"{s['failed']} |")
+            lines.append(f"| {method} | no finished run | | | | | | | " + "| " * len(lrs) + f"{s['failed']} |")
             continue
         cells = []
         for lr in lrs:
             at = s["by_lr"][f"{lr:g}"]
             cells.append(f"{100 * at['mean']:.1f} ± {100 * at['std']:.1f}" if at["runs"] else "—")
         lines.append(f"| {method} | {100 * s['mean']:.1f} | {100 * s['std']:.1f} | {100 * s['worst']:.1f} | "
-                     f"{100 * s['best']:.1f} | {100 * s['spread']:.1f} points | " + " | ".join(cells)
+                     f"{100 * s['best']:.1f} | {100 * s['spread']:.1f} points | {100 * s['lr_spread']:.1f} points | "
+                     f"{100 * s['max_seed_std']:.1f} | " + " | ".join(cells)
                      + f" | {s['failed']} |")
     return "\n".join(lines) + "\n"
 

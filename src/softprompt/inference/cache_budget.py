@@ -2,9 +2,10 @@
 
 A prefix prompt's keys/values are computed once and reused by every row of that prompt (`PromptedModel.
 prompt_cache`). On a server holding many prompts these caches are most of the memory a prompt costs (on
-smollm2-135m a 20-token prompt is 46 KB of vectors but ~0.9 MB of fp32 keys/values), so a bank can cap them: when
-the caches' bytes pass the budget, the caches of the prompts used longest ago are dropped and recomputed (one
-batch-1 pass over the prompt's columns) the next time a row needs them. The prompts themselves always stay.
+smollm2-135m a 20-token prompt is 46 KB of vectors but ~0.5 MB of bf16 keys/values: 21 columns x 23 KB), so a
+bank can cap them: when the caches' bytes pass the budget, the caches of the prompts used longest ago are dropped
+and recomputed (one batch-1 pass over the prompt's columns) the next time a row needs them. The prompts
+themselves always stay.
 """
 
 from __future__ import annotations
