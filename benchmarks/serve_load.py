@@ -82,14 +82,14 @@ MODES = {"mixed prompts": (True, None), "one prompt per batch": (False, None), "
 
 
 class Server:
-    def __init__(self, folder: Path, mix: bool, batch_rows: int, expected: int = 8) -> None:
+    def __init__(self, folder: Path, mix: bool, batch_rows: int, expected: int = 8, extra: tuple = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         flag = "--mix-prompts" if mix else "--one-prompt-per-batch"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "softprompt", "serve", "--model", MODEL, "--prompts", str(folder),
              "--port", str(self.port), flag, "--max-batch-rows", str(batch_rows), "--batch-wait-ms", "10",
-             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             "--log-level", "warning", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
         while True:
             try:
