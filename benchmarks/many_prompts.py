@@ -23,38 +23,35 @@ import torch
 from serve_load import MODEL, Server, load, make_prompts, texts_for
 
 import softprompt as sp
-from softprompt.formats import save_prompt
+from softprompt.formats import read_prompt_tensors, save_prompt
 from softprompt.kinds import load_prompted_model
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def perturbed_copies(folder: Path, out: Path, sources: dict[str, str],
-                     total: int) -> tuple[dict[str, str], int, int]:
-    """`total` prompt files in `out`: the originals and noisy copies; returns name -> dataset, and the bytes of
-    all prompts' vectors and of the originals' alone."""
+def perturbed_copies(folder: Path, out: Path, sources: dict[str, str], total: int) -> dict[str, str]:
+    """`total` prompt files in `out`: the originals and noisy copies of them; returns name -> dataset."""
     backbone = sp.load_backbone(MODEL)
-    bases = {name: load_prompted_model(folder / f"{name}.safetensors", backbone) for name in sorted(sources)}
+    bases = sorted(sources)
     generator = torch.Generator().manual_seed(0)
     names: dict[str, str] = {}
-    vector_bytes = base_bytes = 0
     for i in range(total):
-        base_name = sorted(bases)[i % len(bases)]
-        model = bases[base_name]
-        name = base_name if i < len(bases) else f"{base_name}-{i}"
-        original = [p.detach().clone() for p in model.prompt.parameters()]
+        base = bases[i % len(bases)]
+        model = load_prompted_model(folder / f"{base}.safetensors", backbone)  # a fresh copy to perturb
+        name = base if i < len(bases) else f"{base}-{i}"
         if i >= len(bases):
             with torch.no_grad():
                 for p in model.prompt.parameters():
                     p.add_(torch.randn(p.shape, generator=generator) * 0.01 * p.std())
         save_prompt(out / f"{name}.safetensors", model)
-        with torch.no_grad():
-            for p, kept in zip(model.prompt.parameters(), original):
-                p.copy_(kept)
-        vector_bytes += sum(p.numel() * 4 for p in original)  # stored as fp32
-        base_bytes = vector_bytes if i < len(bases) else base_bytes
-        names[name] = sources[base_name]
-    return names, vector_bytes, base_bytes
+        names[name] = sources[base]
+    return names
+
+
+def vector_bytes(folder: Path, names) -> int:
+    """Bytes of the prompts' stored vectors (the tensors in their files)."""
+    return sum(t.numel() * t.element_size() for name in names
+               for t in read_prompt_tensors(folder / f"{name}.safetensors")[0].values())
 
 
 def metric(text: str, name: str) -> float:
@@ -78,7 +75,8 @@ def main() -> None:
     eight = Path(tempfile.mkdtemp(prefix="many-prompts-8-"))
     sources8 = make_prompts(eight)
     many = Path(tempfile.mkdtemp(prefix="many-prompts-all-"))
-    sources_many, many_bytes, eight_bytes = perturbed_copies(eight, many, sources8, args.prompts)
+    sources_many = perturbed_copies(eight, many, sources8, args.prompts)
+    eight_bytes, many_bytes = vector_bytes(eight, sources8), vector_bytes(many, sources_many)
     texts = {data: texts_for(data, args.words) for data in set(sources8.values())}
 
     runs = []
@@ -86,14 +84,14 @@ def main() -> None:
               (f"{args.prompts} prompts", many, sources_many, many_bytes, ()),
               (f"{args.prompts} prompts, --prompt-cache-mb {args.small_cache_mb:g}", many, sources_many, many_bytes,
                ("--prompt-cache-mb", str(args.small_cache_mb)))]
-    for label, folder, sources, vector_bytes, extra in setups:
+    for label, folder, sources, stored_bytes, extra in setups:
         server = Server(folder, True, 32, expected=len(sources), extra=extra)
         try:
             rss_idle = server.rss_mb()
             result = asyncio.run(load(server.url, sources, texts, args.clients, args.seconds, args.warmup, 0))
             metrics = server.metrics()
             result.update(setup=label, prompts=len(sources), rss_idle_mb=rss_idle, rss_after_mb=server.rss_mb(),
-                          prompt_vector_mb=vector_bytes / 2**20,
+                          prompt_vector_mb=stored_bytes / 2**20,
                           cache_mb=metric(metrics, "softprompt_prompt_cache_bytes") / 2**20,
                           cache_evictions=metric(metrics, "softprompt_prompt_cache_evictions"))
         finally:
@@ -115,8 +113,8 @@ def main() -> None:
              "cached keys/values MB | cache evictions |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r['setup']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                     f"{r['errors']} | {r['rss_idle_mb']:.0f} | {r['rss_after_mb']:.0f} | {r['prompt_vector_mb']:.1f} | "
-                     f"{r['cache_mb']:.1f} | {r['cache_evictions']:.0f} |")
+                     f"{r['errors']} | {r['rss_idle_mb']:.0f} | {r['rss_after_mb']:.0f} | "
+                     f"{r['prompt_vector_mb']:.1f} | {r['cache_mb']:.1f} | {r['cache_evictions']:.0f} |")
     lines += ["", f"p99 over {args.prompts} prompts / over 8: {out['p99_ratio_many_over_8']:.2f}x; resident memory "
               f"after the load grew {out['rss_growth_mb']:.0f} MB against {out['prompt_and_cache_mb']:.0f} MB of "
               "extra prompt vectors + cached keys/values"]

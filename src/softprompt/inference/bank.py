@@ -57,8 +57,7 @@ class PromptBank:
         model.eval()
         if hasattr(model, "drop_prompt_cache"):  # a model with a reusable prefix cache shares the bank's budget
             model.cache_budget = self.cache_budget
-            budget = self.cache_budget
-            if model.cache_plan()[1] and (budget.max_bytes is None or budget.bytes < budget.max_bytes):
+            if model.cache_plan()[1] and self.cache_budget.has_room():
                 with torch.no_grad():  # computed now, while there is room: its first rows do not wait for it
                     model.prompt_cache()
         with self._lock:  # a swap replaces the entry whole: requests already holding the old model finish on it

@@ -44,6 +44,10 @@ class PromptCacheBudget:
         """Bytes of the caches held now."""
         return self._bytes
 
+    def has_room(self) -> bool:
+        """Whether the caches held now are under the budget."""
+        return self.max_bytes is None or self._bytes < self.max_bytes
+
     def __len__(self) -> int:
         return len(self._entries)
 
