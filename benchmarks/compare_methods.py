@@ -1,10 +1,13 @@
 """The measured method table: `softprompt compare` at one fixed budget on two tasks and two backbone sizes.
 
-Three comparisons, each every (method, seed) in its own process (softprompt.tools.compare):
-- smollm2-135m on rotten_tomatoes: prompt, deep, lora, adapter, full, probe, zeroshot;
-- smollm2-135m on bbc_news (5 topics): the same methods;
-- gemma3-270m on rotten_tomatoes: prompt, deep, lora, full, zeroshot -- with the smollm2 rows, how the gap to full
-  fine-tuning changes from 135M to 270M parameters.
+Five comparisons, each every (method, seed) in its own process (softprompt.tools.compare):
+- rt135: smollm2-135m on rotten_tomatoes: prompt, residual, dept, deep, lora, adapter, full, probe, zeroshot;
+- rt135long: the three prompt methods at twice the steps (120): about the training time full fine-tuning takes for
+  60 (its step costs ~2x a prompt's: benchmarks/dept_speed.py) -- the gap to full fine-tuning at equal wall-clock;
+- bbc135: smollm2-135m on bbc_news (5 topics): every method, 1 seed; bbc135x3: prompt, residual, dept and full
+  with 3 seeds (seed 0 of prompt and full shared with bbc135 when its runs.jsonl is there);
+- rt270: gemma3-270m on rotten_tomatoes: prompt, residual, dept, deep, lora, full, zeroshot -- with the smollm2
+  rows, how the gap to full fine-tuning changes from 135M to 270M parameters.
 Every trained method gets the same steps, batch size, data order and evaluation; learning rates are each method's
 default (softprompt.training.methods.DEFAULT_LR). Writes benchmarks/results/compare_methods.{json,md} and
 compare_gap.png, and each comparison's compare.{json,md,png} under benchmarks/results/compare/<name>/.
@@ -28,15 +31,19 @@ from softprompt.tools.compare import compare, parse_methods
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("runs/bench_compare")
-ALL = "prompt,deep,lora,adapter,full,probe,zeroshot"
-SIZE_METHODS = ("prompt", "deep", "lora")  # the rows whose gap to `full` is plotted against backbone size
+ALL = "prompt,residual,dept,deep,lora,adapter,full,probe,zeroshot"
+PROMPTS = "prompt,residual,dept"
+SIZE_METHODS = ("prompt", "residual", "dept", "deep", "lora")  # the rows whose gap to `full` is plotted against backbone size
 
 # name -> (model, data, methods, seeds, steps, test rows (0 = all))
 SUITES = {
     "rt135": ("smollm2-135m", "rotten_tomatoes", ALL, 3, 60, 1000),
-    "rt270": ("gemma3-270m", "rotten_tomatoes", "prompt,deep,lora,full,zeroshot", 1, 60, 500),
-    "bbc135": ("smollm2-135m", "bbc_news", ALL, 1, 40, 300),
+    "rt135long": ("smollm2-135m", "rotten_tomatoes", PROMPTS, 3, 120, 1000),
+    "rt270": ("gemma3-270m", "rotten_tomatoes", "prompt,residual,dept,deep,lora,full,zeroshot", 1, 60, 500),
+    "bbc135": ("smollm2-135m", "bbc_news", "prompt,deep,lora,adapter,full,probe,zeroshot", 1, 40, 300),
+    "bbc135x3": ("smollm2-135m", "bbc_news", PROMPTS + ",full", 3, 40, 300),
 }
+SHARED = {"bbc135x3": "bbc135"}  # a suite that starts from another's finished rows (same model, data and steps)
 BACKBONE_PARAMS = {}  # filled from the rows (parameters of the loaded backbone)
 
 
@@ -78,6 +85,29 @@ def plot_gap(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def seed_rows(name: str, work: Path, results: Path) -> None:
+    """Start a suite from finished rows: its own committed runs.jsonl, and those of the suite it shares runs with.
+
+    `compare(resume=True)` keeps the rows that match its model, data, steps and batch size and runs only the rest.
+    """
+    target = work / name / "runs.jsonl"
+    if target.exists():
+        return
+    sources = [results / name / "runs.jsonl"]
+    if name in SHARED:
+        sources += [work / SHARED[name] / "runs.jsonl", results / SHARED[name] / "runs.jsonl"]
+    lines: dict[tuple[str, int], str] = {}
+    for source in sources:
+        if source.exists():
+            for line in source.read_text().splitlines():
+                row = json.loads(line)
+                if "error" not in row:
+                    lines.setdefault((row["method"], row["seed"]), line)
+    if lines:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in lines.values())))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SUITES), help=f"comma-separated subset of {', '.join(SUITES)}")
@@ -95,6 +125,8 @@ def main() -> None:
         model, data, methods, seeds, steps, test_limit = SUITES[name]
         if args.quick:
             seeds, steps, test_limit = 1, 2, 40
+        if not args.quick:
+            seed_rows(name, work, results)
         started = time.perf_counter()
         table = compare(model, data, parse_methods(methods), seeds=seeds, max_steps=steps, output=work / name,
                         batch_size=16, eval_limit=300, test_limit=test_limit, resume=True,
