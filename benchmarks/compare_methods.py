@@ -33,7 +33,8 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path("runs/bench_compare")
 ALL = "prompt,residual,dept,deep,lora,adapter,full,probe,zeroshot"
 PROMPTS = "prompt,residual,dept"
-SIZE_METHODS = ("prompt", "residual", "dept", "deep", "lora")  # the rows whose gap to `full` is plotted against backbone size
+# The rows whose gap to `full` is plotted against backbone size.
+SIZE_METHODS = ("prompt", "residual", "dept", "deep", "lora")
 
 # name -> (model, data, methods, seeds, steps, test rows (0 = all))
 SUITES = {

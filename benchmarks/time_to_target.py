@@ -92,8 +92,8 @@ def main() -> None:
                else f"did not reach {100 * args.target:.0f}% in {curve[-1]['step'] if curve else 0} steps")
     lines = [f"`softprompt train` defaults on {config.data} ({config.model}, {out['threads']} threads): {verdict}.", "",
              "| step | seconds since start | validation | kept prompt's test accuracy |", "|---|---|---|---|"]
-    lines += [f"| {p['step']} | {p['seconds']:.0f} | {100 * p['validation']:.1f} | {100 * p['kept_test_accuracy']:.1f} |"
-              for p in curve]
+    lines += [f"| {p['step']} | {p['seconds']:.0f} | {100 * p['validation']:.1f} | "
+              f"{100 * p['kept_test_accuracy']:.1f} |" for p in curve]
     atomic_write(RESULTS / "time_to_target.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     print("\n".join(lines))
 
