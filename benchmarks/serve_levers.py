@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from serve_load import MODEL, RESULTS, make_prompts, texts_for
+from serve_load import MODEL, RESULTS, make_prompts, row_flops, texts_for
 from vs_peft import matmul_gflops
 
 SETTINGS = {  # name -> (attention, head, allocator)
@@ -33,19 +33,6 @@ SETTINGS = {  # name -> (attention, head, allocator)
     "+ one vocabulary projection per batch": ("sdpa", "batched", "default"),
     "+ keep freed memory (all levers)": ("sdpa", "batched", "keep"),
 }
-
-
-def row_flops(model, backbone, rest_tokens: int, prefix: int) -> float:
-    """Multiply-add FLOPs x2 of one classification row: `rest_tokens` columns run, attending to `prefix` cached
-    columns as well."""
-    config = backbone.model.config
-    linear = sum(m.weight.numel() for layer in backbone.decoder_layers() for m in layer.modules()
-                 if isinstance(m, torch.nn.Linear))
-    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
-    keys = prefix + (rest_tokens + 1) / 2                                 # causal: mean attended columns
-    attention = 2 * 2 * config.num_hidden_layers * heads * head_dim * keys * rest_tokens
-    head = 2 * backbone.hidden_size * backbone.vocab_size
-    return 2 * linear * rest_tokens + attention + head
 
 
 def worker(args) -> None:

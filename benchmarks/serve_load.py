@@ -6,9 +6,12 @@ client count N, a real server process is started twice -- `--mix-prompts` and `-
 everything else equal -- and N closed-loop clients send single-input /v1/classify requests for random
 prompts (real review and news texts, clipped to `--words`) for `--seconds`; a third server takes one row per
 batch (unbatched) for reference. Then a mixed-batching server is soaked for
-`--soak-seconds` while its RSS is sampled. Writes results/serve_load.json and .md.
+`--soak-seconds` while its RSS is sampled. Each run's rows/s is also put against the compute ceiling: the bf16
+matmul rate measured here (`vs_peft.matmul_gflops`, at the server's threads, before any server starts) over the
+FLOPs of a row (`row_flops`: every linear layer per token run, attention over the attended columns, one
+vocabulary projection; mean over the workload's requests). Writes results/serve_load.json and .md.
 
-    python benchmarks/serve_load.py [--clients 8,32] [--words 60,12] [--seconds 40] [--soak-seconds 300]
+    python benchmarks/serve_load.py [--clients 8,32] [--words 25,75] [--seconds 40] [--soak-seconds 300]
 """
 
 from __future__ import annotations
@@ -65,6 +68,37 @@ def make_prompts(folder: Path) -> dict[str, str]:
         sp.save_prompt(folder / f"{name}.safetensors", model)
         sources[name] = data
     return sources
+
+
+def row_flops(model, backbone, rest_tokens: int, prefix: int) -> float:
+    """Multiply-add FLOPs x2 of one classification row: `rest_tokens` columns run, attending to `prefix` cached
+    columns as well."""
+    config = backbone.model.config
+    linear = sum(m.weight.numel() for layer in backbone.decoder_layers() for m in layer.modules()
+                 if isinstance(m, torch.nn.Linear))
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    keys = prefix + (rest_tokens + 1) / 2                                 # causal: mean attended columns
+    attention = 2 * 2 * config.num_hidden_layers * heads * head_dim * keys * rest_tokens
+    head = 2 * backbone.hidden_size * backbone.vocab_size
+    return 2 * linear * rest_tokens + attention + head
+
+
+def workload_gflops_per_row(folder: Path, sources: dict[str, str], texts: dict[str, list[str]],
+                            requests: int = 400) -> float:
+    """Mean GFLOPs of a row of the load's random (prompt, text) requests, counted as the server runs them."""
+    from softprompt.inference.batch import _split_prefix, fields_of
+
+    backbone = sp.load_backbone(MODEL)
+    models = {name: sp.load_prompted_model(folder / f"{name}.safetensors", backbone) for name in sources}
+    rng = random.Random(0)
+    total = 0.0
+    for _ in range(requests):
+        name = rng.choice(sorted(sources))
+        model = models[name]
+        inputs = rng.choice(texts[sources[name]])
+        row = _split_prefix(model, model.encoder.encode(fields_of(model, inputs)))
+        total += row_flops(model, backbone, len(row.rest.input_ids), row.prefix)
+    return total / requests / 1e9
 
 
 def texts_for(data: str, words: int, limit: int = 400) -> list[str]:
@@ -176,13 +210,17 @@ async def load(url: str, sources: dict[str, str], texts: dict[str, list[str]], c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="8,32")
-    parser.add_argument("--words", default="60,12", help="workloads: inputs clipped to this many words")
+    parser.add_argument("--words", default="25,75", help="workloads: inputs clipped to this many words")
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--warmup", type=float, default=8)
     parser.add_argument("--batch-rows", type=int, default=32)
     parser.add_argument("--soak-seconds", type=float, default=300)
     parser.add_argument("--soak-clients", type=int, default=32)
     args = parser.parse_args()
+    from vs_peft import matmul_gflops
+
+    ceiling = matmul_gflops(torch.bfloat16)  # at the threads a server uses, before any server runs
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the bench process only writes prompts and drives clients
 
     folder = Path(tempfile.mkdtemp(prefix="serve-load-"))
@@ -190,13 +228,16 @@ def main() -> None:
     runs = []
     for words in [int(w) for w in args.words.split(",")]:
         texts = {data: texts_for(data, words) for data in set(sources.values())}
+        gflops = workload_gflops_per_row(folder, sources, texts)
         for clients in [int(c) for c in args.clients.split(",")]:
             for mode, (mix, rows) in MODES.items():
                 server = Server(folder, mix, rows or args.batch_rows)
                 try:
                     result = asyncio.run(load(server.url, sources, texts, clients, args.seconds, args.warmup, 0))
                     result.update(mode=mode, words=words, mean_batch_rows=mean_batch_rows(server.metrics()),
-                                  server_rss_mb=server.rss_mb())
+                                  server_rss_mb=server.rss_mb(), gflops_per_row=gflops,
+                                  fraction_of_ceiling=result["throughput_rps"] * gflops / ceiling,
+                                  p99_over_p50=result["p99_ms"] / result["p50_ms"] if result["requests"] else float("nan"))
                 finally:
                     server.stop()
                 runs.append(result)
@@ -226,14 +267,18 @@ def main() -> None:
             "vs one prompt per batch": group["mixed prompts"] / group["one prompt per batch"],
             "vs unbatched": group["mixed prompts"] / group["unbatched"]}
     out = {"model": MODEL, "prompts": 8, "batch_rows": args.batch_rows, "batch_wait_ms": 10, "runs": runs,
-           "mixed_over_one_prompt": ratios, "soak": soak, "cpu_threads": os.cpu_count()}
+           "mixed_over_one_prompt": ratios, "soak": soak, "cpu_threads": os.cpu_count(),
+           "ceiling_bf16_gflops": ceiling, "ceiling_threads": threads, "date": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve_load.json").write_text(json.dumps(out, indent=1))
-    lines = ["| input words | clients | batching | req/s | p50 ms | p99 ms | errors | mean rows/batch | server RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"bf16 matmul ceiling {ceiling:.0f} GFLOP/s ({threads} threads).", "",
+             "| input words | clients | batching | req/s | GFLOP/row | % of ceiling | p50 ms | p99 ms | p99/p50 | errors "
+             "| mean rows/batch | server RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['words']} | {r['clients']} | {r['mode']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.0f} | "
-                     f"{r['p99_ms']:.0f} | {r['errors']} | {r['mean_batch_rows']:.1f} | {r['server_rss_mb']:.0f} |")
+        lines.append(f"| {r['words']} | {r['clients']} | {r['mode']} | {r['throughput_rps']:.1f} | "
+                     f"{r['gflops_per_row']:.1f} | {r['fraction_of_ceiling']:.0%} | {r['p50_ms']:.0f} | "
+                     f"{r['p99_ms']:.0f} | {r['p99_over_p50']:.1f} | {r['errors']} | {r['mean_batch_rows']:.1f} | "
+                     f"{r['server_rss_mb']:.0f} |")
     lines.append("")
     lines += [f"mixed-prompt throughput at {key}: {x['vs one prompt per batch']:.2f}x one prompt per batch, "
               f"{x['vs unbatched']:.2f}x unbatched" for key, x in ratios.items()]
