@@ -188,3 +188,27 @@ def test_cache_budget_evicts_least_recent_and_results_do_not_change(tiny_llama):
     assert all(tight.get(n)._prompt_cache is None for n, _, _ in specs if n != last)  # dropped, prompt kept
     tight.remove(last)
     assert tight.cache_budget.bytes == 0 and len(tight.cache_budget) == 0
+
+
+def test_prompt_cache_is_one_block_with_the_computed_values(tiny_llama):
+    """A prompt's cached keys/values are views of one allocation (a thousand prompts' caches as separate small
+    tensors fragmented a server's heap), holding exactly what the prefix pass computed."""
+    from softprompt.kinds.causal_lm.model import _packed
+
+    model = _prompt(tiny_llama, "Review: {text} Sentiment: {label}", "prefix", 5, ["no", "yes"], seed=4)
+    model.eval()
+    layers = model.prompt_cache()
+    storages = {t.untyped_storage().data_ptr() for layer in layers for t in layer}
+    assert len(layers) == len(tiny_llama.decoder_layers()) and len(storages) == 1
+    model.use_prompt_cache = False
+    rows = model.make_batch([{"text": "a warm film"}], label_field=None)
+    with torch.no_grad():
+        uncached = model.class_scores(rows)
+    model.use_prompt_cache = True
+    with torch.no_grad():
+        torch.testing.assert_close(model.class_scores(rows), uncached, rtol=1e-4, atol=1e-4)
+    computed = [(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)), (torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4))]
+    packed = _packed(computed)
+    for (k, v), (pk, pv) in zip(computed, packed):
+        assert torch.equal(k, pk) and torch.equal(v, pv)
+    assert packed[0][0].untyped_storage().data_ptr() == packed[1][1].untyped_storage().data_ptr()
