@@ -15,7 +15,7 @@ DEMO_DIR := runs/demo
 DEMO_README_ACCURACY := 82.8% on an AMD EPYC, 84.2% on an Intel Xeon with AMX
 
 .PHONY: install install-bench demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
-	stability-bench \
+	stability-bench engines-bench \
 	transfer-bench encoders-bench vpt-bench speech-bench clean
 
 install: $(STAMP)
@@ -89,6 +89,17 @@ sweep-bench: install
 	$(PY) benchmarks/sweep_rt.py
 
 # plain vs residual vs DePT prompts at lr 3e-3/3e-2/3e-1 x 3 seeds, 100 steps each (27 runs on smollm2-135m)
+ENGINES := .engines
+$(ENGINES)/.installed: benchmarks/engines-requirements.txt | install
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(ENGINES) -r benchmarks/engines-requirements.txt
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --quiet \
+	--no-deps --upgrade --target $(ENGINES) llama-cpp-python==0.3.36 diskcache==5.6.3
+	touch $@
+
+engines-bench: $(ENGINES)/.installed
+	$(PY) benchmarks/engines.py
+
 stability-bench: install
 	$(PY) benchmarks/stability.py
 
