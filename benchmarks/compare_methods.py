@@ -2,8 +2,9 @@
 
 Five comparisons, each every (method, seed) in its own process (softprompt.tools.compare):
 - rt135: smollm2-135m on rotten_tomatoes: prompt, residual, dept, deep, lora, adapter, full, probe, zeroshot;
-- rt135long: the three prompt methods at twice the steps (120): about the training time full fine-tuning takes for
-  60 (its step costs ~2x a prompt's: benchmarks/dept_speed.py) -- the gap to full fine-tuning at equal wall-clock;
+- rt135long: the three prompt methods at twice the steps (120), and rt135full75: full fine-tuning at 75 steps -- the
+  same training time as 120 prompt steps (a full fine-tuning step costs 1.59x a prompt's, measured side by side by
+  benchmarks/dept_speed.py): the gap to full fine-tuning at equal wall-clock;
 - bbc135: smollm2-135m on bbc_news (5 topics): every method, 1 seed; bbc135x3: prompt, residual, dept and full
   with 3 seeds (seed 0 of prompt and full shared with bbc135 when its runs.jsonl is there);
 - rt270: gemma3-270m on rotten_tomatoes: prompt, residual, dept, deep, lora, full, zeroshot -- with the smollm2
@@ -40,6 +41,7 @@ SIZE_METHODS = ("prompt", "residual", "dept", "deep", "lora")
 SUITES = {
     "rt135": ("smollm2-135m", "rotten_tomatoes", ALL, 3, 60, 1000),
     "rt135long": ("smollm2-135m", "rotten_tomatoes", PROMPTS, 3, 120, 1000),
+    "rt135full75": ("smollm2-135m", "rotten_tomatoes", "full", 3, 75, 1000),
     "rt270": ("gemma3-270m", "rotten_tomatoes", "prompt,residual,dept,deep,lora,full,zeroshot", 1, 60, 500),
     "bbc135": ("smollm2-135m", "bbc_news", "prompt,deep,lora,adapter,full,probe,zeroshot", 1, 40, 300),
     "bbc135x3": ("smollm2-135m", "bbc_news", PROMPTS + ",full", 3, 40, 300),
