@@ -348,3 +348,33 @@ def test_a_dept_file_whose_shapes_do_not_fit_is_refused(tmp_path, tiny_llama):
                "text_offset_b": torch.zeros(1)}, str(plain),
               metadata={**header, "softprompt": header["softprompt"].replace('"method": "dept"', '"method": "prompt"')})
     assert type(load_prompted_model(plain, tiny_llama).prompt) is SoftPrompt
+
+
+@pytest.mark.parametrize("bos", [False, True])
+@pytest.mark.parametrize("template", [None, "[soft:1] Review: {text} [soft:2] Sentiment: {label}"])
+def test_dept_prompt_served_from_its_cached_prefix_scores_as_whole_rows(tmp_path, tiny_llama, template, bos):
+    """A leading DePT prompt's keys/values are cached like a plain prompt's; the text after the cache takes the
+    offsets of its positions in the whole row (a BOS inside the cache is text position 0)."""
+    options = {"template": template, "num_virtual_tokens": None} if template else {}
+    model = _trained_looking(build_prompted_model(_config(tmp_path, method="dept", dept_rank=2, **options),
+                                                  tiny_llama, _task())).eval()
+    if bos:  # as a tokenizer that starts every text with BOS (Gemma's) encodes rows
+        model.encoder.bos = [tiny_llama.tokenizer.bos_token_id]
+    assert model.cache_plan()[0] > 0 and model.cached_text_columns == int(bos)
+    rows = _inputs() + [{"text": "a dull and tedious movie with a bad plot, too long by an hour"}]
+    cached = _scores(model, rows)
+    model.use_prompt_cache = False
+    whole = _scores(model, rows)                                          # the training path's whole rows
+    model.use_prompt_cache = True
+    torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)
+    zeroed = build_prompted_model(_config(tmp_path, method="dept", dept_rank=2, **options), tiny_llama, _task())
+    zeroed.eval()
+    zeroed.encoder.bos = model.encoder.bos
+    with torch.no_grad():
+        zeroed.prompt.embeddings.copy_(model.prompt.embeddings)           # same prompt, no offset
+    assert (_scores(zeroed, rows) - cached).abs().max() > 1e-4           # the offsets still act after the cache
+    bank = PromptBank(tiny_llama)
+    bank.add("dept", model)
+    got = bank.classify([("dept", row) for row in rows])                   # the server's batch path
+    as_tensor = torch.tensor([[g.scores[label] for label in model.labels] for g in got])
+    torch.testing.assert_close(as_tensor, whole, atol=1e-4, rtol=1e-4)

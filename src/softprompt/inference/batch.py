@@ -236,8 +236,8 @@ def _last_log_probs(backbone: Backbone, hidden: torch.Tensor, rows: Sequence[int
 
 
 def _offset_text(rows: Sequence[_Row], tokens: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Add each DePT prompt's low-rank offsets to its rows' text tokens, as `PromptedModel.embed` does (those
-    rows hold their whole context: a DePT prompt has no cached prefix)."""
+    """Add each DePT prompt's low-rank offsets to its rows' text tokens, as `PromptedModel.embed` does; a row
+    after a cached prefix continues the text positions from the prefix's own text columns (its BOS)."""
     groups: dict[int, list[int]] = {}
     for index, row in enumerate(rows):
         if row.model.offsets_text:
@@ -245,6 +245,9 @@ def _offset_text(rows: Sequence[_Row], tokens: torch.Tensor, batch: dict[str, to
     if not groups:
         return tokens
     positions = text_positions(batch["soft_index"], batch["attention_mask"])    # (R, T)
+    first = torch.tensor([r.model.cached_text_columns if r.prefix and r.model.offsets_text else 0 for r in rows],
+                         device=positions.device)
+    positions = torch.where(positions >= 0, positions + first[:, None], positions)
     offsets = torch.zeros_like(tokens)
     for members in groups.values():
         index = torch.tensor(members, device=tokens.device)

@@ -60,10 +60,11 @@ class PromptedModel(Pretrained, nn.Module):
         self.encoder = TemplateEncoder(template, backbone.tokenizer, max_length)
         self.word_ids: list[list[int]] = verbalizer.token_ids(self.encoder.answer_ids) if verbalizer else []
         self.max_word_tokens = max((len(w) for w in self.word_ids), default=0)
-        # A DePT prompt changes the text tokens too: no column runs ahead of it (the frozen-input split), and
-        # rows run whole (its offsets are indexed by position in the whole row, not in what follows a cache).
+        # A DePT prompt changes the text tokens too: no column runs ahead of it (the frozen-input split). Its
+        # leading prompt is still cached for inference: the text after the cache continues its offsets' positions
+        # from the cached columns' own text (BOS) -- `cached_text_columns`.
         self.split_frozen_input = not self.offsets_text  # see hidden(); off only to compare against the single pass
-        self.use_prompt_cache = not self.offsets_text    # inference: reuse a leading prompt's keys/values (hidden())
+        self.use_prompt_cache = True                     # inference: reuse a leading prompt's keys/values (hidden())
         self._prompt_cache: tuple | None = None
         self.cache_budget: Any = None  # an inference.cache_budget.PromptCacheBudget a bank shares among its prompts
 
@@ -140,12 +141,15 @@ class PromptedModel(Pretrained, nn.Module):
         return batch["labels"] != -100 if "labels" in batch else None
 
     # ---- forward -------------------------------------------------------------------------------------------
-    def embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, batch: Mapping[str, torch.Tensor], first_text_position: int = 0) -> torch.Tensor:
         """Token embeddings with the prompt's vectors placed at the soft positions (and a DePT prompt's offsets
-        added to the text tokens): (B, T, d). `batch` holds whole rows."""
+        added to the text tokens): (B, T, d). `batch` holds whole rows, or the columns after a cached prefix
+        whose text columns come first (`first_text_position`: how many)."""
         tokens = self.backbone.embed(batch["input_ids"])                  # (B, T, d)
         if self.offsets_text:
             positions = text_positions(batch["soft_index"], batch["attention_mask"], self.answer_columns(batch))
+            if first_text_position:
+                positions = torch.where(positions >= 0, positions + first_text_position, positions)
             tokens = tokens + self.prompt.text_offsets(positions).to(tokens.dtype)
         if self.prompt.num_input_tokens == 0:                             # zero-shot or deep: no input soft tokens
             return tokens
@@ -206,6 +210,12 @@ class PromptedModel(Pretrained, nn.Module):
     def prefix_cache_width(self) -> int:
         """Columns of the prompt's key/value cache: its replaced leading positions, or a deep prompt's tokens."""
         return self.prompt.num_virtual_tokens if self.deep else self.prompt_prefix_length
+
+    @property
+    def cached_text_columns(self) -> int:
+        """Text (not soft) columns inside the cached prefix -- its BOS: where the text after it continues DePT's
+        text positions from."""
+        return len(self.encoder.bos) if self.cache_plan()[0] else 0
 
     def cache_plan(self) -> tuple[int, int]:
         """(row columns the cached prefix replaces, cache columns) for inference; (0, 0) = no cached prefix."""
@@ -269,10 +279,11 @@ class PromptedModel(Pretrained, nn.Module):
         layers = self.prompt_cache() if layers is None else layers
         layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers]
         cache = DynamicCache(ddp_cache_data=layers, config=self.backbone.model.config)
+        own = {**rest, "attention_mask": mask.gather(1, source)}            # the rest's columns alone
         with self._autocast():
-            hidden, cache = self.backbone.hidden_states(self.embed(rest), rest["attention_mask"],
-                                                        rest["position_ids"], past_key_values=cache,
-                                                        use_cache=True)
+            hidden, cache = self.backbone.hidden_states(self.embed(own, self.cached_text_columns),
+                                                        rest["attention_mask"], rest["position_ids"],
+                                                        past_key_values=cache, use_cache=True)
         return hidden, cache, rest["attention_mask"]
 
     @staticmethod
