@@ -162,3 +162,26 @@ def test_compare_has_rows_for_residual_and_dept(tmp_path, tiny_model_dir, sentim
         assert json.loads(handle.metadata()["softprompt"])["method"] == "dept"
     printed = capsys.readouterr().out
     assert "| residual |" in printed and "| dept |" in printed
+
+
+def test_compare_resume_keeps_finished_rows_in_the_file_when_an_earlier_method_fails(tmp_path, monkeypatch):
+    """Rows kept from an earlier invocation stay in runs.jsonl while new runs are written (a failed run listed
+    before them once dropped them from the file, so the next invocation trained them again)."""
+    import json
+    import subprocess
+
+    from softprompt.tools import compare as compare_module
+
+    base = {"model": "m", "data": "d", "batch_size": 16, "steps": 5, "trainable_params": 1, "backbone_params": 10,
+            "artifact_bytes": 0, "accuracy": 0.8, "macro_f1": 0.8, "train_seconds": 1.0, "peak_rss_mb": 1.0,
+            "latency_ms": 1.0, "bare_latency_ms": 1.0, "test_n": 4, "lr": 0.1}
+    kept = [{**base, "method": "lora", "seed": 0}, {**base, "method": "full", "seed": 0}]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    monkeypatch.setattr(compare_module, "plot", lambda *args, **kwargs: None)
+    monkeypatch.setattr(compare_module.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(
+        args, 1, stdout="", stderr="Error: the worker failed"))
+    table = compare_module.compare("m", "d", compare_module.parse_methods("prompt,lora,full"), seeds=1, max_steps=5,
+                                   output=tmp_path, resume=True, log=lambda line: None)
+    written = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert {(r["method"], "error" in r) for r in written} == {("prompt", True), ("lora", False), ("full", False)}
+    assert [r["method"] for r in table if "error" not in r] == ["lora", "full"]

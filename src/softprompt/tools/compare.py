@@ -283,8 +283,11 @@ def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int,
             rows.append(row)
             status = row.get("error") or f"accuracy {100 * row['accuracy']:.1f}%"
             log(f"compare: {method.value} seed {seed}: {status} ({time.perf_counter() - started:.0f} s)")
+            # Rows kept from an earlier invocation and not reached yet stay in the file: a run interrupted now
+            # must not lose them.
+            later = [r for r in done.values() if not any(r is kept for kept in rows)]
             atomic_write(output / "runs.jsonl", lambda tmp: Path(tmp).write_text(
-                "".join(json.dumps(r) + "\n" for r in rows)))
+                "".join(json.dumps(r) + "\n" for r in rows + later)))
     table = aggregate(rows, methods)
     title = f"{model} on {data}, {max_steps} steps x batch {batch_size}, {seeds} seed(s)"
     atomic_write(output / "compare.json", lambda tmp: Path(tmp).write_text(json.dumps(table, indent=1)))
