@@ -5,7 +5,9 @@ One run of `softprompt.train` with every default (smollm2-135m, 20 tokens, label
 one epoch, validation on 500 rows every 100 steps, the best prompt by validation kept). The clock starts before
 the backbone loads; at every validation that improves the best prompt -- the prompt a user stopping the run then
 would get -- that prompt is scored on the whole test split with the clock paused. Reports the first time the
-kept prompt reaches the target, and the curve (training seconds vs test accuracy of the kept prompt).
+kept prompt reaches the target, and the curve (training seconds vs test accuracy of the kept prompt). The
+defaults compile the decoder block (`--compile auto`, a run of 100+ steps): against an empty inductor cache, so
+the clock includes a first run's cold compile (`--warm-cache` uses inductor's usual cache instead).
 Writes benchmarks/results/time_to_target.{json,md}.
 
     python benchmarks/time_to_target.py [--target 0.85] [--stop-at-target] [--eval-every 100]
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -39,11 +42,14 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=None,
                         help="validation interval (default: train's own, 100); finer shows the time more closely")
     parser.add_argument("--max-steps", type=int, default=None, help="default: one epoch (train's default)")
+    parser.add_argument("--warm-cache", action="store_true", help="compile from inductor's usual disk cache")
     parser.add_argument("--quick", action="store_true", help="4 steps, validation every 2, 50 test rows: a smoke run")
     args = parser.parse_args()
     test_limit = 50 if args.quick else 0
     if args.quick:
         args.max_steps, args.eval_every = 4, 2
+    if not args.warm_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="time_to_target_inductor_")
     started = time.perf_counter()
     paused = 0.0
     config = sp.TrainConfig(data="rotten_tomatoes", output=tempfile.mkdtemp(prefix="time_to_target_"),
@@ -80,7 +86,8 @@ def main() -> None:
         finished = False
     reached = next((point for point in curve if point["kept_test_accuracy"] >= args.target), None)
     out = {"target": args.target, "model": config.model, "data": config.data, "test_rows": test_limit or len(task.test),
-           "load_seconds": loaded, "eval_every": config.eval_every, "finished_run": finished,
+           "load_seconds": loaded, "inductor_cache": "warm" if args.warm_cache else "cold (empty)",
+           "eval_every": config.eval_every, "finished_run": finished,
            "seconds_to_target": reached["seconds"] if reached else None,
            "step_at_target": reached["step"] if reached else None,
            "curve": curve, "threads": torch.get_num_threads(), "cpu": platform.processor(),
@@ -90,7 +97,8 @@ def main() -> None:
     verdict = (f"reached {100 * args.target:.0f}% at step {reached['step']}, {reached['seconds']:.0f} s after the "
                f"start (backbone load {loaded:.0f} s included)" if reached
                else f"did not reach {100 * args.target:.0f}% in {curve[-1]['step'] if curve else 0} steps")
-    lines = [f"`softprompt train` defaults on {config.data} ({config.model}, {out['threads']} threads): {verdict}.", "",
+    lines = [f"`softprompt train` defaults on {config.data} ({config.model}, {out['threads']} threads, inductor cache "
+             f"{out['inductor_cache']}): {verdict}.", "",
              "| step | seconds since start | validation | kept prompt's test accuracy |", "|---|---|---|---|"]
     lines += [f"| {p['step']} | {p['seconds']:.0f} | {100 * p['validation']:.1f} | "
               f"{100 * p['kept_test_accuracy']:.1f} |" for p in curve]

@@ -34,6 +34,14 @@ class Precision(str, Enum):
     FP16 = "fp16"  # GPUs without bf16 (V100, T4): fp16 weights, fp32 master prompt, dynamic loss scaling
 
 
+class CompileMode(str, Enum):
+    """Whether training compiles the backbone's decoder block (regional torch.compile; evaluation stays eager)."""
+
+    AUTO = "auto"      # compile when it pays back: a causal LM of >= 50M weights, >= 100 steps, one process
+    LAYERS = "layers"  # compile one decoder block, reused by every layer
+    OFF = "off"        # eager
+
+
 class OptimizerName(str, Enum):
     ADAMW = "adamw"
     ADAFACTOR = "adafactor"
@@ -326,8 +334,11 @@ class TrainConfig:
     eval_limit: int = _opt(500, "Validation examples per evaluation (0 = all).", "evaluation")
     patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).", "evaluation")
     seed: int = _opt(0, "Random seed (prompt init, data order).", "optimisation")
-    compile: bool = _opt(False, "torch.compile the backbone's training forward (faster steps; the first compile "
-                                "takes minutes on a small CPU, then inductor's disk cache makes it seconds).", "run")
+    compile: CompileMode = _opt(CompileMode.AUTO, "Compile one decoder block of the backbone for training steps and "
+                                                  "reuse it for every layer (~1.5x faster steps on a CPU; ~25 s to "
+                                                  "compile on 2 cores, seconds from inductor's disk cache): layers, "
+                                                  "off, or auto (layers for a causal LM of 50M+ weights trained "
+                                                  "100+ steps in one process, else off).", "run")
     precision: Precision = _opt(Precision.AUTO, "auto, fp32, bf16 or fp16 (half-precision backbone, fp32 master "
                                                 "prompt; fp16 adds dynamic loss scaling).", "run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.", "run")
@@ -374,11 +385,13 @@ class TrainConfig:
         return getattr(getattr(self, group), inner) if group is not None else getattr(self, name)
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # `compile: true|false`, as configs of earlier versions say
+            object.__setattr__(self, "compile", CompileMode.LAYERS if self.compile else CompileMode.OFF)
         for name in FLAT_OPTIONS:
             _check_type(name, self.option(name))
         for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
                            ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision),
-                           ("report_to", ReportTo)):
+                           ("report_to", ReportTo), ("compile", CompileMode)):
             value = getattr(self, name)
             if value is None and name == "placement":
                 continue

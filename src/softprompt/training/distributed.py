@@ -90,7 +90,7 @@ class Processes:
                 raise ConfigError("a sharded backbone (DeepSpeed ZeRO-3) trains prompts only, not the weight-training "
                                   "baselines")
             if compile:
-                raise ConfigError("--compile is not supported with a DeepSpeed ZeRO-3 backbone")
+                raise ConfigError("--compile layers is not supported with a DeepSpeed ZeRO-3 backbone: use --compile off")
             split = backbone.shard_zero3(self.zero)
             if self.main:
                 print(f"softprompt: backbone partitioned (DeepSpeed ZeRO-3) over {self.world} processes: {split}",

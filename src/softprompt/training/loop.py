@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from ..config import RUN_SECTION, OptimizerName, TrainConfig
+from ..config import RUN_SECTION, CompileMode, OptimizerName, TrainConfig
 from ..cpu import keep_freed_memory
 from ..data import TaskData, load_task
 from ..errors import ConfigError
@@ -141,9 +142,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     if backbone is None:
         dtype = resolve_precision(config.precision.value, processes.device)
         backbone = load_backbone(config.model, dtype=dtype, device=processes.device, load_in=config.load_in)
-    processes.shard(backbone, trains_weights=model is not None, compile=config.compile)
-    if config.compile:
-        backbone.compile_for_training()
+    processes.shard(backbone, trains_weights=model is not None, compile=config.compile is CompileMode.LAYERS)
     if config.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
     if multitask:
@@ -181,6 +180,41 @@ def _single_task_job(config: TrainConfig, backbone: Backbone, task: TaskData, wo
         metadata={"init": config.init_name, "placement": placement})
 
 
+# `--compile auto` compiles the decoder block when the saved step time pays back the ~25 s cold compile (2-core
+# CPU): a backbone this large steps in ~1 s eager and ~0.7 s compiled (benchmarks/vs_peft.py), so 100 steps.
+AUTO_COMPILE_MIN_PARAMETERS = 50_000_000
+AUTO_COMPILE_MIN_STEPS = 100
+
+
+def _compile_layers(config: TrainConfig, job: Job, backbone: Backbone, world: int, steps: int, *,
+                    trains_weights: bool, say: Callable[[str], None]) -> str:
+    """Apply `--compile`; returns what was done, in words (logged, and kept in config.yaml's `resolved`)."""
+    compile_for_training = getattr(backbone, "compile_for_training", None)
+    if config.compile is CompileMode.OFF:
+        return "off"
+    if compile_for_training is None:
+        if config.compile is CompileMode.LAYERS:
+            raise ConfigError(f"--compile layers: backbone '{backbone.name}' ({backbone.kind.value}) has no decoder "
+                              f"block to compile; use --compile off")
+        return f"off (auto: a {backbone.kind.value} backbone)"
+    if config.compile is CompileMode.AUTO:
+        parameters = sum(p.numel() for p in backbone.model.parameters())
+        why = ("several processes" if world > 1 else
+               "gradient checkpointing" if config.gradient_checkpointing else
+               "the baseline trains weights" if trains_weights else
+               f"placement {job.resolved.get('placement')} (only a prefix placement trains without a cache)"
+               if job.resolved.get("placement") != "prefix" else
+               f"{steps} steps < {AUTO_COMPILE_MIN_STEPS}" if steps < AUTO_COMPILE_MIN_STEPS else
+               f"{parameters / 1e6:.0f}M weights < {AUTO_COMPILE_MIN_PARAMETERS / 1e6:.0f}M"
+               if parameters < AUTO_COMPILE_MIN_PARAMETERS else None)
+        if why is not None:
+            return f"off (auto: {why})"
+    say("compiling the decoder block for training steps (~25 s on 2 cores the first time; --compile off skips it)")
+    done = compile_for_training()
+    say(done)
+    return done
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     """A batch's tensors on `device` (a multitask batch nests one batch per task)."""
     return {k: _to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
@@ -214,8 +248,13 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
     scheduler = get_scheduler(config.scheduler.value, optimizer,
                               num_warmup_steps=int(config.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
+    compiled = _compile_layers(config, job, backbone, world, total_steps - (resume_state or {}).get("step", 0),
+                               trains_weights=any(p.requires_grad for p in backbone.model.parameters()),
+                               say=lambda line: print(f"softprompt: {line}", file=sys.stderr, flush=True)
+                               if progress and main else None)
     # The options as given (`train --config OUT/config.yaml` reproduces the run), then what the run worked out.
     resolved = {**config.to_dict(), RUN_SECTION: {**job.resolved, "backbone_dtype": str(backbone.dtype),
+                                                  "compile": compiled,
                                                   "total_steps": total_steps, "processes": world}}
     if main:
         atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
