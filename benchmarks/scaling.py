@@ -3,6 +3,8 @@
 Median step time (forward + backward + optimiser, warm-up excluded) at batch 16 on rotten_tomatoes / bbc_news
 text cut to an exact token length, for prefix placement and for suffix placement (whose input columns run once
 without gradients), up to 1,024 text tokens, with the peak memory each step adds (RSS sampled every 5 ms).
+Steps run as training runs them by default: the decoder block compiled (`--eager`: not), and a batch of more
+than `--pass-tokens` padded tokens split into passes of fewer rows (`--pass-tokens 0`: one pass).
 Writes benchmarks/results/scaling.json, scaling.md and scaling.png.
 
     python benchmarks/scaling.py [--quick]
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 import softprompt as sp
+from softprompt.training.loop import _passes
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,16 +74,17 @@ class PeakRSS:
         self._thread.join()
 
 
-def median_step(model, rows, steps, warmup=1, memory: list | None = None) -> float:
+def median_step(model, rows, steps, warmup=1, memory: list | None = None, pass_tokens: int = 0) -> float:
     """Median seconds of a step; with `memory`, the highest RSS above the start seen during the steps is appended."""
     optimizer = torch.optim.AdamW(model.prompt.parameters(), lr=1e-3)
-    batch = model.make_batch(rows)
+    passes = _passes(model, rows, model.make_batch(rows), pass_tokens, "label")
     times = []
     with PeakRSS(base_rss_mb()) as peak:
         for i in range(steps + warmup):
             started = time.perf_counter()
-            loss, _ = model.loss(batch)
-            loss.backward()
+            for batch, weight in passes:
+                loss, _ = model.loss(batch)
+                (loss * weight).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if i >= warmup:
@@ -102,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer points and steps (a smoke run)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eager", action="store_true", help="do not compile the decoder block")
+    parser.add_argument("--pass-tokens", type=int, default=sp.TrainConfig.__dataclass_fields__["pass_tokens"].default)
     parser.add_argument("--parts", default="backbone,prompt,sequence",
                         help="which tables to measure (the others are kept from the last results/scaling.json)")
     args = parser.parse_args()
@@ -113,6 +119,7 @@ def main() -> None:
     task = sp.load_task("bbc_news")
     texts = [r["text"] for r in task.train[:400]]
     results = {"prompt_length": [], "sequence_length": [], "backbone": [], "batch_size": args.batch_size,
+               "compiled": not args.eager, "pass_tokens": args.pass_tokens,
                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
     previous = RESULTS / "scaling.json"
     if parts != {"backbone", "prompt", "sequence"} and previous.exists():  # keep the tables not measured now
@@ -124,6 +131,8 @@ def main() -> None:
             backbones = tuple(dict.fromkeys(r["backbone"] for r in kept["backbone"]))
     for name in backbones if "backbone" in parts else ("smollm2-135m",):
         backbone = sp.load_backbone(name, dtype="auto")
+        if not args.eager:
+            print(backbone.compile_for_training(), flush=True)
         base_rows = rows_of_length(backbone.tokenizer, texts, 64, args.batch_size)
         for placement in ("prefix", "suffix") if "backbone" in parts else ():
             seconds = median_step(build(backbone, task, placement, 20, 64 + 40), base_rows, steps)
@@ -140,14 +149,17 @@ def main() -> None:
             for length in seq_lengths if "sequence" in parts else ():
                 rows = rows_of_length(backbone.tokenizer, texts, length, args.batch_size)
                 memory: list = []
-                seconds = median_step(build(backbone, task, placement, 20, length + 40), rows, steps, memory=memory)
+                seconds = median_step(build(backbone, task, placement, 20, length + 40), rows, steps, memory=memory,
+                                      pass_tokens=args.pass_tokens)
                 results["sequence_length"].append({"placement": placement, "text_tokens": length, "seconds": seconds,
                                                    "peak_extra_mb": memory[0]})
                 print("sequence", placement, length, f"{seconds:.3f}", f"{memory[0]:.0f} MB", flush=True)
 
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scaling.json").write_text(json.dumps(results, indent=1))
-    lines = [f"Median training-step seconds, batch {args.batch_size}, {results['threads']} threads.", "",
+    lines = [f"Median training-step seconds, batch {args.batch_size}, {results['threads']} threads, decoder block "
+             f"{'compiled' if not args.eager else 'eager'}, passes of at most {args.pass_tokens} padded tokens "
+             f"(sequence table).", "",
              "| prompt tokens | prefix | suffix |", "|---|---|---|"]
     for n in prompt_lengths:
         row = {r["placement"]: r["seconds"] for r in results["prompt_length"] if r["tokens"] == n}

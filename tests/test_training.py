@@ -223,3 +223,41 @@ def test_label_words_for_some_labels_only_are_refused(tmp_path, tiny_llama, sent
         build_prompted_model(config, tiny_llama, task)
     both = config.replace(label_words=("positive=great", "negative=negative"))
     assert build_prompted_model(both, tiny_llama, task).verbalizer.words == (("negative",), ("great",))
+
+
+@pytest.mark.parametrize("task_type", ["classification", "generation"])
+def test_a_long_batch_runs_as_passes_with_the_whole_batchs_gradient(tmp_path, sentiment_dir, tiny_llama, task_type):
+    from softprompt.training.loop import _passes
+
+    config = _config(tmp_path, sentiment_dir, "unused", task=task_type, label_field="label",
+                     init="labels" if task_type == "classification" else "vocab")
+    task = load_task(str(sentiment_dir), task=task_type, label_field="label")
+    model = build_prompted_model(config, tiny_llama, task)
+    model.train()
+    rows = task.split("train")[:7]
+    if task_type == "generation":  # targets of different lengths: passes must be weighted by target tokens
+        rows = [{**row, "label": row["label"] + " great fun" * i} for i, row in enumerate(rows)]
+    batch = model.make_batch(rows, "label")
+
+    def gradient(passes):
+        model.prompt.embeddings.grad = None
+        total = 0.0
+        for part, weight in passes:
+            loss, _ = model.loss(part)
+            (loss * weight).backward()
+            total += loss.item() * weight
+        return total, model.prompt.embeddings.grad.clone()
+
+    assert _passes(model, rows, batch, 0, "label") == [(batch, 1.0)]
+    assert len(_passes(model, rows, batch, batch["input_ids"].numel(), "label")) == 1
+    split = _passes(model, rows, batch, -(-batch["input_ids"].numel() // 3), "label")  # a third, rounded up
+    assert [part["input_ids"].shape[0] for part, _ in split] == [3, 3, 1]
+    assert sum(weight for _, weight in split) == pytest.approx(1.0)
+    whole_loss, whole = gradient([(batch, 1.0)])
+    split_loss, parts = gradient(split)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
+    if task_type == "generation":  # token-mean loss: the passes are weighted by target tokens, not rows
+        assert [round(w, 3) for _, w in split] != [round(3 / 7, 3), round(3 / 7, 3), round(1 / 7, 3)]
+        rows_weighted, _ = gradient([(part, part["input_ids"].shape[0] / 7) for part, _ in split])
+        assert rows_weighted != pytest.approx(whole_loss, rel=1e-3)

@@ -32,7 +32,7 @@ from ..kinds.text import resolved_placement
 from ..progress import bar as progress_bar
 from ..progress import stage_line
 from ..prompts import DecomposedPrompt, PromptMethod
-from ..protocols import Backbone, PromptedTask, TaskType
+from ..protocols import Backbone, BackboneKind, PromptedTask, TaskType
 from .card import model_card
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
 from .distributed import Processes, setup_processes
@@ -215,6 +215,27 @@ def _compile_layers(config: TrainConfig, job: Job, backbone: Backbone, world: in
     return done
 
 
+def _passes(model: PromptedTask, rows: list, batch: dict, budget: int, label_field: str | None
+            ) -> list[tuple[dict, float]]:
+    """A batch as one forward/backward pass, or -- when its padded tokens exceed `budget` on a causal LM -- as
+    passes over fewer rows each, with each pass's share of the batch's loss: its rows for a row-mean loss
+    (classification), its target tokens for a token-mean one (generation), so the summed gradient is the whole
+    batch's. Long rows then keep activation memory bounded, and run faster (benchmarks/scaling.py)."""
+    ids = batch.get("input_ids")
+    backbone = getattr(model, "backbone", None)
+    if (not budget or len(rows) < 2 or not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() <= budget
+            or getattr(backbone, "kind", None) is not BackboneKind.CAUSAL_LM):
+        return [(batch, 1.0)]
+    size = math.ceil(len(rows) / min(len(rows), math.ceil(ids.numel() / budget)))
+    parts = [model.make_batch(rows[i:i + size], label_field) for i in range(0, len(rows), size)]
+    if "labels" in batch:  # the loss is a mean over target tokens (a row's first column never holds one)
+        counts = [float((part["labels"][:, 1:] != -100).sum()) for part in parts]
+    else:
+        counts = [float(part["input_ids"].shape[0]) for part in parts]
+    total = sum(counts) or 1.0
+    return [(part, count / total) for part, count in zip(parts, counts)]
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     """A batch's tensors on `device` (a multitask batch nests one batch per task)."""
     return {k: _to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
@@ -296,15 +317,19 @@ def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes
                 losses.append(0.0)
                 accuracies.append(0.0)
                 continue
-            batch = _to_device(model.make_batch(rows, job.label_field), processes.device)
-            loss, figures = model.loss(batch)
             share = len(rows) * world / len(chosen)  # rows' weight in the global batch's mean
-            scaled = loss * share / config.grad_accum
-            processes.backward(scaler.scale(scaled) if scaler is not None else scaled)
-            losses.append(loss.item() * share)
-            accuracies.append(figures.pop("accuracy", 0.0) * share)
-            for name, value in figures.items():
-                extra[name] = extra.get(name, 0.0) + value * share
+            loss_sum = accuracy_sum = 0.0
+            for part, weight in _passes(model, rows, model.make_batch(rows, job.label_field), config.pass_tokens,
+                                        job.label_field):
+                loss, figures = model.loss(_to_device(part, processes.device))
+                scaled = loss * (weight * share / config.grad_accum)
+                processes.backward(scaler.scale(scaled) if scaler is not None else scaled)
+                loss_sum += loss.item() * weight
+                accuracy_sum += figures.pop("accuracy", 0.0) * weight
+                for name, value in figures.items():
+                    extra[name] = extra.get(name, 0.0) + value * weight * share
+            losses.append(loss_sum * share)
+            accuracies.append(accuracy_sum * share)
         processes.reduce_gradients(trainable)
         losses, accuracies = processes.mean(losses), processes.mean(accuracies)
         if scaler is not None:
