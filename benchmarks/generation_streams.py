@@ -156,7 +156,8 @@ def main() -> None:
         sp.save_prompt(Path(tmp) / "qa.safetensors", model)
         server = Server(Path(tmp), mix=True, batch_rows=32, expected=1)
         try:
-            asyncio.run(server_side(server.url, questions[:args.streams], args))  # warm-up: first shapes
+            warm_up = argparse.Namespace(**{**vars(args), "rounds": 1})  # one request a stream: first shapes
+            asyncio.run(server_side(server.url, questions[:args.streams], warm_up))
             sides["softprompt serve (continuous batching, streamed)"] = asyncio.run(
                 server_side(server.url, questions, args))
         finally:
