@@ -33,6 +33,7 @@ def test_compiled_block_matches_eager_and_serves_every_layer(tmp_path, sentiment
     line = compiled.compile_for_training()
     assert line.startswith("compiled one decoder block for 2 layers"), line
     regional = compiled.decoder_layers()[0]._softprompt_compiled
+    assert compiled.compile_for_training() == "decoder block already compiled"  # a sweep's second trial
     assert all(layer._softprompt_compiled is regional for layer in compiled.decoder_layers())
     model_e, batches = _model_and_batch(eager, sentiment_dir, tmp_path)
     model_c, _ = _model_and_batch(compiled, sentiment_dir, tmp_path)
@@ -64,6 +65,7 @@ def test_a_failed_compile_falls_back_to_eager_with_one_warning(tmp_path, sentime
         line = backbone.compile_for_training()
     assert line == ("compiling the decoder block failed (RuntimeError: InductorError: no C++ compiler found); "
                     "training runs eager")
+    assert backbone.compile_for_training().startswith("decoder block already compiled (eager since: RuntimeError")
     model, batches = _model_and_batch(backbone, sentiment_dir, tmp_path)
     reference, _ = _model_and_batch(tiny.tiny_backbone("llama"), sentiment_dir, tmp_path)
     torch.testing.assert_close(_step(model, batches[0])[0], _step(reference, batches[0])[0])
