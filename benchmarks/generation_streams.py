@@ -50,9 +50,9 @@ def prompt_vectors(backbone) -> torch.Tensor:
 
 
 def generated_tokens(metrics: str) -> float:
-    return sum(float(line.split()[1]) for line in metrics.splitlines()
-               if line.startswith("softprompt_generated_tokens") and not line.startswith("#")
-               and line.split()[0].endswith(("_total", "tokens")))
+    """The server's count of tokens generated so far (its /metrics text)."""
+    return next(float(line.split()[1]) for line in metrics.splitlines()
+                if line.split()[:1] == ["softprompt_generated_tokens_total"])
 
 
 async def server_side(url: str, questions: list[str], args) -> dict:
@@ -93,7 +93,7 @@ async def server_side(url: str, questions: list[str], args) -> dict:
 
 def library_side(model, questions: list[str], args) -> dict:
     tokenizer = model.backbone.tokenizer
-    texts, tokens = [], 0
+    texts = []
     started = time.perf_counter()
     for s in range(0, len(questions), args.streams):
         out = sp.generate(model, [{"text": q} for q in questions[s:s + args.streams]],

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -48,8 +49,9 @@ def main() -> None:
     test_limit = 50 if args.quick else 0
     if args.quick:
         args.max_steps, args.eval_every = 4, 2
-    if not args.warm_cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="time_to_target_inductor_")
+    cold_cache = None if args.warm_cache else tempfile.mkdtemp(prefix="time_to_target_inductor_")
+    if cold_cache is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache
     started = time.perf_counter()
     paused = 0.0
     config = sp.TrainConfig(data="rotten_tomatoes", output=tempfile.mkdtemp(prefix="time_to_target_"),
@@ -84,6 +86,8 @@ def main() -> None:
         finished = True
     except _Reached:
         finished = False
+    if cold_cache is not None:
+        shutil.rmtree(cold_cache, ignore_errors=True)
     reached = next((point for point in curve if point["kept_test_accuracy"] >= args.target), None)
     out = {"target": args.target, "model": config.model, "data": config.data, "test_rows": test_limit or len(task.test),
            "load_seconds": loaded, "inductor_cache": "warm" if args.warm_cache else "cold (empty)",

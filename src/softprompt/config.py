@@ -339,7 +339,7 @@ class TrainConfig:
     patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).", "evaluation")
     seed: int = _opt(0, "Random seed (prompt init, data order).", "optimisation")
     compile: CompileMode = _opt(CompileMode.AUTO, "Compile one decoder block of the backbone for training steps and "
-                                                  "reuse it for every layer (~1.5x faster steps on a CPU; ~25 s to "
+                                                  "reuse it for every layer (~1.3x faster steps on a CPU; ~25 s to "
                                                   "compile on 2 cores, seconds from inductor's disk cache): layers, "
                                                   "off, or auto (layers for a causal LM of 50M+ weights trained "
                                                   "100+ steps in one process, else off).", "run")

@@ -92,7 +92,8 @@ class RegionalCompile:
         return eager(*args, **kwargs)
 
     def fall_back(self, err: Exception) -> None:
-        self.reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        self.reason = f"{type(err).__name__}: {first_line}"
         warnings.warn(f"softprompt: torch.compile of the decoder block failed ({self.reason}); running eager",
                       RuntimeWarning, stacklevel=2)
 
@@ -152,7 +153,7 @@ class CausalLMBackbone(FrozenBackbone):
         is one block's forward and backward: ~25 s on a 2-core CPU, a few seconds once inductor's disk cache
         holds it. A dummy padded batch compiles it here, under the training step's autocast, so a failure (no
         C++ compiler, an unsupported op) is found now: the layers then stay eager, with one warning. Steps run
-        1.25-1.5x faster than eager (element-wise work fused around the matmuls; benchmarks/vs_peft.py).
+        1.25-1.4x faster than eager (element-wise work fused around the matmuls; benchmarks/vs_peft.py).
         """
         layers = self.decoder_layers()
         done = getattr(layers[0], "_softprompt_compiled", None)
