@@ -76,3 +76,25 @@ def test_a_request_is_answered_while_a_long_generation_decodes(tiny_llama, tmp_p
     end, pieces = finished["long"]
     assert pieces > 100                                        # it really was long
     assert finished["classify"] < end and finished["short"] < end   # neither waited for it to finish
+
+
+def test_decode_steps_leave_the_event_loop_a_thread(tiny_llama):
+    import torch
+
+    from softprompt.serve.batcher import DynamicBatcher
+    from softprompt.serve.metrics import Metrics
+
+    seen = []
+
+    class Recording:
+        def step(self):
+            seen.append(torch.get_num_threads())
+            return []
+
+    before = torch.get_num_threads()
+    batcher = DynamicBatcher(tiny_llama, Metrics())
+    assert batcher.decode_threads == max(1, before - 1)
+    batcher = DynamicBatcher(tiny_llama, Metrics(), decode_threads=3)
+    batcher._decoder = Recording()
+    batcher._step()
+    assert seen == [3] and torch.get_num_threads() == before   # prefills get every thread back

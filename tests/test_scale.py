@@ -125,7 +125,33 @@ def test_long_sequences_switch_to_sdpa_with_the_same_result(monkeypatch):
     assert used and model.config._attn_implementation == "eager"
     used.clear()
     monkeypatch.setattr(module, "SDPA_FROM_KEYS", 32)  # 40 positions are now "long"
-    long, _ = backbone.hidden_states(backbone.embed(ids), mask, positions)
+    kernels = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        kernels.append((kwargs.get("attn_mask") is None, kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    embeds = backbone.embed(ids).detach().requires_grad_()
+    long, _ = backbone.hidden_states(embeds, mask, positions)
     assert not used and model.config._attn_implementation == "sdpa"
+    # A training pass right-pads its rows so the kernel runs causal without a mask (no padded row needs one).
+    assert kernels == [(True, True)] * model.config.num_hidden_layers
     torch.testing.assert_close(long[0, 7:], short[0, 7:], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(long[1], short[1], atol=1e-5, rtol=1e-4)
+    # Gradients reach the real tokens' inputs as through the masked eager pass.
+    weights = torch.randn_like(long)
+    weights[0, :7] = 0  # pads' outputs are never read
+    (long * weights).sum().backward()
+    grad_long = embeds.grad.clone()
+    embeds.grad = None
+    monkeypatch.setattr(module, "SDPA_FROM_KEYS", 4096)
+    short, _ = backbone.hidden_states(embeds, mask, positions)
+    (short * weights).sum().backward()
+    torch.testing.assert_close(grad_long[0, 7:], embeds.grad[0, 7:], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(grad_long[1], embeds.grad[1], atol=1e-4, rtol=1e-3)
+    kernels.clear()
+    with torch.no_grad():  # without gradients (serving: cached prefixes, generation) the mask stays
+        backbone.hidden_states(embeds, mask, positions)
+    assert kernels and not any(unmasked for unmasked, _ in kernels)

@@ -21,6 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..cpu import keep_freed_memory, release_free_memory
 from ..inference.batch import Decoder, Generation, Request
 from ..inference.engine import length_groups, run_requests, start_requests
@@ -58,8 +60,12 @@ IDLE_RELEASE_SECONDS = 2.0
 
 class DynamicBatcher:
     def __init__(self, backbone: Backbone, metrics: Metrics, *, max_rows: int = 32, wait_ms: float = 10.0,
-                 mix_prompts: bool = True, pad_ratio: float = 1.5) -> None:
+                 mix_prompts: bool = True, pad_ratio: float = 1.5, decode_threads: int | None = None) -> None:
         self.backbone = backbone
+        # A decode step (one token for a few rows) gains little from a second thread, while the event loop, which
+        # streams every token to its client, needs a core to itself: leave it one (benchmarks/results/
+        # generation_streams.md). Prefills keep every thread.
+        self.decode_threads = decode_threads or max(1, torch.get_num_threads() - 1)
         self.metrics = metrics
         self.max_rows = max_rows
         self.wait = wait_ms / 1000.0
@@ -177,12 +183,16 @@ class DynamicBatcher:
 
     def _step(self) -> None:
         """One decode step of every generating row; the rows that finished get their results."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.decode_threads)
         try:
             finished = [(state.request, state.result(), None) for state in self._decoder.step()]
         except Exception as exc:  # noqa: BLE001 -- the rows in flight get the error; the server goes on
             log.exception("decoding %d rows failed", len(self._decoding))
             finished = [(work.request, None, exc) for work in self._decoding.values()]
             self._decoder = Decoder(self.backbone)
+        finally:
+            torch.set_num_threads(threads)
         for request, result, error in finished:
             self._finish(self._decoding.pop(id(request)), result, error)
 

@@ -114,6 +114,25 @@ def _inductor_cache_dir() -> str:
 SDPA_FROM_KEYS = 384
 
 
+def _left_pads(mask: torch.Tensor) -> torch.Tensor | None:
+    """Each row's count of leading pads (B,) when `mask` (B, T) is left-padded and some row has pads; else None."""
+    pads = mask.shape[1] - mask.sum(dim=1)
+    if not bool(pads.any()):
+        return None  # no padding: SDPA already runs without a mask
+    column = torch.arange(mask.shape[1], device=mask.device)
+    if not bool(((column[None] >= pads[:, None]) == mask.bool()).all()):
+        return None  # not plain left padding
+    return pads
+
+
+def _roll(values: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each row of `values` (B, T, ...) left by `shift` (B,) columns (right by a negative shift)."""
+    columns = values.shape[1]
+    index = (torch.arange(columns, device=values.device)[None] + shift[:, None]) % columns      # (B, T)
+    index = index.view(*index.shape, *([1] * (values.dim() - 2))).expand_as(values)
+    return values.gather(1, index)
+
+
 class CausalLMBackbone(FrozenBackbone):
     """A frozen `*ForCausalLM` model behind the `Backbone` protocol.
 
@@ -294,9 +313,19 @@ class CausalLMBackbone(FrozenBackbone):
             keys = attention_mask.shape[-1]  # the cached prefix and the new tokens
             sdpa = keys >= SDPA_FROM_KEYS or not torch.is_grad_enabled()
             self.model.config._attn_implementation = "sdpa" if sdpa else "eager"
+        shift = None
+        if (past_key_values is None and not use_cache and torch.is_grad_enabled()
+                and self.model.config._attn_implementation == "sdpa"):
+            shift = _left_pads(attention_mask)
+        if shift is not None:
+            # Right-pad the rows: causal attention alone then keeps every real token from its row's pads, so SDPA
+            # runs without a mask (is_causal) and skips the future's blocks -- half the score work of a long row.
+            inputs_embeds, position_ids = _roll(inputs_embeds, shift), _roll(position_ids, shift)
+            attention_mask = torch.ones_like(attention_mask)
         out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                     position_ids=position_ids, cache=past_key_values, use_cache=use_cache)
-        return out.last_hidden_state, (out.cache if use_cache else None)
+        hidden = out.last_hidden_state if shift is None else _roll(out.last_hidden_state, -shift)
+        return hidden, (out.cache if use_cache else None)
 
     def kv_layout(self) -> tuple[int, int, int]:
         """(layers, key/value heads, head dim) of the attention cache: the shape of a deep prompt."""
