@@ -63,8 +63,8 @@ class DynamicBatcher:
                  mix_prompts: bool = True, pad_ratio: float = 1.5, decode_threads: int | None = None) -> None:
         self.backbone = backbone
         # A decode step (one token for a few rows) gains little from a second thread, while the event loop, which
-        # streams every token to its client, needs a core to itself: leave it one (benchmarks/results/
-        # generation_streams.md). Prefills keep every thread.
+        # streams every token to its client, needs a core to itself: leave it one (docs/results.md, "Generation
+        # at 8 streams": 55 vs 49 tokens/s on 2 cores). Prefills keep every thread.
         self.decode_threads = decode_threads or max(1, torch.get_num_threads() - 1)
         self.metrics = metrics
         self.max_rows = max_rows
