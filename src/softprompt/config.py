@@ -78,6 +78,16 @@ RUN_SECTION = "resolved"
 
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit
+
+
+def field_names(value: str, flag: str = "--text-field") -> tuple[str, ...]:
+    """Comma-separated input field names -> a tuple; a value that names none is refused, naming `flag`."""
+    names = tuple(f.strip() for f in value.split(",") if f.strip())
+    if not names:
+        raise ConfigError(f"{flag} {value!r} names no field: give the input field name(s), comma-separated "
+                          f"(e.g. {flag} text, or {flag} premise,hypothesis)")
+    return names
 
 
 def resolve_device(device: str, flag: str = "--device") -> torch.device:
@@ -417,6 +427,7 @@ class TrainConfig:
              f"--head-lr must be > 0, got {self.encoder.head_lr}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
+            (0 <= self.seed <= SEED_MAX, f"--seed must be in 0..{SEED_MAX:,} (2**32 - 1), got {self.seed}"),
             (self.epochs > 0, f"--epochs must be > 0, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
@@ -479,6 +490,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        field_names(self.text_field)
 
     @property
     def init_name(self) -> str:
@@ -487,7 +499,7 @@ class TrainConfig:
 
     @property
     def text_fields(self) -> tuple[str, ...]:
-        return tuple(f.strip() for f in self.text_field.split(",") if f.strip())
+        return field_names(self.text_field)
 
     def to_dict(self) -> dict[str, Any]:
         """Shared options flat, each kind's / method's options nested under its group (`vpt: {deep: false}`):

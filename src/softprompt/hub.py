@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .errors import BackboneError
 from .kinds import KINDS, detect_kind
 from .kinds.loading import read_config
 from .kinds.whisper.backbone import load_whisper_backbone
+from .progress import third_party_bar_on_terminal_only
 from .protocols import Backbone
 
 
@@ -113,11 +115,14 @@ def _convert_gguf(spec: BuiltinBackbone, target: Path) -> None:
 
 def _convert_into(spec: BuiltinBackbone, target: Path, staging: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer  # start-up time
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader  # start-up time
 
     source = _assemble_gguf(spec, staging)
-    print(f"softprompt: converting {spec.gguf_file} to safetensors in {target} (once) ...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    print(f"softprompt: converting {spec.gguf_file} to safetensors in {target} (once) ...", file=sys.stderr,
+          flush=True)
+    with quiet_transformers(), third_party_bar_on_terminal_only(gguf_reader):  # de-quantising: 15-80 s
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     # The weights are dequantised in memory; drop the GGUF marker so the folder saves as a plain checkpoint.
     del model.config.quantization_config
     model.hf_quantizer = None

@@ -10,10 +10,13 @@ import typer
 
 from ..cpu import keep_freed_memory
 from ..errors import SoftPromptError, StorageError
+from ..progress import quiet_third_party
 from ..version import __version__
 
 app = typer.Typer(name="softprompt", add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Prompt tuning for frozen Hugging Face models: train, evaluate, compare, predict, inspect, explain, sweep, serve.")
+                  help="Prompt tuning for frozen Hugging Face models: train, evaluate, compare and sweep prompts; predict "
+                       "and serve with them; inspect, explain, export and import them. Add --verbose anywhere to keep "
+                       "third-party libraries' progress bars and notices.")
 
 
 COMPLETE_VAR = "_SOFTPROMPT_COMPLETE"
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(command.get_help(click.Context(command, info_name="softprompt")))
         return 0
+    verbose = "--verbose" in args[:args.index("--")] if "--" in args else "--verbose" in args
+    if verbose:
+        args.remove("--verbose")
+    quiet_third_party(verbose)
     usage_errors, exits = _usage_errors(), _exits()
     keep_freed_memory()  # this process runs backbones: reuse freed activations (softprompt.cpu)
     try:

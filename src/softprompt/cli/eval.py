@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import field_names
 from ..data import load_task
 from ..evaluation import evaluate
 from . import app
@@ -32,8 +33,9 @@ def eval_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Evaluate PROMPT on a split: {"accuracy": ..., "macro_f1": ..., "n": ...} (generation: loss, perplexity)."""
+    given_fields = field_names(text_field) if text_field is not None else None  # a bad flag fails before loading
     prompted, meta = load_for_inference(prompt, model, precision, device)
-    fields = tuple(f for f in text_field.split(",") if f) if text_field else prompted.input_fields
+    fields = given_fields or prompted.input_fields
     task = load_task(data, test_file=test_file if split == "test" else None,
                      validation_file=test_file if split == "validation" else None,
                      train_file=test_file if split == "train" else None,

@@ -44,6 +44,8 @@ def predict(
 ) -> None:
     """Print the predicted label (or generated text) for each input, one per line; with --input, one JSON line per
     row of a data file."""
+    if seed is not None and not 0 <= seed < 2**53:  # the server's sampling seeds take the same range
+        raise ConfigError(f"--seed must be in 0..2**53 - 1, got {seed}")
     if input_file is not None and texts:
         raise ConfigError("give input texts or --input FILE, not both")
     if input_file is None and not texts:

@@ -65,6 +65,11 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | DataError]]
 
 def _csv_rows(path: Path, text: str, delimiter: str = ",") -> Iterator[tuple[int, dict | DataError]]:
     reader = csv.DictReader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
+    try:
+        reader.fieldnames  # the header first: records are then numbered from where each one starts
+    except csv.Error as exc:
+        yield 1, DataError(f"invalid CSV header ({exc}: look for an unclosed quote)", path=str(path), line=1)
+        return
     while True:
         start = reader.line_num + 1  # where the next record begins (a quoted cell may span lines)
         try:

@@ -260,7 +260,6 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
     """(1, W) word scores of classification rows whose label words take several tokens, as
     `PromptedModel.word_scores` computes them: each row's context ran once in the prefill; its key/value cache is
     repeated per word and only the words' leading tokens run after it. `items` holds (model, prefill row)."""
-    from transformers import DynamicCache  # start-up time
 
     device = hidden.device
     pad = backbone.tokenizer.pad_token_id
@@ -276,7 +275,7 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
     index = torch.tensor(source + [source[0]] * extra, device=device)
     inputs = torch.tensor(inputs + [[pad] * k] * extra, device=device)
     layers = [(layer[0].index_select(0, index), layer[1].index_select(0, index)) for layer in cache]
-    expanded = DynamicCache(ddp_cache_data=layers, config=backbone.model.config)
+    expanded = backbone.new_cache(layers)
     word_mask = torch.cat([mask.index_select(0, index), mask.new_ones(len(index), k)], dim=1)
     word_positions = positions.index_select(0, index)[:, -1:] + 1 + torch.arange(k, device=device)
     with backbone_autocast(backbone):
@@ -296,7 +295,6 @@ def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedM
 
 def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):
     """A key/value cache (R rows, `width` columns) holding each row's cached prompt prefix, right-aligned."""
-    from transformers import DynamicCache  # start-up time
 
     device = backbone.device
     groups: dict[int, list[int]] = {}
@@ -316,7 +314,7 @@ def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):
             keys[index, :, width - count:] = k
             values[index, :, width - count:] = v
         mask[index, width - count:] = 1
-    return DynamicCache(ddp_cache_data=layers, config=backbone.model.config), mask
+    return backbone.new_cache(layers), mask
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -398,13 +396,12 @@ class Decoder:
         if not self.states:
             self.states, self.last, self.cache, self.mask, self.positions = list(states), last, cache, mask, positions
             return
-        from transformers import DynamicCache  # start-up time
 
         width = max(self.mask.shape[1], mask.shape[1])
         layers = [(torch.cat([_left_pad_columns(k0, width, 2), _left_pad_columns(k1, width, 2)]),
                    torch.cat([_left_pad_columns(v0, width, 2), _left_pad_columns(v1, width, 2)]))
                   for (k0, v0), (k1, v1) in zip(_cache_layers(self.cache), _cache_layers(cache))]
-        self.cache = DynamicCache(ddp_cache_data=layers, config=self.backbone.model.config)
+        self.cache = self.backbone.new_cache(layers)
         self.mask = torch.cat([_left_pad_columns(self.mask, width, 1), _left_pad_columns(mask, width, 1)])
         self.positions = torch.cat([self.positions, positions])
         self.last = torch.cat([self.last, last])

@@ -133,6 +133,78 @@ def _roll(values: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return values.gather(1, index)
 
 
+# Layer types whose attention softprompt can mask by position (the rest -- chunked, linear, state-space -- keep the
+# model's own masks and caches).
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def attention_window(config: Any) -> int | None:
+    """The sliding window (in positions) of a model with any sliding-window attention layer; None if every layer
+    attends to all earlier positions (or if its layers are of a kind softprompt does not mask itself)."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        if set(layer_types) - set(ATTENTION_LAYER_TYPES):
+            return None
+        return int(window) if "sliding_attention" in layer_types else None
+    return int(window) if getattr(config, "use_sliding_window", True) else None
+
+
+def position_masks(attention_mask: torch.Tensor, position_ids: torch.Tensor, window: int,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive attention masks (B, 1, T, K) -- all earlier positions, and the last `window` positions -- from a
+    2D mask over the K attended columns (a cached prefix, pads, the new T columns) and the new columns' positions.
+
+    A window counts positions, not columns: transformers counts columns, so a row whose cached prompt sits before
+    its left padding would lose the prompt from its window as soon as the batch holds a longer row. Every layout
+    here numbers a row's attended columns 0, 1, 2, ... from the left, so a key's position is its running count.
+    """
+    keys = (attention_mask.cumsum(-1) - 1)[:, None, :]                                   # (B, 1, K)
+    queries = position_ids[:, :, None]                                                   # (B, T, 1)
+    allowed = attention_mask.bool()[:, None, :] & (keys <= queries)                      # (B, T, K)
+    windowed = allowed & (queries - keys < window)
+    blocked = torch.finfo(dtype).min
+    full = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, blocked)
+    sliding = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~windowed, blocked)
+    return full[:, None], sliding[:, None]
+
+
+def refuse_without_attention_caches(config: Any, name: str) -> None:
+    """A `BackboneError` for a model whose layers are not all attention with a key/value cache (state-space,
+    recurrent or linear-attention layers: Mamba, Jamba, RecurrentGemma, ...). softprompt scores label words and
+    serves prompts from cached keys/values, which such layers do not have."""
+    from transformers import DynamicCache  # start-up time
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception:  # a config transformers cannot lay a cache out for: let the model's own errors speak
+        return
+    others = sorted({type(layer).__name__ for layer in layers if not isinstance(layer, DynamicLayer)})
+    if others or getattr(config, "model_type", "") in ("mamba", "mamba2", "falcon_mamba"):
+        raise BackboneError(
+            f"--model {name}: a {config.model_type} model has layers without a key/value cache "
+            f"({', '.join(others) or 'state-space layers'}); softprompt needs attention layers (Llama, Qwen2, Gemma, "
+            f"Mistral, Phi-3, GPT-2 and other decoder-only transformers)")
+
+
+def logit_transform(config: Any):
+    """What the model's own head does to its logits after the output projection, as a function of the logits:
+    Gemma's final soft-capping, Cohere's logit scale, Granite's logit scaling (None: nothing)."""
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap:
+        return lambda logits: torch.tanh(logits / softcap) * softcap
+    scale = getattr(config, "logit_scale", None) if config.model_type.startswith("cohere") else None
+    if scale:
+        return lambda logits: logits * scale
+    scaling = getattr(config, "logits_scaling", None) if config.model_type.startswith("granite") else None
+    if scaling:
+        return lambda logits: logits / scaling
+    return None
+
+
 class CausalLMBackbone(FrozenBackbone):
     """A frozen `*ForCausalLM` model behind the `Backbone` protocol.
 
@@ -151,10 +223,16 @@ class CausalLMBackbone(FrozenBackbone):
         if tokenizer.pad_token_id is None:
             # Left padding only needs some id; its embedding is masked out by the attention mask.
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-        self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        refuse_without_attention_caches(model.config, name)
+        self._logit_transform = logit_transform(model.config)
         # A model loaded with eager attention (the CPU default) switches to SDPA for long sequences, where eager's
-        # T x T scores per layer cost more than they save (benchmarks/attention_by_length.py).
-        self.attention_by_length = getattr(model.config, "_attn_implementation", None) == "eager"
+        # T x T scores per layer cost more than they save (benchmarks/attention_by_length.py) -- if the model has
+        # an SDPA path (BLOOM and MPT compute attention their own way) and its attention scores are not
+        # soft-capped (Gemma 2), which only the eager kernel does.
+        self.attention_by_length = (getattr(model.config, "_attn_implementation", None) == "eager"
+                                    and bool(getattr(model, "_supports_sdpa", False))
+                                    and not getattr(model.config, "attn_logit_softcapping", None))
+        self.attention_window = attention_window(model.config)
 
     @property
     def hidden_size(self) -> int:
@@ -314,7 +392,7 @@ class CausalLMBackbone(FrozenBackbone):
             sdpa = keys >= SDPA_FROM_KEYS or not torch.is_grad_enabled()
             self.model.config._attn_implementation = "sdpa" if sdpa else "eager"
         shift = None
-        if (past_key_values is None and not use_cache and torch.is_grad_enabled()
+        if (past_key_values is None and not use_cache and torch.is_grad_enabled() and self.attention_window is None
                 and self.model.config._attn_implementation == "sdpa"):
             shift = _left_pads(attention_mask)
         if shift is not None:
@@ -322,18 +400,62 @@ class CausalLMBackbone(FrozenBackbone):
             # runs without a mask (is_causal) and skips the future's blocks -- half the score work of a long row.
             inputs_embeds, position_ids = _roll(inputs_embeds, shift), _roll(position_ids, shift)
             attention_mask = torch.ones_like(attention_mask)
+        if self.attention_window is not None:
+            attention_mask = self._windowed_masks(attention_mask, position_ids, inputs_embeds.dtype)
+            if use_cache and past_key_values is None:
+                past_key_values = self.new_cache()
         out = body(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                    position_ids=position_ids, cache=past_key_values, use_cache=use_cache)
+                   position_ids=position_ids, cache=past_key_values, use_cache=use_cache)
         hidden = out.last_hidden_state if shift is None else _roll(out.last_hidden_state, -shift)
         return hidden, (out.cache if use_cache else None)
 
+    @functools.cached_property
+    def attends_by_position(self) -> bool:
+        """Whether masked columns inside a row leave its hidden states as they are: true of rotary and learned
+        positions and of windows applied by position; false where the model measures distances in columns (MPT's
+        ALiBi, GPT-Neo's local layers). A cached prompt prefix, and a deep prompt, sit before each row's padding,
+        so only a model that attends by position may use them. Found once, by running the same 8 tokens after 4
+        masked columns (left padding, which every model takes) and with those columns after the second token:
+        the same kernels on the same shapes, so the two agree to rounding where positions are what count.
+        """
+        with torch.no_grad():
+            tokens = self.embed(torch.arange(3, 11, device=self.device)[None])              # (1, 8, d)
+            mask = torch.ones(1, 12, dtype=torch.long, device=self.device)
+            positions = torch.arange(8, device=self.device)[None]
+            left_mask, gap_mask = mask.clone(), mask.clone()
+            left_mask[:, :4], gap_mask[:, 2:6] = 0, 0
+            left, _ = self.hidden_states(torch.cat([tokens[:, :4], tokens], 1), left_mask,
+                                         torch.cat([positions[:, :1].expand(1, 4), positions], 1))
+            gap, _ = self.hidden_states(torch.cat([tokens[:, :2], tokens[:, :4], tokens[:, 2:]], 1), gap_mask,
+                                        torch.cat([positions[:, :2], positions[:, 1:2].expand(1, 4), positions[:, 2:]], 1))
+        left, gap = left[0, 4:].float(), gap[0, [0, 1, *range(6, 12)]].float()
+        tolerance = 1e-4 if self.dtype == torch.float32 else 1e-2
+        return bool(((left - gap).abs().max() <= tolerance * left.abs().max().clamp(min=1)).item())
+
+    def _windowed_masks(self, attention_mask: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype):
+        """The model's attention masks built from positions (`position_masks`): one per layer type when the model
+        mixes full and sliding layers, else the sliding one."""
+        full, sliding = position_masks(attention_mask, position_ids, self.attention_window, dtype)
+        layer_types = getattr(self.model.config, "layer_types", None)
+        if layer_types is None:
+            return sliding
+        return {kind: sliding if kind == "sliding_attention" else full for kind in set(layer_types)}
+
+    def new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
+        """A key/value cache, optionally holding `layers` [(keys, values) (B, H, C, hd) per layer]. Every layer
+        keeps all its columns: a sliding-window layer's cache would drop columns by count, padding included, and
+        the windows are applied by position instead (`position_masks`)."""
+        from transformers import DynamicCache  # start-up time
+
+        return DynamicCache(ddp_cache_data=layers) if layers is not None else DynamicCache()
+
     def kv_layout(self) -> tuple[int, int, int]:
-        """(layers, key/value heads, head dim) of the attention cache: the shape of a deep prompt."""
-        config = self.model.config
-        heads = int(config.num_attention_heads)
-        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-        return int(config.num_hidden_layers), kv_heads, head_dim
+        """(layers, key/value heads, head dim) of the attention cache: the shape of a deep prompt. Read from the
+        cache of a one-token pass, so that multi-query and grouped heads (Falcon, GPT-BigCode) are what the model
+        stores, whatever its config calls them."""
+        keys, _ = self.keys_values(self.embed(torch.zeros(1, dtype=torch.long, device=self.device)))
+        layers, _, heads, head_dim = keys.shape
+        return int(layers), int(heads), int(head_dim)
 
     @torch.no_grad()
     def keys_values(self, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,9 +476,7 @@ class CausalLMBackbone(FrozenBackbone):
             weight = weight[token_ids]
             bias = bias[token_ids] if bias is not None else None
         logits = F.linear(hidden.to(weight.dtype), weight, bias)
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+        return logits if self._logit_transform is None else self._logit_transform(logits)
 
 
 def detect(config: Any) -> bool:

@@ -46,6 +46,10 @@ class PromptedModel(Pretrained, nn.Module):
             raise ConfigError(f"the prompt has {prompt.num_virtual_tokens} virtual tokens but the template places "
                               f"{template.num_virtual_tokens}")
         if self.deep:
+            if not backbone.attends_by_position:
+                raise ConfigError(f"backbone '{backbone.name}' ({backbone.model.config.model_type}) counts attention "
+                                  "distances in columns, not positions, so a deep prompt (which sits before each "
+                                  "row's padding) would change with what shares a batch: use --method prompt")
             expected = backbone.kv_layout()                               # (layers, kv heads, head dim)
             prefix = prompt.layer_prefix()
             found = (len(prefix), prefix[0][0].shape[1], prefix[0][0].shape[3])
@@ -221,7 +225,7 @@ class PromptedModel(Pretrained, nn.Module):
         """(row columns the cached prefix replaces, cache columns) for inference; (0, 0) = no cached prefix."""
         if self.deep:
             return 0, self.prompt.num_virtual_tokens
-        if self.use_prompt_cache and self.prompt_prefix_length:
+        if self.use_prompt_cache and self.prompt_prefix_length and self.backbone.attends_by_position:
             return self.prompt_prefix_length, self.prompt_prefix_length
         return 0, 0
 
@@ -259,13 +263,13 @@ class PromptedModel(Pretrained, nn.Module):
 
     def _prompt_cache_applies(self, past_key_values: Any = None) -> bool:
         return (past_key_values is None and not torch.is_grad_enabled()
-                and (self.deep or (self.use_prompt_cache and self.prompt_prefix_length > 0)))
+                and (self.deep or (self.use_prompt_cache and self.prompt_prefix_length > 0
+                                   and self.backbone.attends_by_position)))
 
     def _hidden_after_prompt_cache(self, batch: Mapping[str, torch.Tensor], layers: list | None = None):
         """Run a batch after the prompt's key/value prefix (`layers`, default the cached `prompt_cache()`):
         for prompts at the start the prefix replaces their leading columns; a deep prompt's adds columns
         before the row. Returns hidden states of the columns that ran, the cache, and its mask [prefix | rest]."""
-        from transformers import DynamicCache  # start-up time
 
         skip, width = self.prompt_prefix_length, self.prefix_cache_width
         mask = batch["attention_mask"]                                    # (B, T), left-padded
@@ -278,7 +282,7 @@ class PromptedModel(Pretrained, nn.Module):
         rest["attention_mask"] = torch.cat([mask.new_ones(rows, width), mask.gather(1, source)], dim=1)
         layers = self.prompt_cache() if layers is None else layers
         layers = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers]
-        cache = DynamicCache(ddp_cache_data=layers, config=self.backbone.model.config)
+        cache = self.backbone.new_cache(layers)
         own = {**rest, "attention_mask": mask.gather(1, source)}            # the rest's columns alone
         with self._autocast():
             hidden, cache = self.backbone.hidden_states(self.embed(own, self.cached_text_columns),
@@ -390,7 +394,6 @@ class PromptedModel(Pretrained, nn.Module):
         return hidden[:, -1], cache, batch["attention_mask"], batch["position_ids"][:, -1:] + 1
 
     def _multi_token_word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        from transformers import DynamicCache  # start-up time
 
         last, cache, mask, position = self._context_cache(batch)
         rows, words, k = last.shape[0], len(self.word_ids), self.max_word_tokens - 1
@@ -405,7 +408,7 @@ class PromptedModel(Pretrained, nn.Module):
         inputs, targets = inputs.to(device).repeat(rows, 1), targets.to(device)       # (B*W, K-1), (W, K-1)
         layers = [(layer[0].repeat_interleave(words, dim=0), layer[1].repeat_interleave(words, dim=0))
                   for layer in cache]
-        expanded = DynamicCache(ddp_cache_data=layers, config=self.backbone.model.config)
+        expanded = self.backbone.new_cache(layers)
         mask = torch.cat([mask.repeat_interleave(words, dim=0), mask.new_ones(rows * words, k)], dim=1)
         positions = position.repeat_interleave(words, dim=0) + torch.arange(k, device=device)
         with self._autocast():

@@ -1,0 +1,167 @@
+"""The architecture matrix: every causal-LM architecture in tests/architectures.py scores like a plain transformers
+forward of the same input vectors, whatever shares its batch, on inputs shorter and longer than any sliding window.
+"""
+
+import pytest
+import torch
+from architectures import ARCHITECTURES, ATTENTION, tiny_arch_backbone, tiny_causal_lm
+
+from softprompt import BackboneError, PromptedModel, SoftPrompt, Verbalizer, build_template
+from softprompt.inference.batch import Request, run_batch
+
+SHORT = {"text": "great fun"}
+LONG = {"text": "the plot is thin but the acting is good and warm, funny and moving " * 2}  # > any window
+
+
+def test_the_matrix_covers_the_features_it_promises():
+    assert len(ARCHITECTURES) >= 25
+    described = " ".join(arch.features for arch in ARCHITECTURES)
+    for feature in ("rotary", "ALiBi", "learned", "sliding", "hybrid", "soft-capping", "mixture of experts",
+                    "multi-query", "grouped-query", "parallel", "state-space"):
+        assert feature in described, feature
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if not a.attention_caches], ids=lambda arch: arch.name)
+def test_models_without_attention_caches_are_refused_in_one_line(arch):
+    from tiny import tiny_tokenizer
+
+    from softprompt.kinds.causal_lm.backbone import CausalLMBackbone
+
+    with pytest.raises(BackboneError, match=rf"a {arch.name} model has layers without a key/value cache") as err:
+        CausalLMBackbone(tiny_causal_lm(arch), tiny_tokenizer(), name=f"tiny-{arch.name}")
+    assert "\n" not in str(err.value) and "softprompt needs attention layers" in str(err.value)
+
+
+@pytest.fixture(scope="module", params=ATTENTION, ids=lambda arch: arch.name)
+def backbone(request):
+    return tiny_arch_backbone(request.param)
+
+
+def _classifier(backbone, placement="prefix", tokens=4, seed=1, max_length=96):
+    torch.manual_seed(seed)
+    template = build_template("Review: {text} Sentiment: {label}", placement, tokens)
+    prompt = SoftPrompt(torch.randn(template.num_virtual_tokens, backbone.hidden_size) * 0.3)
+    # multi-token label words (on the tiny vocabulary "positive" / "negative" are several tokens each)
+    return PromptedModel(backbone, prompt, template, Verbalizer.from_spec(["negative", "positive"]),
+                         max_length=max_length)
+
+
+def _reference_scores(model: PromptedModel, row: dict) -> torch.Tensor:
+    """Class scores of one row by a plain transformers forward: the row's token embeddings with the prompt's vectors
+    written in at its soft positions, then each label word's tokens, no padding, no cache, no softprompt scoring."""
+    hf = model.backbone.model
+    encoded = model.encoder.encode(row, reserve=model.max_word_tokens - 1)
+    ids = torch.tensor(encoded.input_ids)
+    soft = torch.tensor(encoded.soft_index)
+    scores = []
+    for word in model.word_ids:
+        with torch.no_grad():
+            embeds = hf.get_input_embeddings()(torch.cat([ids, torch.tensor(word[:-1], dtype=torch.long)]))
+            embeds[: len(ids)][soft >= 0] = model.prompt.embeddings.detach()[soft[soft >= 0]].to(embeds.dtype)
+            logits = hf(inputs_embeds=embeds[None]).logits[0].float()                # (T, V)
+        log_probs = torch.log_softmax(logits, -1)
+        start = len(ids) - 1                                                          # predicts the word's first token
+        scores.append(sum(log_probs[start + i, token] for i, token in enumerate(word)))
+    return torch.stack(scores)[None]                                                  # (1, W): one word per class
+
+
+@pytest.mark.parametrize("use_prompt_cache", [True, False], ids=["cached-prompt", "whole-rows"])
+def test_scores_equal_a_plain_forward_whatever_shares_the_batch(backbone, use_prompt_cache):
+    model = _classifier(backbone)
+    model.use_prompt_cache = use_prompt_cache
+    with torch.no_grad():
+        alone = model.class_scores(model.make_batch([SHORT], label_field=None))
+        mixed = model.class_scores(model.make_batch([SHORT, LONG, LONG], label_field=None))
+    torch.testing.assert_close(alone, _reference_scores(model, SHORT), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mixed[:1], alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mixed[1:2], _reference_scores(model, LONG), atol=1e-4, rtol=1e-4)
+
+
+def test_a_mixed_server_batch_scores_as_predict_does(backbone):
+    prefix, suffix = _classifier(backbone, "prefix", 4, seed=1), _classifier(backbone, "suffix", 3, seed=2)
+    requests = [Request(prefix, SHORT), Request(suffix, LONG), Request(prefix, LONG), Request(suffix, SHORT)]
+    results = run_batch(backbone, requests)
+    for request, result in zip(requests, results):
+        with torch.no_grad():
+            alone = request.model.class_scores(request.model.make_batch([request.inputs], label_field=None))[0]
+        torch.testing.assert_close(torch.tensor(list(result.scores.values())), alone.float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["prompt", "deep", "dept"])
+def test_train_save_load_evaluate_and_predict(backbone, method, tmp_path, sentiment_dir):
+    """train -> prompt file -> load -> evaluate -> predict, for each prompt method; predict's scores are the trained
+    model's. A method that cannot hold on the architecture is refused in one line before any training."""
+    from softprompt import ConfigError, TrainConfig, evaluate, load_prompted_model, load_task, train
+
+    config = TrainConfig(model="unused", data=str(sentiment_dir), output=str(tmp_path / "run"), max_steps=2,
+                         eval_every=2, batch_size=4, lr=0.1, precision="fp32", device="cpu", method=method,
+                         num_virtual_tokens=4, compile="off")
+    if method == "deep" and not backbone.attends_by_position:
+        with pytest.raises(ConfigError, match="counts attention distances in columns") as err:
+            train(config, backbone=backbone, progress=False)
+        assert "\n" not in str(err.value) and "use --method prompt" in str(err.value)
+        return
+    result = train(config, backbone=backbone, progress=False)
+    loaded = load_prompted_model(tmp_path / "run" / "prompt.safetensors", backbone)
+    rows = load_task(str(sentiment_dir)).test
+    figures = evaluate(loaded, rows, batch_size=3)
+    assert figures["n"] == len(rows) and figures["accuracy"] in {i / len(rows) for i in range(len(rows) + 1)}
+    batch = {k: v for k, v in loaded.make_batch(rows, label_field=None).items()}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.class_scores(batch), result.model.class_scores(batch), atol=1e-4,
+                                   rtol=1e-4)
+        assert loaded.classify([r["text"] for r in rows]) == [
+            loaded.labels[i] for i in loaded.class_scores(batch).argmax(-1).tolist()]
+
+
+def test_a_server_classifies_and_streams_as_predict_and_generate_do(backbone, tmp_path):
+    """Two prompts on one served backbone: /v1/classify's scores are predict's (short and long inputs), and a
+    streamed greedy completion is `generate`'s text."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from softprompt import generate, save_prompt
+    from softprompt.inference.bank import PromptBank
+    from softprompt.serve import ServeSettings, create_app
+
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    save_prompt(folder / "sentiment.safetensors", _classifier(backbone, "prefix", 4, seed=1))
+    torch.manual_seed(3)
+    writer = PromptedModel(backbone, SoftPrompt(torch.randn(4, backbone.hidden_size) * 0.5),
+                           build_template("Q: {text}\nA: {target}", "prefix", 4), None, max_length=96)
+    save_prompt(folder / "qa.safetensors", writer)
+    settings = ServeSettings(admin_token="t", max_input_tokens=96, max_new_tokens=12, reload_interval=0,
+                             batch_wait_ms=5)
+    with TestClient(create_app(PromptBank(backbone), folder, settings)) as client:
+        bank = client.app.state.bank
+        sentiment = bank.get("sentiment")
+        response = client.post("/v1/classify", json={"prompt": "sentiment", "inputs": [SHORT["text"], LONG["text"]]})
+        assert response.status_code == 200, response.text
+        for row, result in zip([SHORT, LONG], response.json()["results"]):
+            with torch.no_grad():
+                alone = sentiment.class_scores(sentiment.make_batch([row], label_field=None))[0]
+            assert list(result["scores"].values()) == pytest.approx(alone.tolist(), abs=1e-4)
+        expected = generate(bank.get("qa"), [{"text": "the quick brown fox"}], max_new_tokens=8)[0]
+        body = {"model": "qa", "prompt": "the quick brown fox", "max_tokens": 8, "temperature": 0, "stream": True}
+        with client.stream("POST", "/v1/completions", json=body) as stream:
+            events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == expected
+
+
+@pytest.mark.parametrize("arch", ATTENTION, ids=lambda arch: arch.name)
+def test_bf16_scores_are_within_bf16s_own_error(arch):
+    """bf16 weights: softprompt's scores differ from the fp32 plain forward by no more than a plain bf16 forward of the
+    same inputs does (its own rounding), with a margin of 3x and 0.05 nats for summation order."""
+    fp32 = _classifier(tiny_arch_backbone(arch))
+    bf16_backbone = tiny_arch_backbone(arch)
+    bf16_backbone.model.to(torch.bfloat16)
+    bf16 = PromptedModel(bf16_backbone, fp32.prompt, fp32.template, fp32.verbalizer, max_length=96)
+    for row in (SHORT, LONG):
+        exact = _reference_scores(fp32, row)
+        own_error = (_reference_scores(bf16, row) - exact).abs().max()
+        with torch.no_grad():
+            ours = bf16.class_scores(bf16.make_batch([row, SHORT, LONG], label_field=None))[:1].float()
+        assert (ours - exact).abs().max() <= 3 * own_error + 0.05, (row, ours, exact, own_error)
