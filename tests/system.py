@@ -37,7 +37,11 @@ def require(*packages: str) -> None:
     missing = [p for p in packages if not PRESENT[p]()]
     if not missing:
         return
-    line = f"needs Debian's {' '.join(missing)}: apt-get install {' '.join(missing)} (make test does this as root)"
+    unavailable(f"needs Debian's {' '.join(missing)}: apt-get install {' '.join(missing)} (make test does this as root)")
+
+
+def unavailable(line: str) -> None:
+    """Skip the calling test with `line` (what it needs and how to get it), or fail it on CI."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI runs with zero skips, and this test {line}")
     pytest.skip(line)

@@ -165,3 +165,50 @@ def test_bf16_scores_are_within_bf16s_own_error(arch):
         with torch.no_grad():
             ours = bf16.class_scores(bf16.make_batch([row, SHORT, LONG], label_field=None))[:1].float()
         assert (ours - exact).abs().max() <= 3 * own_error + 0.05, (row, ours, exact, own_error)
+
+
+def test_the_docs_table_lists_the_matrix():
+    """docs/guides/modalities.md lists every architecture of the matrix with what it can do, and no other."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "guides" / "modalities.md").read_text()
+    table = text.split("<!-- architectures -->")[1].split("<!-- /architectures -->")[0]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z0-9_]+)` \|.*$", table, re.MULTILINE)}
+    assert set(rows) == {arch.name for arch in ARCHITECTURES}
+    for arch in ARCHITECTURES:
+        cells = [c.strip() for c in rows[arch.name].strip("|").split("|")]
+        assert cells[1] == arch.features, arch.name
+        assert cells[2].startswith("yes" if arch.attention_caches else "no: refused"), arch.name
+        if arch.attention_caches:
+            assert cells[3].startswith("yes" if tiny_arch_backbone(arch).attends_by_position else "no:"), arch.name
+
+
+def test_the_matrix_passes_on_the_oldest_transformers_the_project_declares():
+    """The lower bound of pyproject.toml's transformers range is tested, not hoped for: this file's tests run again
+    in a child process with that release first on the path (`make test` installs it into .transformers-oldest)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import system
+    from packaging.version import Version
+
+    root = Path(__file__).parents[1]
+    declared = re.search(r'"transformers>=([0-9.]+)', (root / "pyproject.toml").read_text()).group(1)
+    oldest = re.search(r"^TRANSFORMERS_OLDEST := (\S+)", (root / "Makefile").read_text(), re.MULTILINE).group(1)
+    assert Version(declared) == Version(oldest)
+    folder = root / ".transformers-oldest"
+    if not (folder / "transformers").is_dir():
+        system.unavailable(f"needs transformers {oldest} in {folder.name}/ (make test installs it)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    version = subprocess.run([sys.executable, "-c", "import transformers; print(transformers.__version__)"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert version.stdout.strip() == oldest, version.stderr
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                            "not oldest_transformers"], capture_output=True, text=True, env=env, cwd=root,
+                           timeout=1200)
+    summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else child.stderr[-2000:]
+    assert child.returncode == 0 and " passed" in summary and "failed" not in summary, child.stdout[-4000:]

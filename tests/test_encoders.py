@@ -192,3 +192,16 @@ def test_head_learning_rate_is_its_own_group_and_rollbacks_halve_each_group():
     guard = DivergenceGuard(model, optimizer, None)
     guard.roll_back(1, "test")
     assert [g["lr"] for g in optimizer.param_groups] == [0.05, 0.005]
+
+
+@pytest.mark.parametrize("arch", ["bert", "bert-mlm", "t5"])
+def test_gradient_checkpointing_on_a_kind_without_it_is_one_line(arch, sentiment_dir, tmp_path):
+    from softprompt.kinds import CapabilityError
+
+    config = sp.TrainConfig(model="unused", data=str(sentiment_dir), output=str(tmp_path / "run"), max_steps=1,
+                            precision="fp32", device="cpu", gradient_checkpointing=True)
+    with pytest.raises(CapabilityError) as info:
+        sp.train(config, backbone=tiny_encoder_backbone(arch), progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "does not support gradient checkpointing (--gradient-checkpointing)" in message
+    assert not (tmp_path / "run" / "prompt.safetensors").exists()

@@ -109,3 +109,11 @@ def test_the_readme_verbs_are_the_cli_verbs():
     listed = re.search(r"command-line tool \(`softprompt ([a-z|\s]+)`\)", readme)
     assert listed, "the README names its verbs as (`softprompt a | b | ...`)"
     assert set("".join(listed.group(1).split()).split("|")) == verbs
+
+
+def test_the_builtin_backbones_table_lists_every_builtin_name():
+    from softprompt.hub import builtin_names
+
+    text = (ROOT / "docs" / "reference" / "files.md").read_text()
+    table = text.split("<!-- builtins -->")[1].split("<!-- /builtins -->")[0]
+    assert set(re.findall(r"^\| `([a-z0-9.\-]+)` \|", table, re.MULTILINE)) == set(builtin_names())

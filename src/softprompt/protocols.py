@@ -89,6 +89,7 @@ class Capability(str, Enum):
     EXPLAIN = "softprompt explain (nearest vocabulary tokens)"
     PEFT_EXPORT = "PEFT interop (softprompt export / import-peft)"
     BASELINES = "weight-training baselines (--method lora / adapters / full / probe)"
+    GRADIENT_CHECKPOINTING = "gradient checkpointing (--gradient-checkpointing)"
 
 
 @runtime_checkable

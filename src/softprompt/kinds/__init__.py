@@ -125,6 +125,8 @@ def required_capabilities(config: TrainConfig) -> list[Capability]:
         needs.append(Capability.RESIDUAL)
     if config.init_from:
         needs.append(Capability.INIT_FROM)
+    if config.gradient_checkpointing:
+        needs.append(Capability.GRADIENT_CHECKPOINTING)
     return needs
 
 

@@ -27,12 +27,12 @@ from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
 from ..formats import atomic_write, check_output_path, save_prompt
 from ..hub import load_backbone, resolve_precision
-from ..kinds import build_prompted_model
+from ..kinds import build_prompted_model, kind_of
 from ..kinds.text import resolved_placement
 from ..progress import bar as progress_bar
 from ..progress import stage_line
 from ..prompts import DecomposedPrompt, PromptMethod
-from ..protocols import Backbone, BackboneKind, PromptedTask, TaskType
+from ..protocols import Backbone, BackboneKind, Capability, PromptedTask, TaskType
 from .card import model_card
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
 from .distributed import Processes, setup_processes
@@ -144,6 +144,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
         backbone = load_backbone(config.model, dtype=dtype, device=processes.device, load_in=config.load_in)
     processes.shard(backbone, trains_weights=model is not None, compile=config.compile is CompileMode.LAYERS)
     if config.gradient_checkpointing:
+        kind_of(backbone).require(Capability.GRADIENT_CHECKPOINTING, "--gradient-checkpointing")
         backbone.enable_gradient_checkpointing()
     if multitask:
         job = multitask_job(config, backbone, tasks, processes.world)
