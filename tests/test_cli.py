@@ -266,9 +266,23 @@ def test_the_demo_figure_in_the_readme_is_the_one_make_demo_compares_with():
     line = next(line for line in (root / "Makefile").read_text().splitlines()
                 if line.startswith("DEMO_README_ACCURACY"))
     readme = " ".join((root / "README.md").read_text().split())
-    figures = line.split(":=")[1].strip().split(", ")  # "82.8% on an AMD EPYC", "84.5% on an Intel Xeon with AMX"
+    figures = line.split(":=")[1].strip().split(", ")  # "85.8% on an AMD EPYC ...", "84.5% on an Intel Xeon with AMX"
     assert figures[0].split()[0] + " on 1,000 test reviews" in readme
     for figure in figures:
         accuracy, cpu = figure.split(" on an ")
         assert f"{accuracy} on 1,000 test reviews on a 2-core {cpu}" in readme or f"and {accuracy} on a 2-core {cpu}" \
             in readme, figure
+
+
+def test_the_getting_started_page_says_what_the_readme_says_about_the_two_commands():
+    """The paragraph on `make install` / `make demo` (durations, the demo's figures) is the same on both pages."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+
+    def paragraph(path):
+        text = " ".join((root / path).read_text().split())
+        start = text.index("On a 2-core CPU `make install` takes")
+        return text[start:text.index("with `--no-deps`).", start)]
+
+    assert paragraph("README.md") == paragraph("docs/getting-started.md")

