@@ -183,11 +183,11 @@ def refuse_without_attention_caches(config: Any, name: str) -> None:
     except Exception:  # a config transformers cannot lay a cache out for: let the model's own errors speak
         return
     others = sorted({type(layer).__name__ for layer in layers if not isinstance(layer, DynamicLayer)})
-    if others or getattr(config, "model_type", "") in ("mamba", "mamba2", "falcon_mamba"):
+    if others:
         raise BackboneError(
             f"--model {name}: a {config.model_type} model has layers without a key/value cache "
-            f"({', '.join(others) or 'state-space layers'}); softprompt needs attention layers (Llama, Qwen2, Gemma, "
-            f"Mistral, Phi-3, GPT-2 and other decoder-only transformers)")
+            f"({', '.join(others)}); softprompt needs attention layers (Llama, Qwen2, Gemma, Mistral, Phi-3, GPT-2 "
+            f"and other decoder-only transformers)")
 
 
 def logit_transform(config: Any):
