@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from .data.fields import field_names
 from .errors import ConfigError
 from .prompts import PromptInit, PromptMethod, Reparam
 from .protocols import TaskType
@@ -79,15 +80,6 @@ RUN_SECTION = "resolved"
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit
-
-
-def field_names(value: str, flag: str = "--text-field") -> tuple[str, ...]:
-    """Comma-separated input field names -> a tuple; a value that names none is refused, naming `flag`."""
-    names = tuple(f.strip() for f in value.split(",") if f.strip())
-    if not names:
-        raise ConfigError(f"{flag} {value!r} names no field: give the input field name(s), comma-separated "
-                          f"(e.g. {flag} text, or {flag} premise,hypothesis)")
-    return names
 
 
 def resolve_device(device: str, flag: str = "--device") -> torch.device:

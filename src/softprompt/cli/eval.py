@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import field_names
 from ..data import load_task
+from ..data.fields import field_names
 from ..evaluation import evaluate
 from . import app
 from .common import load_for_inference
