@@ -32,6 +32,7 @@ def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir)
 
 
 def test_dry_run_cli_loads_nothing_and_prints_the_table(tiny_model_dir, sentiment_dir, capsys, monkeypatch):
+    import softprompt.cli.common  # noqa: F401  (imported now, it binds the real loader, not the patch below)
     import softprompt.hub as registry
 
     monkeypatch.setattr(registry, "load_backbone", lambda *a, **k: pytest.fail("--dry-run loaded weights"))
@@ -83,7 +84,7 @@ def test_quantised_loading_explains_what_it_needs(tiny_model_dir):
 
     with pytest.raises(SoftPromptError, match="bitsandbytes|CUDA GPU"):
         quantization_config("4bit", torch.bfloat16, "cpu")
-    with pytest.raises(SoftPromptError, match="choose 8bit or 4bit"):
+    with pytest.raises(SoftPromptError, match="choose int8, 8bit, 4bit"):
         TrainConfig(data="x", load_in="3bit")
     with pytest.raises(SoftPromptError, match="method prompt"):
         TrainConfig(data="x", method="deep", gradient_checkpointing=True)
@@ -155,3 +156,52 @@ def test_long_sequences_switch_to_sdpa_with_the_same_result(monkeypatch):
     with torch.no_grad():  # without gradients (serving: cached prefixes, generation) the mask stays
         backbone.hidden_states(embeds, mask, positions)
     assert kernels and not any(unmasked for unmasked, _ in kernels)
+
+
+def test_int8_backbone_holds_linear_weights_in_int8_and_a_prompt_trains_on_it(tiny_model_dir, sentiment_dir,
+                                                                                tmp_path, capsys):
+    from torchao.quantization import Int8Tensor
+
+    from softprompt import load_backbone
+    from softprompt.kinds import load_prompted_model
+
+    full = load_backbone(tiny_model_dir, dtype=torch.float32)
+    held = load_backbone(tiny_model_dir, dtype=torch.float32, load_in="int8")
+    linears = [m for m in held.model.modules() if isinstance(m, torch.nn.Linear)]
+    quantised = [m for m in linears if isinstance(m.weight, Int8Tensor)]
+    assert len(quantised) == len(linears) - 1 and not isinstance(held.model.lm_head.weight, Int8Tensor)
+    assert quantised[0].weight.qdata.dtype == torch.int8
+    # The fingerprint names the checkpoint: a prompt trained on either loads on the other.
+    assert held.fingerprint() == full.fingerprint()
+
+    config = TrainConfig(model=tiny_model_dir, data=str(sentiment_dir), output=str(tmp_path / "int8"), max_steps=4,
+                         batch_size=4, num_virtual_tokens=4, precision="fp32", load_in="int8", eval_every=0,
+                         compile="off")
+    result = train(config, progress=False)
+    assert isinstance(result.model.backbone.model.model.layers[0].mlp.up_proj.weight, Int8Tensor)
+    start = build_prompted_model(config, full, load_task(str(sentiment_dir))).prompt.embeddings
+    assert not torch.equal(result.model.prompt.embeddings.detach(), start.detach())  # the gradient got through
+
+    # Scores on the int8 backbone stay within int8's rounding of the fp32 backbone's, and are not identical.
+    on_full, on_held = (load_prompted_model(result.prompt_path, b) for b in (full, held))
+    rows = [{"text": t} for t in ("a great film with a fine cast", "boring and bad", "warm, funny and moving")]
+    with torch.no_grad():
+        a, b = (m.class_scores({k: v for k, v in m.make_batch(rows, label_field=None).items()})
+                for m in (on_full, on_held))
+    assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()
+
+    assert main(["eval", "--prompt", str(result.prompt_path), "--data", str(sentiment_dir), "--load-in", "int8",
+                 "--quiet"]) == 0
+    assert main(["predict", "--prompt", str(result.prompt_path), "--load-in", "int4", "x"]) == 2
+    assert "--load-in 'int4': choose int8, 8bit, 4bit" in capsys.readouterr().err
+
+
+def test_int8_memory_estimate_counts_a_byte_per_linear_weight(tiny_model_dir, sentiment_dir):
+    from softprompt import load_backbone
+
+    config = TrainConfig(model=tiny_model_dir, data=str(sentiment_dir), precision="fp32", device="cpu")
+    fp32 = {n: c for n, c, _ in estimate_training_memory(config).rows}["backbone weights"]
+    int8 = {n: c for n, c, _ in estimate_training_memory(config.replace(load_in="int8")).rows}["backbone weights"]
+    model = load_backbone(tiny_model_dir, dtype=torch.float32).model
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head)
+    assert fp32 - int8 == 3 * linear  # 4 bytes -> 1 for every linear weight but the output head

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -51,15 +52,36 @@ def convert_in_staging(target: Path, convert) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+# Loggers that speak when transformers imports torchao (it does on every load where torchao is installed): one
+# warning per CUDA kernel library torchao cannot load on a machine without one, and torch's about each enum torchao
+# registers with pytree. Noise for every model we load, not problems.
+IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+@contextmanager
+def quiet_imports():
+    """Hold the `IMPORT_NOISE` loggers at ERROR inside the block."""
+    loggers = [logging.getLogger(name) for name in IMPORT_NOISE]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 @contextmanager
 def quiet_transformers():
-    """No per-tensor loading bars from transformers (our own progress is shown where it matters)."""
+    """No per-tensor loading bars from transformers (our own progress is shown where it matters), no import noise."""
     from transformers.utils import logging as hf_logging  # start-up time
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with quiet_imports():
+            yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()

@@ -80,6 +80,7 @@ RUN_SECTION = "resolved"
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit
+LOAD_IN = ("int8", "8bit", "4bit")  # --load-in: torchao weight-only int8; bitsandbytes 8-bit / 4-bit (CUDA)
 
 
 def resolve_device(device: str, flag: str = "--device") -> torch.device:
@@ -351,8 +352,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "Keep only each decoder layer's input during the forward pass and "
                                                "recompute the rest in the backward pass (less activation memory, "
                                                "~1.3x compute); the gradient still reaches the prompt.", "run")
-    load_in: str | None = _opt(None, "Quantise the frozen backbone at load: 8bit or 4bit (bitsandbytes, CUDA). "
-                                     "The prompt stays fp32.", "run")
+    load_in: str | None = _opt(None, "Quantise the frozen backbone at load: int8 (weight-only, torchao; CPU or "
+                                     "GPU), 8bit or 4bit (bitsandbytes, CUDA). The prompt stays fp32.", "run")
 
     # Each method's and kind's own options, one group each (`config.vpt.deep`; flags and YAML keep `vpt_deep`).
     deep: DeepOptions = _group(DeepOptions, "deep")
@@ -431,7 +432,7 @@ class TrainConfig:
             (self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}"),
             (self.max_rollbacks >= 0, f"--max-rollbacks must be >= 0, got {self.max_rollbacks}"),
             (bool(DEVICE.match(self.device)), f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps"),
-            (self.load_in in (None, "8bit", "4bit"), f"--load-in {self.load_in!r}: choose 8bit or 4bit"),
+            (self.load_in in (None, *LOAD_IN), f"--load-in {self.load_in!r}: choose {', '.join(LOAD_IN)}"),
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
             (not (self.gradient_checkpointing and self.method is PromptMethod.DEPT),

@@ -8,6 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+# Set on a model whose weights were quantised at load (`--load-in int8`): the fingerprint of its weights as they
+# were in the checkpoint, so that a prompt trained on the full-precision backbone loads on the quantised one and
+# the other way round (the fingerprint names the checkpoint, not how it is held in memory).
+CHECKPOINT_FINGERPRINT = "_softprompt_checkpoint_fingerprint"
+
 
 class FrozenBackbone(nn.Module):
     """What every backbone kind shares: the wrapped model never trains (no parameter requires a gradient and it
@@ -51,7 +56,7 @@ class FrozenBackbone(nn.Module):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
+            self._fingerprint = getattr(self.model, CHECKPOINT_FINGERPRINT, None) or weights_fingerprint(self.model)
         return self._fingerprint
 
 

@@ -59,3 +59,7 @@ def quiet_third_party(verbose: bool = False) -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow huggingface_hub's switch
     logging.getLogger("DeepSpeed").addFilter(_DropAcceleratorGuess())
+    from .cache import IMPORT_NOISE
+
+    for name in IMPORT_NOISE:  # torchao's import, whoever triggers it (transformers does on every model load)
+        logging.getLogger(name).setLevel(logging.ERROR)

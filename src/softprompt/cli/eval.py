@@ -12,7 +12,7 @@ from ..data import load_task
 from ..data.fields import field_names
 from ..evaluation import evaluate
 from . import app
-from .common import load_for_inference
+from .common import LoadIn, load_for_inference
 
 
 @app.command("eval")
@@ -30,11 +30,12 @@ def eval_command(
     skip_bad_rows: Annotated[bool, typer.Option("--skip-bad-rows", help="Skip bad rows instead of stopping.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    load_in: LoadIn = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Evaluate PROMPT on a split: {"accuracy": ..., "macro_f1": ..., "n": ...} (generation: loss, perplexity)."""
     given_fields = field_names(text_field) if text_field is not None else None  # a bad flag fails before loading
-    prompted, meta = load_for_inference(prompt, model, precision, device)
+    prompted, meta = load_for_inference(prompt, model, precision, device, load_in)
     fields = given_fields or prompted.input_fields
     task = load_task(data, test_file=test_file if split == "test" else None,
                      validation_file=test_file if split == "validation" else None,

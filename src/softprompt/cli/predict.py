@@ -18,7 +18,7 @@ from ..progress import bar as progress_bar
 from ..progress import stage_line
 from ..protocols import TaskType
 from . import app
-from .common import load_for_inference
+from .common import LoadIn, load_for_inference
 
 
 @app.command()
@@ -41,6 +41,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines with scores.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    load_in: LoadIn = None,
 ) -> None:
     """Print the predicted label (or generated text) for each input, one per line; with --input, one JSON line per
     row of a data file."""
@@ -58,7 +59,7 @@ def predict(
         texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
         if not texts:
             raise ConfigError("predict -: standard input held no text (one input per line)")
-    prompted, _ = load_for_inference(prompt, model, precision, device)
+    prompted, _ = load_for_inference(prompt, model, precision, device, load_in)
     fields = prompted.input_fields
     if input_file is not None:
         checks = dict(text_fields=fields, label_field=None)

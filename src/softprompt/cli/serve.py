@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..hub import load_backbone, resolve_precision
 from ..inference.bank import PromptBank
 from . import app
-from .common import pick_device
+from .common import LoadIn, check_load_in, pick_device
 
 
 @app.command()
@@ -26,6 +26,7 @@ def serve(
         help="Bearer token for uploading/deleting prompts (POST/DELETE /v1/prompts); without it they are off.")] = None,
     precision: Annotated[str, typer.Option(help="auto | bf16 | fp32.")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    load_in: LoadIn = None,
     max_batch_rows: Annotated[int, typer.Option(help="Rows per backbone batch.")] = 32,
     batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 10.0,
     mix_prompts: Annotated[bool, typer.Option(
@@ -52,11 +53,12 @@ def serve(
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
     if not prompt_cache_mb >= 0:  # NaN too
         raise ConfigError(f"--prompt-cache-mb must be 0 or more (got {prompt_cache_mb})")
+    check_load_in(load_in)
     import uvicorn  # start-up time: serve only
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = pick_device(device)
-    backbone = load_backbone(model, dtype=resolve_precision(precision, target), device=target)
+    backbone = load_backbone(model, dtype=resolve_precision(precision, target), device=target, load_in=load_in)
     settings = ServeSettings(admin_token=admin_token, max_batch_rows=max_batch_rows, batch_wait_ms=batch_wait_ms,
                              mix_prompts=mix_prompts, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
                              max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens,

@@ -242,11 +242,12 @@ def plot(table: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int, max_steps: int, output: Path,
             batch_size: int = 16, eval_limit: int = 300, test_limit: int = 0, precision: str = "auto",
-            lr: float | None = None, resume: bool = False, log=print) -> list[dict[str, Any]]:
+            lr: float | None = None, resume: bool = False, latency_rows: int = 50,
+            log=print) -> list[dict[str, Any]]:
     """Run every (method, seed) in its own process; write compare.json/.md/.png; returns the aggregated table.
 
     With `resume`, rows already finished in `output/runs.jsonl` (same model, data, steps and batch
-    size) are kept, not re-run.
+    size) are kept, not re-run. `latency_rows`: test inputs timed at batch 1 against the bare backbone.
     """
 
     if seeds < 1:
@@ -270,7 +271,7 @@ def compare(model: str, data: str, methods: Sequence[MethodName], *, seeds: int,
                 continue
             spec = RunSpec(method.value, seed, model, data, str(output / "runs" / f"{method.value}-seed{seed}"),
                            max_steps, batch_size=batch_size, lr=lr, eval_limit=eval_limit, test_limit=test_limit,
-                           precision=precision)
+                           precision=precision, latency_rows=latency_rows)
             started = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "softprompt.tools.compare", json.dumps(asdict(spec))],
                                   capture_output=True, text=True)

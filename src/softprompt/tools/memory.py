@@ -117,10 +117,13 @@ def _parameter_bytes(model: torch.nn.Module, dtype: torch.dtype, load_in: str | 
     size = torch.tensor([], dtype=dtype).element_size()
     if load_in is None:
         return sum(p.numel() for p in model.parameters()) * size
-    per = 1.0 if load_in == "8bit" else 0.5 + 0.127 / 8  # nf4 + double-quantised absmax constants
-    total = 0.0
+    per = 1.0 if load_in in ("8bit", "int8") else 0.5 + 0.127 / 8  # int8; nf4 + double-quantised absmax constants
+    total, seen = 0.0, set()
     for name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # a tied output head is the input embedding: counted once
+                continue
+            seen.add(id(param))
             linear = isinstance(module, torch.nn.Linear) and pname == "weight" and "lm_head" not in name
             total += param.numel() * (per if linear else size)
     return int(total)
