@@ -1,8 +1,8 @@
 """softprompt vs Hugging Face PEFT prompt tuning, side by side, against the machine's matmul ceiling.
 
 One run, one process tree: each side trains and serves in its own worker process (so peak RSS is its own), on
-the same backbone (smollm2-135m), data (rotten_tomatoes), prompt length, init text, batch size, max length,
-learning rate, steps, seed and batches. Sides:
+the same backbone (`--model`, default smollm2-135m), data (rotten_tomatoes), prompt length, init text, batch size,
+max length, learning rate, steps, seed and batches. Sides:
 
 - `peft-fp32`: PEFT `PromptTuningConfig` (text init) on the model in fp32 — how users usually run it on CPU;
 - `peft-bf16`: the same with the model loaded in bf16;
@@ -17,9 +17,11 @@ learning rate, steps, seed and batches. Sides:
 Reported per side: median training step time (warm-up excluded), tokens/s, peak RSS, test accuracy after the
 same steps; classification throughput (batch 32), single-request latency, greedy generation latency (8 new
 tokens); executed matmul FLOPs per step and the fraction of the measured matmul ceiling (fp32 for fp32 sides,
-bf16 for bf16 sides). Writes benchmarks/results/vs_peft.json and vs_peft.md.
+bf16 for bf16 sides). Writes benchmarks/results/vs_peft.json and vs_peft.md (`--name`).
 
     python benchmarks/vs_peft.py [--steps 60] [--sides peft-fp32,...] [--merge]
+    python benchmarks/vs_peft.py --model qwen2.5-1.5b --name vs_peft_1.5b --steps 8 --warmup 2 --batch-size 8 \
+        --sides peft-fp32,softprompt-eager --test-limit 64 --throughput-examples 32
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def worker_softprompt(args, placement: str, compiled: bool = False) -> dict:
     import softprompt as sp
 
     task = sp.load_task("rotten_tomatoes")
-    backbone = sp.load_backbone("smollm2-135m", dtype="auto")
+    backbone = sp.load_backbone(args.model, dtype="auto")
     compile_seconds = None
     if compiled:
         started = time.perf_counter()
@@ -143,11 +145,11 @@ def worker_softprompt(args, placement: str, compiled: bool = False) -> dict:
             "compile_seconds": compile_seconds}
 
 
-def worker_compile_only() -> dict:
+def worker_compile_only(args) -> dict:
     """The compile of the decoder block alone, as a fresh process after a run meets it (inductor's disk cache)."""
     import softprompt as sp
 
-    backbone = sp.load_backbone("smollm2-135m", dtype="auto")
+    backbone = sp.load_backbone(args.model, dtype="auto")
     started = time.perf_counter()
     line = backbone.compile_for_training()
     return {"compile_seconds": time.perf_counter() - started, "line": line}
@@ -160,7 +162,7 @@ def worker_peft(args, dtype: torch.dtype) -> dict:
     import softprompt as sp
     from softprompt.hub import builtin_backbone_dir
 
-    folder = str(builtin_backbone_dir("smollm2-135m"))
+    folder = str(builtin_backbone_dir(args.model))
     task = sp.load_task("rotten_tomatoes")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
@@ -262,6 +264,8 @@ def _worker_args(argv: list[str]) -> list[str]:
 # ---- driver ---------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="a built-in backbone (e.g. qwen2.5-1.5b)")
+    parser.add_argument("--name", default="vs_peft", help="results/NAME.json and .md")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -279,7 +283,7 @@ def main() -> None:
 
     if args.worker:
         if args.worker == "compile-only":
-            result = worker_compile_only()
+            result = worker_compile_only(args)
         elif args.worker.startswith("peft"):
             result = worker_peft(args, torch.float32 if args.worker == "peft-fp32" else torch.bfloat16)
         else:
@@ -292,8 +296,8 @@ def main() -> None:
     print(f"matmul ceiling ({torch.get_num_threads()} threads): fp32 {ceiling['fp32']:.0f} GFLOP/s, "
           f"bf16 {ceiling['bf16']:.0f} GFLOP/s", flush=True)
     rows = {}
-    if args.merge and (RESULTS / "vs_peft.json").is_file():
-        rows = json.loads((RESULTS / "vs_peft.json").read_text())["sides"]
+    if args.merge and (RESULTS / f"{args.name}.json").is_file():
+        rows = json.loads((RESULTS / f"{args.name}.json").read_text())["sides"]
     cache = tempfile.mkdtemp(prefix="vs_peft_inductor_")  # empty: the compiled side's compile is a cold start
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TORCHINDUCTOR_CACHE_DIR": cache}
 
@@ -335,7 +339,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out = {"settings": {k: v for k, v in vars(args).items() if k != "worker"}, "ceiling_gflops": ceiling,
            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "sides": rows}
-    (RESULTS / "vs_peft.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1))
     shutil.rmtree(cache, ignore_errors=True)
 
     def compile_cell(r):
@@ -355,9 +359,10 @@ def main() -> None:
              for s, r in ok.items()]
     table = header + "\n".join(lines) + (f"\n\nCeiling (measured, {out['threads']} threads): fp32 "
                                          f"{ceiling['fp32']:.0f} GFLOP/s, bf16 {ceiling['bf16']:.0f} GFLOP/s. "
-                                         f"{args.steps} steps, batch {args.batch_size}, max length {args.max_length}, "
+                                         f"{args.model}, {args.steps} steps, batch {args.batch_size}, max length "
+                                         f"{args.max_length}, "
                                          f"{args.tokens} virtual tokens, test accuracy on {args.test_limit} examples.\n")
-    (RESULTS / "vs_peft.md").write_text(table)
+    (RESULTS / f"{args.name}.md").write_text(table)
     print(table)
 
 
