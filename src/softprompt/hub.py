@@ -100,7 +100,7 @@ def builtin_names() -> list[str]:
     return [*BUILTIN_BACKBONES, *BUILTIN_FOLDERS, WHISPER_BUILTIN]
 
 
-def _builtin_folder(spec: BuiltinFolder) -> Path:
+def builtin_folder(spec: BuiltinFolder) -> Path:
     root = package_dir(spec.package)
     if root is None or not (root / spec.folder / "config.json").is_file():
         raise BackboneError(f"built-in backbone '{spec.name}' needs the wheel {' '.join(spec.pip_names)}: run "
@@ -218,7 +218,7 @@ def load_backbone(name_or_path: str, *, dtype: torch.dtype | str = "auto",
     if name_or_path in BUILTIN_BACKBONES:
         folder: str | Path = builtin_backbone_dir(name_or_path)
     elif name_or_path in BUILTIN_FOLDERS:
-        folder = _builtin_folder(BUILTIN_FOLDERS[name_or_path])
+        folder = builtin_folder(BUILTIN_FOLDERS[name_or_path])
     else:
         folder = name_or_path
         path = Path(name_or_path)

@@ -102,7 +102,7 @@ class _Row:
 
 
 @dataclass
-class _Decoding:
+class Decoding:
     request: Request
     prompt_tokens: int
     generator: torch.Generator
@@ -138,7 +138,7 @@ def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decod
                 ) -> tuple[list[Classification | Generation | None], "Decoder"]:
     """The prefill of `requests`: results of the rows that are done (classification, nothing to generate), None
     for generation rows, which join `decoder` (a new one when None) to be decoded by its `step`s; a finished
-    row's `_Decoding.index` is its place in `requests`."""
+    row's `Decoding.index` is its place in `requests`."""
     decoder = decoder if decoder is not None else Decoder(backbone)
     if not requests:
         return [], decoder
@@ -174,7 +174,7 @@ def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decod
             word_scores[i] = log_probs[row, ids][None]                                      # (1, W)
 
     results: list[Classification | Generation | None] = [None] * len(requests)
-    decoding: list[_Decoding] = []
+    decoding: list[Decoding] = []
     for i, req in enumerate(requests):
         if req.task == "classify":
             model = req.model
@@ -185,7 +185,7 @@ def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decod
             results[i] = Generation("", "length", prompt_tokens[i], 0)
         else:
             seed = req.seed if req.seed is not None else random.getrandbits(63)
-            decoding.append(_Decoding(req, prompt_tokens[i], torch.Generator().manual_seed(seed), index=i))
+            decoding.append(Decoding(req, prompt_tokens[i], torch.Generator().manual_seed(seed), index=i))
     if decoding:
         select = torch.tensor([spans[state.index][0] for state in decoding], device=hidden.device)
         if len(decoding) != len(rows):
@@ -317,7 +317,7 @@ def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):
     return backbone.new_cache(layers), mask
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     """Next token from one row's logits (V,): greedy at temperature 0, else nucleus sampling."""
     if temperature <= 0:
         return int(logits.argmax())
@@ -329,7 +329,7 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: tor
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
-def _advance(state: _Decoding, token: int, tokenizer, eos: int | None) -> None:
+def advance_decoding(state: Decoding, token: int, tokenizer, eos: int | None) -> None:
     """Add one token to a row: finish on end-of-sequence, a stop string or the token budget; stream new text."""
     req = state.request
     if req.abandoned:  # nobody is waiting for the rest
@@ -381,7 +381,7 @@ class Decoder:
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
-        self.states: list[_Decoding] = []
+        self.states: list[Decoding] = []
         self.last: torch.Tensor | None = None       # (G, d) hidden state the next token is read from
         self.cache = None                           # key/value cache (G rows)
         self.mask: torch.Tensor | None = None       # (G, columns) attention mask over the cache
@@ -391,7 +391,7 @@ class Decoder:
     def active(self) -> bool:
         return bool(self.states)
 
-    def join(self, states: list[_Decoding], last: torch.Tensor, cache, mask: torch.Tensor,
+    def join(self, states: list[Decoding], last: torch.Tensor, cache, mask: torch.Tensor,
              positions: torch.Tensor) -> None:
         if not self.states:
             self.states, self.last, self.cache, self.mask, self.positions = list(states), last, cache, mask, positions
@@ -408,7 +408,7 @@ class Decoder:
         self.states += states
 
     @torch.no_grad()
-    def step(self) -> list[_Decoding]:
+    def step(self) -> list[Decoding]:
         """Pick every row's next token (streaming its text), drop the rows that finished (returned), and run one
         forward for the rest."""
         backbone = self.backbone
@@ -416,8 +416,8 @@ class Decoder:
         logits = backbone.token_logits(self.last).float().cpu()           # (G, V)
         tokens = []
         for row, state in enumerate(self.states):
-            token = _pick(logits[row], state.request.temperature, state.request.top_p, state.generator)
-            _advance(state, token, tokenizer, tokenizer.eos_token_id)
+            token = pick_token(logits[row], state.request.temperature, state.request.top_p, state.generator)
+            advance_decoding(state, token, tokenizer, tokenizer.eos_token_id)
             tokens.append(token)
         keep = [row for row, state in enumerate(self.states) if state.finish is None]
         finished = [state for state in self.states if state.finish is not None]

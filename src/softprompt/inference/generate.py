@@ -14,7 +14,7 @@ import torch
 
 from ..kinds.causal_lm.model import PromptedModel
 from ..template import left_pad
-from .batch import Request, _advance, _Decoding, _pick, fields_of, run_batch
+from .batch import Decoding, Request, advance_decoding, fields_of, pick_token, run_batch
 
 
 @torch.no_grad()
@@ -41,15 +41,15 @@ def _generate_without_cache(model: PromptedModel, req: Request) -> str:
     """The reference: one row, the whole sequence recomputed every step, no key/value or prompt cache."""
     backbone = model.backbone
     seed = req.seed if req.seed is not None else random.getrandbits(63)
-    state = _Decoding(req, 0, torch.Generator().manual_seed(seed))
+    state = Decoding(req, 0, torch.Generator().manual_seed(seed))
     encoded = model.encoder.encode(fields_of(model, req.inputs))   # the context alone, for any task
     batch = {k: v.to(backbone.device) for k, v in left_pad([encoded], model.encoder.pad_id).items()}
     batch["labels"] = torch.full_like(batch["input_ids"], -100)  # generated tokens are the answer, as in training
     while state.finish is None and req.max_new_tokens > 0:
         hidden, _ = _full_pass(model, batch)
         logits = backbone.token_logits(hidden[:, -1]).float().cpu()[0]
-        token = _pick(logits, req.temperature, req.top_p, state.generator)
-        _advance(state, token, backbone.tokenizer, backbone.tokenizer.eos_token_id)
+        token = pick_token(logits, req.temperature, req.top_p, state.generator)
+        advance_decoding(state, token, backbone.tokenizer, backbone.tokenizer.eos_token_id)
         one = torch.ones((1, 1), dtype=torch.long, device=backbone.device)
         batch = {"input_ids": torch.cat([batch["input_ids"], one * token], dim=1),
                  "soft_index": torch.cat([batch["soft_index"], -one], dim=1),

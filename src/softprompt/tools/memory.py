@@ -19,7 +19,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, _builtin_folder, builtin_backbone_dir, resolve_precision
+from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, builtin_backbone_dir, builtin_folder, resolve_precision
 from ..kinds import detect_kind
 from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of
 from ..kinds.text import DEFAULT_DEPT_TOKENS, DEFAULT_NUM_VIRTUAL_TOKENS
@@ -76,7 +76,7 @@ def _model_folder(name: str) -> Path:
     if name in BUILTIN_BACKBONES:
         return builtin_backbone_dir(name)
     if name in BUILTIN_FOLDERS:
-        return _builtin_folder(BUILTIN_FOLDERS[name])
+        return builtin_folder(BUILTIN_FOLDERS[name])
     path = Path(name)
     if not (path / "config.json").is_file():
         raise ConfigError(f"--dry-run --model {name}: needs a built-in name or a local folder with config.json "
