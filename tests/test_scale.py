@@ -160,17 +160,20 @@ def test_long_sequences_switch_to_sdpa_with_the_same_result(monkeypatch):
 
 def test_int8_backbone_holds_linear_weights_in_int8_and_a_prompt_trains_on_it(tiny_model_dir, sentiment_dir,
                                                                                 tmp_path, capsys):
-    from torchao.quantization import Int8Tensor
-
     from softprompt import load_backbone
     from softprompt.kinds import load_prompted_model
+    from softprompt.kinds.int8 import Int8Linear
 
     full = load_backbone(tiny_model_dir, dtype=torch.float32)
     held = load_backbone(tiny_model_dir, dtype=torch.float32, load_in="int8")
-    linears = [m for m in held.model.modules() if isinstance(m, torch.nn.Linear)]
-    quantised = [m for m in linears if isinstance(m.weight, Int8Tensor)]
-    assert len(quantised) == len(linears) - 1 and not isinstance(held.model.lm_head.weight, Int8Tensor)
-    assert quantised[0].weight.qdata.dtype == torch.int8
+    linears = [m for m in full.model.modules() if isinstance(m, torch.nn.Linear)]
+    quantised = [m for m in held.model.modules() if isinstance(m, Int8Linear)]
+    assert len(quantised) == len(linears) - 1 and isinstance(held.model.lm_head, torch.nn.Linear)
+    assert quantised[0].qweight.dtype == torch.int8 and not list(quantised[0].parameters())  # no float weight
+    # Each row is within half a step of its scale of the loaded weight.
+    layer = full.model.model.layers[0].mlp.up_proj.weight
+    up = held.model.model.layers[0].mlp.up_proj
+    assert ((up.weight - layer).abs() <= up.scale[:, None] / 2 + 1e-7).all() and not torch.equal(up.weight, layer)
     # The fingerprint names the checkpoint: a prompt trained on either loads on the other.
     assert held.fingerprint() == full.fingerprint()
 
@@ -178,7 +181,7 @@ def test_int8_backbone_holds_linear_weights_in_int8_and_a_prompt_trains_on_it(ti
                          batch_size=4, num_virtual_tokens=4, precision="fp32", load_in="int8", eval_every=0,
                          compile="off")
     result = train(config, progress=False)
-    assert isinstance(result.model.backbone.model.model.layers[0].mlp.up_proj.weight, Int8Tensor)
+    assert isinstance(result.model.backbone.model.model.layers[0].mlp.up_proj, Int8Linear)
     start = build_prompted_model(config, full, load_task(str(sentiment_dir))).prompt.embeddings
     assert not torch.equal(result.model.prompt.embeddings.detach(), start.detach())  # the gradient got through
 
@@ -189,6 +192,13 @@ def test_int8_backbone_holds_linear_weights_in_int8_and_a_prompt_trains_on_it(ti
         a, b = (m.class_scores({k: v for k, v in m.make_batch(rows, label_field=None).items()})
                 for m in (on_full, on_held))
     assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()
+
+    # The gradient an int8 layer passes back is the one its dequantised weight would.
+    x = torch.randn(3, up.in_features, requires_grad=True)
+    (up(x) ** 2).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    ((x2 @ up.weight.t()) ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
 
     assert main(["eval", "--prompt", str(result.prompt_path), "--data", str(sentiment_dir), "--load-in", "int8",
                  "--quiet"]) == 0

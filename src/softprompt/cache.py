@@ -52,9 +52,9 @@ def convert_in_staging(target: Path, convert) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-# Loggers that speak when transformers imports torchao (it does on every load where torchao is installed): one
-# warning per CUDA kernel library torchao cannot load on a machine without one, and torch's about each enum torchao
-# registers with pytree. Noise for every model we load, not problems.
+# Loggers that speak when transformers imports torchao, which it does on every model load wherever torchao is
+# installed (softprompt does not need it): a warning per CUDA kernel library torchao cannot load on a machine
+# without one, and torch's about each enum torchao registers with pytree. Noise, not problems.
 IMPORT_NOISE = ("torchao", "torch.utils._pytree")
 
 

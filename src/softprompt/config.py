@@ -80,7 +80,7 @@ RUN_SECTION = "resolved"
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 SEED_MAX = 2**32 - 1  # numpy and torch seeds are unsigned 32-bit
-LOAD_IN = ("int8", "8bit", "4bit")  # --load-in: torchao weight-only int8; bitsandbytes 8-bit / 4-bit (CUDA)
+LOAD_IN = ("int8", "8bit", "4bit")  # --load-in: weight-only int8 (kinds/int8.py); bitsandbytes 8-bit / 4-bit (CUDA)
 
 
 def resolve_device(device: str, flag: str = "--device") -> torch.device:
@@ -352,8 +352,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "Keep only each decoder layer's input during the forward pass and "
                                                "recompute the rest in the backward pass (less activation memory, "
                                                "~1.3x compute); the gradient still reaches the prompt.", "run")
-    load_in: str | None = _opt(None, "Quantise the frozen backbone at load: int8 (weight-only, torchao; CPU or "
-                                     "GPU), 8bit or 4bit (bitsandbytes, CUDA). The prompt stays fp32.", "run")
+    load_in: str | None = _opt(None, "Quantise the frozen backbone at load: int8 (weight-only; CPU or GPU), 8bit "
+                                     "or 4bit (bitsandbytes, CUDA). The prompt stays fp32.", "run")
 
     # Each method's and kind's own options, one group each (`config.vpt.deep`; flags and YAML keep `vpt_deep`).
     deep: DeepOptions = _group(DeepOptions, "deep")

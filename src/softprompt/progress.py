@@ -61,5 +61,5 @@ def quiet_third_party(verbose: bool = False) -> None:
     logging.getLogger("DeepSpeed").addFilter(_DropAcceleratorGuess())
     from .cache import IMPORT_NOISE
 
-    for name in IMPORT_NOISE:  # torchao's import, whoever triggers it (transformers does on every model load)
+    for name in IMPORT_NOISE:  # torchao's import where it is installed (transformers imports it on every load)
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -18,7 +18,7 @@ from ..protocols import PromptedTask
 
 # The verbs that load a backbone for inference share one --load-in.
 LoadIn = Annotated[Optional[str], typer.Option(
-    help="Hold the frozen backbone quantised: int8 (weight-only, torchao; CPU or GPU: a quarter of fp32's weight "
+    help="Hold the frozen backbone quantised: int8 (weight-only, CPU or GPU: a quarter of fp32's weight "
          "memory), 8bit or 4bit (bitsandbytes, CUDA).")]
 
 

@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 import torch
 
-from ..cache import quiet_imports, quiet_transformers
+from ..cache import quiet_transformers
 from ..errors import BackboneError
 from ..frozen import CHECKPOINT_FINGERPRINT, weights_fingerprint
+from .int8 import hold_int8
 
 
 def _first_line(exc: BaseException) -> str:
@@ -45,14 +46,12 @@ def from_pretrained(load: Callable[..., Any], folder: str | Path, name: str, kin
 
 def load_text_model(auto: Any, folder: str | Path, name: str, kind: str, *, dtype: torch.dtype,
                     device: torch.device | str, load_in: str | None, **extra: Any) -> tuple[Any, Any]:
-    """(model on `device`, tokenizer) of a text kind; `load_in` holds the weights in int8 (torchao, any device)
-    or quantises with bitsandbytes (8bit / 4bit, CUDA)."""
+    """(model on `device`, tokenizer) of a text kind; `load_in` holds the linear weights in int8 (`int8`, any
+    device) or quantises with bitsandbytes (`8bit` / `4bit`, CUDA)."""
     from transformers import AutoTokenizer  # start-up time
 
     bitsandbytes = load_in is not None and load_in != "int8"
-    if load_in == "int8":
-        _require_torchao()
-    elif bitsandbytes:
+    if bitsandbytes:
         extra["quantization_config"] = quantization_config(load_in, dtype, device)
         extra["device_map"] = {"": str(torch.device(device))}
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, folder, name, kind)
@@ -60,33 +59,9 @@ def load_text_model(auto: Any, folder: str | Path, name: str, kind: str, *, dtyp
     if not bitsandbytes:
         model = model.to(device)  # a bitsandbytes model is placed by its loader and cannot move
     if load_in == "int8":
+        setattr(model, CHECKPOINT_FINGERPRINT, weights_fingerprint(model))  # first: it names the checkpoint
         hold_int8(model)
     return model, tokenizer
-
-
-def _require_torchao() -> None:
-    if importlib.util.find_spec("torchao") is None:
-        raise BackboneError("--load-in int8 needs torchao: pip install 'softprompt[int8]' (or: pip install "
-                            "'torchao>=0.18,<0.19')")
-
-
-def hold_int8(model: torch.nn.Module) -> int:
-    """Hold every linear layer's weight in int8 with one scale per output row (torchao's weight-only int8); the
-    activations, the prompt and its gradient keep the model's dtype. The output head stays as loaded: the scores
-    of the answer words are read from it. Returns the number of layers converted.
-
-    The frozen weights take a quarter of their fp32 memory (half of bf16); the input gradient flows through the
-    quantised layers, so prompts train on such a backbone.
-    """
-    _require_torchao()
-    with quiet_imports():
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_  # optional: --load-in int8 only
-    setattr(model, CHECKPOINT_FINGERPRINT, weights_fingerprint(model))  # before: it names the checkpoint
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    chosen = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
-    ids = {id(m) for m in chosen}
-    quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda module, _fqn: id(module) in ids)
-    return len(chosen)
 
 
 def refuse_quantisation(load_in: str | None, kind: str) -> None:
