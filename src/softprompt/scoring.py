@@ -1,9 +1,11 @@
 """The small kernels every prompted model shares: placing soft tokens, autocasting to the backbone's compute
-dtype, and the one token log-likelihood (gather, mask, sum) that label words and targets are scored with."""
+dtype, the one token log-likelihood (gather, mask, sum) that label words and targets are scored with, and the one
+scorer of label words after a context (`label_word_scores`) that training, evaluation and the server share."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -43,3 +45,57 @@ def text_positions(soft_index: torch.Tensor, attention_mask: torch.Tensor,
     if answer is not None:
         text = text & ~answer
     return (text.long().cumsum(dim=1) - 1).masked_fill(~text, -1)
+
+
+def label_word_scores(backbone: Backbone, last: torch.Tensor, words: Sequence[tuple[int, Sequence[int]]], *,
+                      cache: Any = None, mask: torch.Tensor | None = None, next_position: torch.Tensor | None = None,
+                      pad_id: int = 0, row_count: Callable[[int], int] | None = None) -> torch.Tensor:
+    """The log-likelihood of label words after their rows' contexts: the one place a classification score is
+    computed, for training, evaluation, the bank and the server alike.
+
+    `last` (R, d): each context's final hidden state; `words`: (row, token ids) pairs, any number per row, each
+    row's own words. A word's first token is read from `last`; a word of several tokens continues from its row's
+    key/value `cache` (over `mask` (R, C) columns, the row's next position `next_position` (R, 1)): the cache is
+    repeated per such word and only the words' leading tokens run after it, so a row's context runs once however
+    many classes it has. `row_count(n)`: how many rows to run for n (few shapes for a server; pad rows repeat the
+    first and are dropped). Returns (len(words),).
+    """
+    device = last.device
+    rows = torch.tensor([row for row, _ in words], device=device)
+    firsts = torch.tensor([ids[0] for _, ids in words], device=device)
+    used, where = torch.unique(rows, return_inverse=True)                     # project only the rows scored
+    with backbone_autocast(backbone):
+        logits = backbone.token_logits(last.index_select(0, used))
+    first = torch.log_softmax(logits.float(), dim=-1)[where, firsts]          # (P,): every word's first token
+    longer = [p for p, (_, ids) in enumerate(words) if len(ids) > 1]
+    if not longer:
+        return first
+    k = max(len(words[p][1]) for p in longer) - 1
+    extra = (row_count(len(longer)) if row_count else len(longer)) - len(longer)
+    source = rows[torch.tensor(longer + [longer[0]] * extra, device=device)]
+    inputs = torch.full((len(source), k), pad_id, dtype=torch.long)
+    targets = torch.full((len(longer), k), -1, dtype=torch.long)
+    for n, p in enumerate(longer):
+        ids = words[p][1]
+        inputs[n, :len(ids) - 1] = torch.tensor(ids[:-1])
+        targets[n, :len(ids) - 1] = torch.tensor(ids[1:])
+    expanded = backbone.new_cache([(key.index_select(0, source), value.index_select(0, source))
+                                   for key, value in cache_layers(cache)])
+    word_mask = torch.cat([mask.index_select(0, source), mask.new_ones(len(source), k)], dim=1)
+    positions = next_position.index_select(0, source) + torch.arange(k, device=device)
+    with backbone_autocast(backbone):
+        hidden, _ = backbone.hidden_states(backbone.embed(inputs.to(device)), word_mask, positions,
+                                           past_key_values=expanded, use_cache=True)
+        logits = backbone.token_logits(hidden[:len(longer)])
+    rest = token_log_likelihood(torch.log_softmax(logits.float(), dim=-1), targets.to(device))   # (L,)
+    return first.index_add(0, torch.tensor(longer, device=device), rest)
+
+
+def same_words_per_row(rows: int, word_ids: Sequence[Sequence[int]]) -> list[tuple[int, Sequence[int]]]:
+    """`label_word_scores`' pairs when every one of `rows` rows scores the same words (one prompt's batch)."""
+    return [(row, ids) for row in range(rows) for ids in word_ids]
+
+
+def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a transformers cache (or of a list of such pairs)."""
+    return [(layer[0], layer[1]) for layer in cache]

@@ -26,7 +26,7 @@ import torch
 from ..errors import ConfigError
 from ..kinds.causal_lm.model import PromptedModel
 from ..protocols import Backbone, TaskType
-from ..scoring import backbone_autocast, place_soft_tokens, text_positions, token_log_likelihood
+from ..scoring import backbone_autocast, label_word_scores, place_soft_tokens, text_positions
 from ..template import Encoded, left_pad
 
 # CPU matmul kernels (oneDNN) are built and cached per shape; every new shape costs time and memory (a
@@ -164,14 +164,18 @@ def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decod
     filler = _Row(rows[0].model, Encoded([backbone.tokenizer.pad_token_id], [-1]), 0) if rows else None
     rows += [filler] * (_row_bucket(len(rows)) - len(rows))              # results ignore these rows
     hidden, cache, mask, positions = _prefill(backbone, rows, want_cache)   # hidden (R, T, d)
-    word_scores = dict(zip(multi, _multi_token_word_scores(
-        backbone, [(requests[i].model, spans[i][0]) for i in multi], hidden, cache, mask, positions))) if multi else {}
-    single = [i for i, req in enumerate(requests) if req.task == "classify" and i not in word_scores]
-    if single:  # one vocabulary projection for every row whose label words are single tokens
-        log_probs = _last_log_probs(backbone, hidden, [spans[i][0] for i in single])      # (S, V)
-        for row, i in enumerate(single):
-            ids = torch.tensor([w[0] for w in requests[i].model.word_ids], device=log_probs.device)
-            word_scores[i] = log_probs[row, ids][None]                                      # (1, W)
+    classify = [i for i, req in enumerate(requests) if req.task == "classify"]
+    word_scores: dict[int, torch.Tensor] = {}
+    if classify:  # every classification row's words in one call: one vocabulary projection, one word pass
+        words = [(spans[i][0], ids) for i in classify for ids in requests[i].model.word_ids]
+        every = label_word_scores(backbone, hidden[:, -1], words, cache=cache, mask=mask,
+                                  next_position=positions[:, -1:] + 1, pad_id=backbone.tokenizer.pad_token_id,
+                                  row_count=_row_bucket)
+        start = 0
+        for i in classify:
+            count = len(requests[i].model.word_ids)
+            word_scores[i] = every[start:start + count][None]                             # (1, W)
+            start += count
 
     results: list[Classification | Generation | None] = [None] * len(requests)
     decoding: list[Decoding] = []
@@ -226,15 +230,6 @@ def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
     return hidden, cache, mask, positions
 
 
-def _last_log_probs(backbone: Backbone, hidden: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-    """Log-probabilities over the vocabulary after the last column of `rows` of the prefill: (len(rows), V), as
-    `PromptedModel.word_scores_from_hidden` computes them row by row (one matmul instead of one per row)."""
-    last = hidden.index_select(0, torch.tensor(rows, device=hidden.device))[:, -1]           # (S, d)
-    with backbone_autocast(backbone):
-        logits = backbone.token_logits(last)
-    return torch.log_softmax(logits.float(), dim=-1)
-
-
 def _offset_text(rows: Sequence[_Row], tokens: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Add each DePT prompt's low-rank offsets to its rows' text tokens, as `PromptedModel.embed` does; a row
     after a cached prefix continues the text positions from the prefix's own text columns (its BOS)."""
@@ -253,44 +248,6 @@ def _offset_text(rows: Sequence[_Row], tokens: torch.Tensor, batch: dict[str, to
         index = torch.tensor(members, device=tokens.device)
         offsets[index] = rows[members[0]].model.prompt.text_offsets(positions[index]).to(tokens.dtype)
     return tokens + offsets
-
-
-def _multi_token_word_scores(backbone: Backbone, items: Sequence[tuple[PromptedModel, int]], hidden: torch.Tensor,
-                             cache, mask: torch.Tensor, positions: torch.Tensor) -> list[torch.Tensor]:
-    """(1, W) word scores of classification rows whose label words take several tokens, as
-    `PromptedModel.word_scores` computes them: each row's context ran once in the prefill; its key/value cache is
-    repeated per word and only the words' leading tokens run after it. `items` holds (model, prefill row)."""
-
-    device = hidden.device
-    pad = backbone.tokenizer.pad_token_id
-    k = max(model.max_word_tokens for model, _ in items) - 1
-    source, inputs, wanted = [], [], []
-    for model, row in items:
-        for ids in model.word_ids:
-            source.append(row)
-            inputs.append(ids[:-1] + [pad] * (k - len(ids) + 1))  # right padding: later columns, never attended
-            wanted.append(ids + [-1] * (k - len(ids) + 1))         # token t is read at column t (0: the context's)
-    count = len(source)
-    extra = _row_bucket(count) - count                                    # few shapes, as for the prefill
-    index = torch.tensor(source + [source[0]] * extra, device=device)
-    inputs = torch.tensor(inputs + [[pad] * k] * extra, device=device)
-    layers = [(layer[0].index_select(0, index), layer[1].index_select(0, index)) for layer in cache]
-    expanded = backbone.new_cache(layers)
-    word_mask = torch.cat([mask.index_select(0, index), mask.new_ones(len(index), k)], dim=1)
-    word_positions = positions.index_select(0, index)[:, -1:] + 1 + torch.arange(k, device=device)
-    with backbone_autocast(backbone):
-        out, _ = backbone.hidden_states(backbone.embed(inputs), word_mask, word_positions, past_key_values=expanded,
-                                        use_cache=True)
-        logits = backbone.token_logits(torch.cat([hidden.index_select(0, index[:count])[:, -1:], out[:count]], 1))
-    log_probs = torch.log_softmax(logits.float(), dim=-1)                 # (N, K, V)
-    wanted = torch.tensor(wanted, device=device)                          # (N, K)
-    per_word = token_log_likelihood(log_probs, wanted)                   # (N,)
-    scores, start = [], 0
-    for model, _ in items:
-        words = len(model.word_ids)
-        scores.append(per_word[start:start + words][None])
-        start += words
-    return scores
 
 
 def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):

@@ -16,7 +16,8 @@ from ...errors import ConfigError, IncompatiblePromptError
 from ...formats import Pretrained
 from ...prompts import DecomposedPrompt, SoftPrompt
 from ...protocols import Backbone, TaskType
-from ...scoring import backbone_autocast, place_soft_tokens, text_positions, token_log_likelihood
+from ...scoring import (backbone_autocast, label_word_scores, place_soft_tokens, same_words_per_row, text_positions,
+                        token_log_likelihood)
 from ...template import Encoded, Template, TemplateEncoder, left_pad
 from ...verbalizer import Verbalizer
 
@@ -394,34 +395,17 @@ class PromptedModel(Pretrained, nn.Module):
         return hidden[:, -1], cache, batch["attention_mask"], batch["position_ids"][:, -1:] + 1
 
     def _multi_token_word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-
         last, cache, mask, position = self._context_cache(batch)
-        rows, words, k = last.shape[0], len(self.word_ids), self.max_word_tokens - 1
-        device = last.device
-        first = torch.tensor([w[0] for w in self.word_ids], device=device)
-        scores = self._log_probs(last)[:, first]                          # (B, W): each word's first token
-        inputs = torch.full((words, k), self.encoder.pad_id, dtype=torch.long)
-        targets = torch.full((words, k), -1, dtype=torch.long)
-        for w, ids in enumerate(self.word_ids):
-            inputs[w, :len(ids) - 1] = torch.tensor(ids[:-1])
-            targets[w, :len(ids) - 1] = torch.tensor(ids[1:])
-        inputs, targets = inputs.to(device).repeat(rows, 1), targets.to(device)       # (B*W, K-1), (W, K-1)
-        layers = [(layer[0].repeat_interleave(words, dim=0), layer[1].repeat_interleave(words, dim=0))
-                  for layer in cache]
-        expanded = self.backbone.new_cache(layers)
-        mask = torch.cat([mask.repeat_interleave(words, dim=0), mask.new_ones(rows * words, k)], dim=1)
-        positions = position.repeat_interleave(words, dim=0) + torch.arange(k, device=device)
-        with self._autocast():
-            hidden, _ = self.backbone.hidden_states(self.backbone.embed(inputs), mask, positions,
-                                                    past_key_values=expanded, use_cache=True)
-        log_probs = self._log_probs(hidden).view(rows, words, k, -1)      # (B, W, K-1, V)
-        return scores + token_log_likelihood(log_probs, targets)
+        rows = last.shape[0]
+        scores = label_word_scores(self.backbone, last, same_words_per_row(rows, self.word_ids), cache=cache,
+                                   mask=mask, next_position=position, pad_id=self.encoder.pad_id)
+        return scores.view(rows, len(self.word_ids))
 
     def word_scores_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, T, d) hidden states of this model's rows (B*W rows for multi-token words) -> (B, W)."""
         if self.max_word_tokens == 1:
-            ids = torch.tensor([w[0] for w in self.word_ids], device=hidden.device)
-            return self._log_probs(hidden[:, -1])[:, ids]                 # (B, W)
+            words = same_words_per_row(hidden.shape[0], self.word_ids)
+            return label_word_scores(self.backbone, hidden[:, -1], words).view(-1, len(self.word_ids))
         k = self.max_word_tokens
         num_words = len(self.word_ids)
         window = self._log_probs(hidden[:, -k:])                          # (B*W, K, V)

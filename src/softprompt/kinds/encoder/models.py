@@ -23,7 +23,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...prompts import SoftPrompt
 from ...protocols import Backbone, TaskType
-from ...scoring import token_log_likelihood
+from ...scoring import label_word_scores, same_words_per_row, token_log_likelihood
 from ...template import Encoded, Template, left_pad
 from ...verbalizer import Verbalizer
 from ..causal_lm.model import PromptedModel
@@ -173,10 +173,8 @@ class MaskedLMPromptedModel(_Bidirectional):
 
     def word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         hidden, _ = self.hidden(batch)
-        with self._autocast():
-            logits = self.backbone.token_logits(hidden[:, -2])            # the [MASK] column of every row
-        ids = torch.tensor([w[0] for w in self.word_ids], device=logits.device)
-        return torch.log_softmax(logits.float(), dim=-1)[:, ids]
+        words = same_words_per_row(hidden.shape[0], self.word_ids)
+        return label_word_scores(self.backbone, hidden[:, -2], words).view(-1, len(self.word_ids))  # [MASK] column
 
 
 class Seq2SeqPromptedModel(_Bidirectional):
