@@ -27,7 +27,7 @@ DEMO_README_ACCURACY := 85.8% on an AMD EPYC without AVX-512, 84.5% on an Intel 
 
 .PHONY: install install-bench system-packages demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
 	stability-bench engines-bench \
-	transfer-bench encoders-bench vpt-bench speech-bench clean
+	transfer-bench encoders-bench vpt-bench speech-bench scale-curve int8-bench clean
 
 install: $(STAMP)
 
@@ -151,6 +151,16 @@ vpt-bench: install
 speech-bench: install
 	command -v espeak-ng >/dev/null || apt-get install -y --no-install-recommends espeak-ng sox
 	$(PY) benchmarks/speech_commands.py --steps 60
+
+# Lester et al.'s Figure 1 here: prompt vs LoRA vs full fine-tuning vs zero-shot at 135M, 270M, 0.5B and 1.5B.
+scale-curve: install-bench
+	$(PY) benchmarks/scale_curve.py
+
+# The 1.5B backbone held in int8 against fp32 (memory, step time, accuracy of the scale curve's 1.5B prompt).
+int8-bench: install-bench
+	$(PY) benchmarks/int8_backbone.py \
+		--prompt runs/bench_scale_curve/rotten_tomatoes-qwen2.5-1.5b/runs/prompt-seed0/prompt.safetensors \
+		--test-limit 200 --steps 4 --batch-size 8 --gradient-checkpointing
 
 clean:
 	rm -rf runs .pytest_cache
