@@ -166,8 +166,11 @@ def test_train_and_eval_from_the_cli(tmp_path, sentiment_dir, arch):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["n"] == len(SENTIMENT) and 0.0 <= result["accuracy"] <= 1.0
     backbone = sp.load_backbone(folder, dtype="fp32")
+    loaded = sp.load_prompted_model(out / "prompt.safetensors", backbone)
+    test = sp.load_task(str(sentiment_dir)).test
+    right = sum(p == r["label"] for p, r in zip(loaded.classify([{"text": r["text"]} for r in test]), test))
+    assert result["n"] == len(test) and result["accuracy"] == pytest.approx(right / len(test))
     assert weights_fingerprint(backbone.model, full=True) == before  # the backbone never changed
 
 

@@ -117,8 +117,9 @@ def test_train_save_load_eval_predict_info(kind, trained, capsys):
     with torch.no_grad():  # the file holds exactly what trained (prompt and any head)
         torch.testing.assert_close(model.class_scores(batch), result.model.class_scores(batch))
     scores = sp.evaluate(model, task.test)
-    assert scores["n"] == len(task.test) and 0.0 <= scores["accuracy"] <= 1.0
     predicted = model.classify(rows)
+    right = sum(p == r[task.label_field] for p, r in zip(predicted, task.test))
+    assert scores["n"] == len(task.test) and scores["accuracy"] == pytest.approx(right / len(task.test))
     scored = predict_scores(model, rows)  # what `softprompt predict --json` prints
     assert predicted == [model.labels[int(i)] for i in scored.argmax(-1)]
     assert main(["info", str(result.prompt_path), "--json"]) == 0
