@@ -34,15 +34,15 @@ class Int8Linear(nn.Module):
         weight = linear.weight.detach()
         scale = weight.float().abs().amax(dim=1).clamp(min=1e-12) / 127
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.loaded_dtype = weight.dtype
         self.register_buffer("qweight", torch.round(weight.float() / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
         self.bias = linear.bias  # frozen like the rest of the backbone
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantised weight, computed on demand (for code that reads `.weight`; the layer never stores it)."""
-        return self.qweight.to(self.loaded_dtype) * self.scale.to(self.loaded_dtype)[:, None]
+        """The dequantised weight in the scales' dtype (the model's float dtype), computed on demand for code that
+        reads `.weight`; the layer never stores it."""
+        return self.qweight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = _Int8Matmul.apply(x, self.qweight, self.scale)
