@@ -10,7 +10,7 @@ each method's default (softprompt.training.methods.DEFAULT_LR). Each (size, task
 benchmarks/results/scale_curve.{json,md,png}; each cell's compare.{json,md} and runs.jsonl go under
 benchmarks/results/scale_curve/<task>-<model>/.
 
-    python benchmarks/scale_curve.py [--steps 30] [--batch-size 8] [--only rotten_tomatoes] [--quick]
+    python benchmarks/scale_curve.py [--steps 30] [--batch-size 8] [--only rotten_tomatoes] [--quick] [--report]
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def plot(cells: list[dict], path: Path, steps: int, batch_size: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4.3), squeeze=False)
-    for ax, task in zip(axes[0], TASKS):
+    tasks = [t for t in TASKS if any(c["data"] == t for c in cells)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.3), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
         rows = [c for c in cells if c["data"] == task]
         for method, style in zip(METHODS, ("o-", "s-", "^-", "x--")):
             points = sorted((c["backbone_params"], r["accuracy"]) for c in rows for r in c["table"]
@@ -83,13 +84,16 @@ def plot(cells: list[dict], path: Path, steps: int, batch_size: int) -> None:
             if points:
                 ax.plot([p / 1e6 for p, _ in points], [100 * a for _, a in points], style, label=method)
         ax.set_xscale("log")
-        ax.set_xlabel("backbone parameters (millions, log)")
+        ax.minorticks_off()
+        ax.set_xticks([c["backbone_params"] / 1e6 for c in rows],
+                      [f"{c['model']}\n{c['backbone_params'] / 1e6:,.0f}M" for c in rows], fontsize=8)
+        ax.set_xlabel("backbone parameters (log)")
         ax.set_ylabel("test accuracy %")
         ax.set_title(f"{task}: {steps} steps x batch {batch_size}")
         ax.grid(alpha=0.3)
         if rows:
             ax.legend()
-    fig.suptitle("prompt tuning vs LoRA, full fine-tuning and zero-shot as the backbone grows")
+    fig.suptitle("prompt tuning vs LoRA, full fine-tuning and zero-shot as the backbone grows", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset, smallest first")
     parser.add_argument("--quick", action="store_true", help="2 steps, 16 test rows, 135M only: a smoke run")
+    parser.add_argument("--report", action="store_true", help="only draw the table and plot again from the JSON")
     args = parser.parse_args()
     tasks = [t.strip() for t in args.only.split(",") if t.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -111,6 +116,12 @@ def main() -> None:
     results = work / "results" if args.quick else RESULTS
     combined_path = results / "scale_curve.json"
     combined = json.loads(combined_path.read_text()) if combined_path.exists() else {"cells": []}
+    if args.report:
+        cells = combined["cells"]
+        text = markdown(cells, cells[0]["steps"], cells[0]["batch_size"], 0)
+        atomic_write(results / "scale_curve.md", lambda tmp: Path(tmp).write_text(text))
+        plot(cells, results / "scale_curve.png", cells[0]["steps"], cells[0]["batch_size"])
+        return
     for task in tasks:
         for model in models:
             name = f"{task}-{model}"
