@@ -18,6 +18,7 @@ from tiny_clip import tiny_clip_backbone
 import softprompt as sp
 from softprompt.cli import main
 from softprompt.data import TaskData
+from softprompt.errors import ConfigError
 from softprompt.evaluation import predict_scores
 from softprompt.inference.bank import PromptBank
 from softprompt.kinds import KINDS, CapabilityError, build_prompted_model, kind_of, load_prompted_model
@@ -138,6 +139,25 @@ def test_what_a_kind_cannot_do_is_refused_in_one_line(kind, trained):
         message = str(info.value)
         assert "\n" not in message and kind.value in message and capability.value in message
         assert "it can train, eval, predict and info" in message
+
+
+@pytest.mark.parametrize("kind", list(BackboneKind), ids=lambda k: k.value)
+def test_another_kinds_option_is_refused_not_ignored(kind):
+    backbone, make_task = CASES[kind][0](), CASES[kind][1]
+    owned = {option: other for other in KINDS.values() for option in other.options}
+    assert set(owned) == {"vpt_deep", "coop_class_specific", "coop_class_token_position", "encoder_prompt_tokens",
+                          "pooling"}
+    changed = {"vpt_deep": True, "coop_class_specific": True, "coop_class_token_position": "front",
+               "encoder_prompt_tokens": 2, "pooling": "cls"}
+    for option, other in owned.items():
+        config = sp.TrainConfig(data="x", **{option: changed[option]})
+        if other is KINDS[kind]:
+            continue
+        with pytest.raises(ConfigError) as info:
+            build_prompted_model(config, backbone, make_task())
+        flag = "--" + option.replace("_", "-")
+        assert str(info.value) == (f"{flag} applies to {other.name.value} backbones ({other.summary}); --model "
+                                   f"{backbone.name} is a {kind.value} backbone ({KINDS[kind].summary}): drop {flag}")
 
 
 @pytest.mark.parametrize("method", ["prompt", "dept"])

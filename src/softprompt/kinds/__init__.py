@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, option_field
 from ..data import TaskData
 from ..errors import ConfigError, PromptFileError, SoftPromptError
 from ..formats import check_compatible, read_prompt_tensors
@@ -58,6 +58,7 @@ class Kind:
     from_file: Callable[[Backbone, Mapping[str, torch.Tensor], Mapping[str, Any]], PromptedTask]
     capabilities: frozenset[Capability]
     assemble: Assemble | None = None                               # text kinds: (backbone, prompt, template, ...)
+    options: frozenset[str] = frozenset()                          # flat names of the options only it reads
 
     def can(self, capability: Capability) -> bool:
         return capability in self.capabilities
@@ -73,9 +74,10 @@ class Kind:
                               f"{capability.value}; it can {instead}")
 
 
-def _text_kind(name: BackboneKind, summary: str, detect, load, assemble: Assemble, capabilities) -> Kind:
+def _text_kind(name: BackboneKind, summary: str, detect, load, assemble: Assemble, capabilities,
+               options: frozenset[str] = frozenset()) -> Kind:
     return Kind(name, summary, "text", detect, load, partial(build_text_model, assemble=assemble),
-                partial(text_model_from_file, assemble=assemble), frozenset(capabilities), assemble)
+                partial(text_model_from_file, assemble=assemble), frozenset(capabilities), assemble, options)
 
 
 _TEXT = {Capability.SERVE, Capability.INIT_FROM, Capability.EXPLAIN, Capability.RESIDUAL, Capability.DEPT}
@@ -83,11 +85,13 @@ _TEXT = {Capability.SERVE, Capability.INIT_FROM, Capability.EXPLAIN, Capability.
 # Detection tries the entries in this order; a config that none claims is read as a causal LM.
 KINDS: dict[BackboneKind, Kind] = {k.name: k for k in (
     Kind(BackboneKind.VISION, "ViT, visual prompt tuning with a linear head", "image", vit_backbone.detect,
-         vit_backbone.load, build_vision_model, vision_model_from_file, frozenset()),
+         vit_backbone.load, build_vision_model, vision_model_from_file, frozenset(), options=frozenset({"vpt_deep"})),
     Kind(BackboneKind.CLIP, "CLIP, CoOp context in the class prompts", "image", clip_backbone.detect,
-         clip_backbone.load, build_coop_model, coop_model_from_file, frozenset()),
+         clip_backbone.load, build_coop_model, coop_model_from_file, frozenset(),
+         options=frozenset({"coop_class_specific", "coop_class_token_position"})),
     Kind(BackboneKind.SPEECH, "Whisper, prompts on the decoder input", "audio", whisper_backbone.detect,
-         whisper_backbone.load, build_speech_model, speech_model_from_file, frozenset()),
+         whisper_backbone.load, build_speech_model, speech_model_from_file, frozenset(),
+         options=frozenset({"encoder_prompt_tokens"})),
     _text_kind(BackboneKind.SEQ2SEQ, "encoder-decoder, the decoder scores or generates", encoder_backbone.detect_seq2seq,
                encoder_backbone.load_seq2seq, assemble_seq2seq, _TEXT | {Capability.GENERATE}),
     _text_kind(BackboneKind.MASKED_LM, "masked LM, label words at [MASK]", encoder_backbone.detect_masked_lm,
@@ -95,7 +99,7 @@ KINDS: dict[BackboneKind, Kind] = {k.name: k for k in (
     _text_kind(BackboneKind.CAUSAL_LM, "causal LM, label words at the answer position", causal_lm_backbone.detect,
                causal_lm_backbone.load, assemble_causal_lm, set(Capability)),
     _text_kind(BackboneKind.ENCODER, "encoder with a trained classification head", encoder_backbone.detect_encoder,
-               encoder_backbone.load_encoder, assemble_encoder, _TEXT),
+               encoder_backbone.load_encoder, assemble_encoder, _TEXT, options=frozenset({"pooling"})),
 )}
 
 
@@ -136,7 +140,18 @@ def build_prompted_model(config: TrainConfig, backbone: Backbone, task: TaskData
     kind = kind_of(backbone)
     for capability in required_capabilities(config):
         kind.require(capability, f"--model {backbone.name}")
+    refuse_other_kinds_options(config, kind, backbone.name)
     return kind.build(config, backbone, task)
+
+
+def refuse_other_kinds_options(config: TrainConfig, kind: Kind, name: str) -> None:
+    """An option that another kind owns, set away from its default, is refused in one line (it would be ignored)."""
+    for other in KINDS.values():
+        for option in sorted(other.options - kind.options):
+            if config.option(option) != option_field(option).default:
+                flag = "--" + option.replace("_", "-")
+                raise ConfigError(f"{flag} applies to {other.name.value} backbones ({other.summary}); --model {name} "
+                                  f"is a {kind.name.value} backbone ({kind.summary}): drop {flag}")
 
 
 def prompted_model(backbone: Backbone, prompt: Any, template: Any, verbalizer: Any = None, **options: Any
