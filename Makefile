@@ -158,9 +158,7 @@ scale-curve: install-bench
 
 # The 1.5B backbone held in int8 against fp32 (memory, step time, accuracy of the scale curve's 1.5B prompt).
 int8-bench: install-bench
-	$(PY) benchmarks/int8_backbone.py \
-		--prompt runs/bench_scale_curve/rotten_tomatoes-qwen2.5-1.5b/runs/prompt-seed0/prompt.safetensors \
-		--test-limit 200 --steps 4 --batch-size 8 --gradient-checkpointing
+	$(PY) benchmarks/int8_backbone.py --model qwen2.5-1.5b --test-limit 200 --steps 4 --batch-size 8 --gradient-checkpointing
 
 clean:
 	rm -rf runs .pytest_cache

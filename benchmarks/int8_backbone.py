@@ -1,13 +1,17 @@
-"""A frozen backbone held in int8 (`--load-in int8`: torchao's weight-only int8, one scale per output row) against
-the same backbone in fp32: memory, training-step time and accuracy of one trained prompt, side by side.
+"""A frozen backbone held in int8 (`--load-in int8`: weight-only, one scale per output row) against the same
+backbone in fp32: memory, training-step time and accuracy of one prompt, side by side.
 
-Each holding runs in its own process (its resident memory is its own), in turn: load the backbone (resident
-memory after the load, above the process's start), evaluate PROMPT on the first `--test-limit` test rows (the
-same rows, the same prompt: accuracy, and how many predictions the two agree on), then `--steps` training steps
-on the same batches (median step time after one warm-up, peak resident memory above the loaded model), with
-gradient checkpointing as `--gradient-checkpointing` says. Writes benchmarks/results/int8_backbone.{json,md}.
+Each holding runs in its own process (its memory is its own), in turn: load the backbone (the bytes its weights
+hold; the peak resident memory while loading, all of it and the part no file backs: fp32 weights are mapped
+from the checkpoint and become resident as they are read), evaluate one prompt on the first `--test-limit` test
+rows (the same rows, the same prompt: accuracy, how many predictions the two agree on, and the resident memory
+after evaluation, when every weight has been read: the working set), then `--steps` training steps on the same
+batches (median step time after one warm-up, peak resident memory above the working set), with gradient
+checkpointing as `--gradient-checkpointing` says. The prompt is `--prompt` (one trained on `--model`), or else a
+fresh one initialised from the label words (the same in both processes). Writes
+benchmarks/results/int8_backbone.{json,md}.
 
-    python benchmarks/int8_backbone.py --prompt runs/bench_scale_curve/rotten_tomatoes-qwen2.5-1.5b/runs/prompt-seed0/prompt.safetensors
+    python benchmarks/int8_backbone.py [--prompt runs/.../prompt.safetensors] --gradient-checkpointing
 """
 
 from __future__ import annotations
@@ -30,17 +34,24 @@ def worker(args) -> dict:
     from scaling import PeakRSS, base_rss_mb, rss_mb  # this folder's memory probes
 
     import softprompt as sp
-    from softprompt.kinds import load_prompted_model
 
-    start = base_rss_mb()
+    start, start_anon = base_rss_mb(), rss_mb("RssAnon")
     started = time.perf_counter()
-    with PeakRSS(start) as load_peak:  # int8: the fp32 weights load first, then each linear layer is converted
+    # int8: the checkpoint loads in bf16, then each linear layer is converted
+    with PeakRSS(start) as load_peak, PeakRSS(start_anon, "RssAnon") as load_peak_anon:
         backbone = sp.load_backbone(args.model, dtype=torch.float32,
                                     load_in=args.worker if args.worker != "fp32" else None)
     load_seconds = time.perf_counter() - started
-    loaded_mb = base_rss_mb() - start
+    held, seen = 0, set()
+    for tensor in [*backbone.model.parameters(), *backbone.model.buffers()]:
+        if tensor.data_ptr() not in seen:  # a tied head is the input embedding
+            seen.add(tensor.data_ptr())
+            held += tensor.numel() * tensor.element_size()
     task = sp.load_task(args.data)
-    model = load_prompted_model(args.prompt, backbone)
+    if args.prompt:
+        model = sp.load_prompted_model(args.prompt, backbone)
+    else:
+        model = sp.build_prompted_model(sp.TrainConfig(model=args.model, data=args.data, seed=0), backbone, task)
     rows = task.test[: args.test_limit]
     started = time.perf_counter()
     predicted = []
@@ -52,6 +63,7 @@ def worker(args) -> dict:
     eval_seconds = time.perf_counter() - started
     labels = model.verbalizer.labels
     accuracy = sum(labels[p] == r[task.label_field] for p, r in zip(predicted, rows)) / len(rows)
+    working_mb = base_rss_mb() - start
 
     if args.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
@@ -70,8 +82,8 @@ def worker(args) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - started)
-    return {"holding": args.worker, "load_seconds": load_seconds, "loaded_mb": loaded_mb,
-            "load_peak_mb": load_peak.mb,
+    return {"holding": args.worker, "load_seconds": load_seconds, "weights_mb": held / 2**20,
+            "load_peak_mb": load_peak.mb, "load_peak_anon_mb": load_peak_anon.mb, "working_mb": working_mb,
             "resident_mb": rss_mb(), "accuracy": accuracy, "predicted": predicted, "test_n": len(rows),
             "eval_seconds": eval_seconds, "step_seconds": statistics.median(times[1:]), "step_times": times,
             "step_peak_mb": peak.mb}
@@ -79,7 +91,7 @@ def worker(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompt", required=True, help="a prompt trained on --model")
+    parser.add_argument("--prompt", help="a prompt trained on --model (default: a fresh one from the label words)")
     parser.add_argument("--model", default="qwen2.5-1.5b")
     parser.add_argument("--data", default="rotten_tomatoes")
     parser.add_argument("--test-limit", type=int, default=200)
@@ -100,7 +112,7 @@ def main() -> None:
             raise SystemExit(f"{holding}: failed\n{proc.stderr[-3000:]}")
         sides[holding] = json.loads(line[len("RESULT "):])
         r = sides[holding]
-        print(f"{holding}: loaded {r['loaded_mb']:.0f} MB, accuracy {100 * r['accuracy']:.1f}%, "
+        print(f"{holding}: weights {r['weights_mb']:.0f} MB, working set {r['working_mb']:.0f} MB, accuracy {100 * r['accuracy']:.1f}%, "
               f"step {r['step_seconds']:.1f} s, step peak +{r['step_peak_mb']:.0f} MB", flush=True)
     a, b = sides["fp32"], sides["int8"]
     agree = sum(x == y for x, y in zip(a["predicted"], b["predicted"])) / len(a["predicted"])
@@ -108,21 +120,26 @@ def main() -> None:
                "steps": args.steps, "batch_size": args.batch_size,
                "gradient_checkpointing": args.gradient_checkpointing, "threads": torch.get_num_threads(),
                "accuracy_points_moved": 100 * (b["accuracy"] - a["accuracy"]), "agreement": agree,
-               "loaded_memory_ratio": b["loaded_mb"] / a["loaded_mb"],
+               "weights_ratio": b["weights_mb"] / a["weights_mb"],
+               "working_set_ratio": b["working_mb"] / a["working_mb"],
+               "load_peak_ratio": b["load_peak_mb"] / a["load_peak_mb"],
                "step_time_ratio": b["step_seconds"] / a["step_seconds"],
                "eval_time_ratio": b["eval_seconds"] / a["eval_seconds"], "sides": sides}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "int8_backbone.json").write_text(json.dumps(summary, indent=1))
-    rows = ["| backbone held in | resident after load MB | peak while loading MB | test accuracy | eval s | "
-            "step s (median) | step peak above loaded MB |", "|---|---|---|---|---|---|---|"]
+    rows = ["| backbone held in | weights MB | working set MB | peak while loading MB (not file-backed) | "
+            "test accuracy | eval s | step s (median) | step peak above working set MB |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, r in sides.items():
-        rows.append(f"| {name} | {r['loaded_mb']:.0f} | {r['load_peak_mb']:.0f} | "
+        rows.append(f"| {name} | {r['weights_mb']:.0f} | {r['working_mb']:.0f} | {r['load_peak_mb']:.0f} "
+                    f"({r['load_peak_anon_mb']:.0f}) | "
                     f"{100 * r['accuracy']:.1f}% (n={r['test_n']}) | "
                     f"{r['eval_seconds']:.0f} | {r['step_seconds']:.1f} | {r['step_peak_mb']:.0f} |")
-    text = (f"{args.model}, one prompt ({args.prompt}) on the first {a['test_n']} {args.data} test rows; "
+    text = (f"{args.model}, one prompt ({args.prompt or 'fresh, from the label words'}) on the first {a['test_n']} {args.data} test rows; "
             f"{args.steps} training steps of batch {args.batch_size}"
             f"{', gradient checkpointing' if args.gradient_checkpointing else ''}.\n\n" + "\n".join(rows)
-            + f"\n\nint8 / fp32: memory after load {summary['loaded_memory_ratio']:.2f}x, step time "
+            + f"\n\nint8 / fp32: weights {summary['weights_ratio']:.2f}x, working set "
+              f"{summary['working_set_ratio']:.2f}x, loading peak {summary['load_peak_ratio']:.2f}x, step time "
               f"{summary['step_time_ratio']:.2f}x, evaluation time {summary['eval_time_ratio']:.2f}x; accuracy "
               f"moved {summary['accuracy_points_moved']:+.1f} points; the two agree on {100 * agree:.1f}% of "
               "the predictions.\n")

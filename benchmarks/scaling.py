@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import softprompt as sp
-from softprompt.training.loop import _passes
+from softprompt.training.loop import batch_passes
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,23 +46,26 @@ def base_rss_mb() -> float:
     return rss_mb()
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory in MB (`field` of /proc/self/status: VmRSS all of it, RssAnon the part
+    no file backs -- what memory-mapped weights add only once they are read)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
 class PeakRSS:
-    """The highest resident memory above `base` (MB) while the block runs, sampled every 5 ms in a thread."""
+    """The highest resident memory (`field`, as `rss_mb`) above `base` (MB) while the block runs, sampled every
+    5 ms in a thread."""
 
-    def __init__(self, base: float) -> None:
-        self.base, self.mb, self._running = base, 0.0, True
+    def __init__(self, base: float, field: str = "VmRSS") -> None:
+        self.base, self.field, self.mb, self._running = base, field, 0.0, True
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while self._running:
-            self.mb = max(self.mb, rss_mb() - self.base)
+            self.mb = max(self.mb, rss_mb(self.field) - self.base)
             time.sleep(0.005)
 
     def __enter__(self) -> "PeakRSS":
@@ -77,7 +80,7 @@ class PeakRSS:
 def median_step(model, rows, steps, warmup=1, memory: list | None = None, pass_tokens: int = 0) -> float:
     """Median seconds of a step; with `memory`, the highest RSS above the start seen during the steps is appended."""
     optimizer = torch.optim.AdamW(model.prompt.parameters(), lr=1e-3)
-    passes = _passes(model, rows, model.make_batch(rows), pass_tokens, "label")
+    passes = batch_passes(model, rows, model.make_batch(rows), pass_tokens, "label")
     times = []
     with PeakRSS(base_rss_mb()) as peak:
         for i in range(steps + warmup):

@@ -227,7 +227,7 @@ def test_label_words_for_some_labels_only_are_refused(tmp_path, tiny_llama, sent
 
 @pytest.mark.parametrize("task_type", ["classification", "generation"])
 def test_a_long_batch_runs_as_passes_with_the_whole_batchs_gradient(tmp_path, sentiment_dir, tiny_llama, task_type):
-    from softprompt.training.loop import _passes
+    from softprompt.training.loop import batch_passes
 
     config = _config(tmp_path, sentiment_dir, "unused", task=task_type, label_field="label",
                      init="labels" if task_type == "classification" else "vocab")
@@ -248,9 +248,9 @@ def test_a_long_batch_runs_as_passes_with_the_whole_batchs_gradient(tmp_path, se
             total += loss.item() * weight
         return total, model.prompt.embeddings.grad.clone()
 
-    assert _passes(model, rows, batch, 0, "label") == [(batch, 1.0)]
-    assert len(_passes(model, rows, batch, batch["input_ids"].numel(), "label")) == 1
-    split = _passes(model, rows, batch, -(-batch["input_ids"].numel() // 3), "label")  # a third, rounded up
+    assert batch_passes(model, rows, batch, 0, "label") == [(batch, 1.0)]
+    assert len(batch_passes(model, rows, batch, batch["input_ids"].numel(), "label")) == 1
+    split = batch_passes(model, rows, batch, -(-batch["input_ids"].numel() // 3), "label")  # a third, rounded up
     assert [part["input_ids"].shape[0] for part, _ in split] == [3, 3, 1]
     assert sum(weight for _, weight in split) == pytest.approx(1.0)
     whole_loss, whole = gradient([(batch, 1.0)])

@@ -216,7 +216,7 @@ def _compile_layers(config: TrainConfig, job: Job, backbone: Backbone, world: in
     return done
 
 
-def _passes(model: PromptedTask, rows: list, batch: dict, budget: int, label_field: str | None
+def batch_passes(model: PromptedTask, rows: list, batch: dict, budget: int, label_field: str | None
             ) -> list[tuple[dict, float]]:
     """A batch as one forward/backward pass, or -- when its padded tokens exceed `budget` on a causal LM -- as
     passes over fewer rows each, with each pass's share of the batch's loss: its rows for a row-mean loss
@@ -244,181 +244,253 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def _run(config: TrainConfig, job: Job, backbone: Backbone, processes: Processes, *, progress: bool,
          resume_state: dict[str, Any] | None, on_validation: Callable[[int, dict], None] | None) -> TrainResult:
-    from transformers import get_scheduler  # start-up time
+    """setup -> (step -> log -> validate -> checkpoint) per step -> finish."""
+    loop = _Loop.setup(config, job, backbone, processes, show=progress, resume_state=resume_state)
+    for step in range(loop.tally.step + 1, loop.total_steps + 1):
+        loop.tally.step = step
+        grad_norm = loop.step(step)
+        loop.log_training(step, grad_norm)
+        if loop.validates_at(step) and loop.validate(step, on_validation):
+            break  # early stop: no validation gain in --patience evaluations
+        loop.checkpoint(step)
+    return loop.finish()
 
-    model, train_rows, world, main = job.model, job.train_rows, processes.world, processes.main
-    keep_freed_memory()  # every step frees and re-allocates the same activations: keep them (softprompt.cpu)
-    model.train()
-    named_trainable = list(trainable_parameters(model).items())
-    trainable = [p for _, p in named_trainable]
-    if not trainable:
-        raise ConfigError("the model has no trainable parameters (a zero-shot template trains nothing)")
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    if main:
-        metrics_path.unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
 
-    def write(extra: dict) -> Path:  # one writer: the main process
-        return processes.write_once(lambda: job.save(out, model, {**job.metadata, **extra}))
+@dataclass
+class _Loop:
+    """One run of the training loop: what `setup` builds, what `step` and `validate` change, what `finish` writes.
+    Its resumable state is `run` (a `RunState`: the checkpoint); `tally` is `run.progress`, the bookkeeping."""
 
-    steps_per_epoch = math.ceil(len(train_rows) / (config.batch_size * world * config.grad_accum))
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    optimizer = _optimizer(config, _param_groups(config, named_trainable))
-    compute_dtype = backbone.autocast_dtype or backbone.dtype
-    scaler = torch.amp.GradScaler(processes.device.type) if compute_dtype == torch.float16 else None  # fp16 only
-    scheduler = get_scheduler(config.scheduler.value, optimizer,
-                              num_warmup_steps=int(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    compiled = _compile_layers(config, job, backbone, world, total_steps - (resume_state or {}).get("step", 0),
-                               trains_weights=any(p.requires_grad for p in backbone.model.parameters()),
-                               say=lambda line: print(f"softprompt: {line}", file=sys.stderr, flush=True)
-                               if progress and main else None)
-    # The options as given (`train --config OUT/config.yaml` reproduces the run), then what the run worked out.
-    resolved = {**config.to_dict(), RUN_SECTION: {**job.resolved, "backbone_dtype": str(backbone.dtype),
-                                                  "compile": compiled,
-                                                  "total_steps": total_steps, "processes": world}}
-    if main:
-        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
-    guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
-    run = RunState(config.to_dict(), total_steps, world, model, optimizer, scheduler, guard, job.stream, scaler,
-                   Progress(best_state=snapshot(model)))
-    bar = progress_bar(total_steps, "training", progress and main, dynamic_ncols=True)
-    stage_line(f"training {job.name}: {total_steps} steps, {len(train_rows)} training rows -> {out}", progress and main)
-    if resume_state is not None:
-        run.load_state_dict(resume_state, str(out))
+    config: TrainConfig
+    job: Job
+    backbone: Backbone
+    processes: Processes
+    show: bool                                      # progress bar and stage lines (main process only)
+    out: Path
+    total_steps: int
+    trainable: list[torch.nn.Parameter]
+    run: RunState
+    bar: Any
+    tracker: Any
+    log_every: int
+
+    @property
+    def tally(self) -> Progress:
+        return self.run.progress
+
+    @classmethod
+    def setup(cls, config: TrainConfig, job: Job, backbone: Backbone, processes: Processes, *, show: bool,
+              resume_state: dict[str, Any] | None) -> "_Loop":
+        """Output folder, optimiser, scheduler, loss scaler (fp16 only), compiled layers, the resolved config,
+        divergence guard, progress bar, tracker; a resumed run's state and metrics."""
+        from transformers import get_scheduler  # start-up time
+
+        model, main, world = job.model, processes.main, processes.world
+        keep_freed_memory()  # every step frees and re-allocates the same activations: keep them (softprompt.cpu)
+        model.train()
+        named_trainable = list(trainable_parameters(model).items())
+        if not named_trainable:
+            raise ConfigError("the model has no trainable parameters (a zero-shot template trains nothing)")
+        out = Path(config.output)
+        out.mkdir(parents=True, exist_ok=True)
         if main:
-            atomic_write(metrics_path, lambda tmp: Path(tmp).write_text(
-                "".join(json.dumps(r) + "\n" for r in run.progress.history)))
-        bar.update(run.progress.step)
-        bar.write(f"softprompt: resumed {out} at step {run.progress.step} of {total_steps}")
-    progress_ = run.progress
-
-    tracker = open_tracker(config.report_to, out, out.name, config.to_dict()) if main else None
-    log_every = config.log_every or (10 if total_steps >= 100 else max(1, total_steps // 10))
-
-    def log(record: dict) -> None:
-        progress_.history.append(record)
+            (out / "metrics.jsonl").unlink(missing_ok=True)  # a resumed run rewrites it from the checkpoint's history
+        steps_per_epoch = math.ceil(len(job.train_rows) / (config.batch_size * world * config.grad_accum))
+        total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        optimizer = _optimizer(config, _param_groups(config, named_trainable))
+        compute_dtype = backbone.autocast_dtype or backbone.dtype
+        scaler = torch.amp.GradScaler(processes.device.type) if compute_dtype == torch.float16 else None
+        scheduler = get_scheduler(config.scheduler.value, optimizer,
+                                  num_warmup_steps=int(config.warmup_ratio * total_steps),
+                                  num_training_steps=total_steps)
+        compiled = _compile_layers(config, job, backbone, world, total_steps - (resume_state or {}).get("step", 0),
+                                   trains_weights=any(p.requires_grad for p in backbone.model.parameters()),
+                                   say=lambda line: print(f"softprompt: {line}", file=sys.stderr, flush=True)
+                                   if show and main else None)
+        # The options as given (`train --config OUT/config.yaml` reproduces the run), then what the run worked out.
+        resolved = {**config.to_dict(), RUN_SECTION: {**job.resolved, "backbone_dtype": str(backbone.dtype),
+                                                      "compile": compiled,
+                                                      "total_steps": total_steps, "processes": world}}
         if main:
-            with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if tracker is not None:
-                tracker.log(record)
+            atomic_write(out / "config.yaml",
+                         lambda tmp: Path(tmp).write_text(yaml.safe_dump(resolved, sort_keys=False)))
+        guard = DivergenceGuard(model, optimizer, scheduler, max_rollbacks=config.max_rollbacks)
+        run = RunState(config.to_dict(), total_steps, world, model, optimizer, scheduler, guard, job.stream, scaler,
+                       Progress(best_state=snapshot(model)))
+        bar = progress_bar(total_steps, "training", show and main, dynamic_ncols=True)
+        stage_line(f"training {job.name}: {total_steps} steps, {len(job.train_rows)} training rows -> {out}",
+                   show and main)
+        if resume_state is not None:
+            run.load_state_dict(resume_state, str(out))
+            if main:
+                atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text(
+                    "".join(json.dumps(r) + "\n" for r in run.progress.history)))
+            bar.update(run.progress.step)
+            bar.write(f"softprompt: resumed {out} at step {run.progress.step} of {total_steps}")
+        tracker = open_tracker(config.report_to, out, out.name, config.to_dict()) if main else None
+        log_every = config.log_every or (10 if total_steps >= 100 else max(1, total_steps // 10))
+        return cls(config, job, backbone, processes, show, out, total_steps, [p for _, p in named_trainable], run,
+                   bar, tracker, log_every)
 
-    # ---- loop ----------------------------------------------------------------------------------------------
-    for step in range(progress_.step + 1, total_steps + 1):
-        progress_.step = step
+    # ---- one optimiser step --------------------------------------------------------------------------------
+    def step(self, step: int) -> torch.Tensor:
+        """Gradients of the step's whole batch, clipped; then the optimiser steps, or the step is skipped (fp16
+        overflow) or rolled back (divergence). Returns the gradient norm before clipping."""
         started = time.perf_counter()
-        losses, accuracies, extra = [], [], {}
-        for _ in range(config.grad_accum):
-            chosen = next(job.stream)
-            rows = [train_rows[i] for i in chosen[processes.rank::world]]
-            progress_.seen += len(chosen)
-            if not rows:  # a short last batch with fewer rows than processes: this one adds nothing
-                losses.append(0.0)
-                accuracies.append(0.0)
-                continue
-            share = len(rows) * world / len(chosen)  # rows' weight in the global batch's mean
-            loss_sum = accuracy_sum = 0.0
-            for part, weight in _passes(model, rows, model.make_batch(rows, job.label_field), config.pass_tokens,
-                                        job.label_field):
-                loss, figures = model.loss(_to_device(part, processes.device))
-                scaled = loss * (weight * share / config.grad_accum)
-                processes.backward(scaler.scale(scaled) if scaler is not None else scaled)
-                loss_sum += loss.item() * weight
-                accuracy_sum += figures.pop("accuracy", 0.0) * weight
-                for name, value in figures.items():
-                    extra[name] = extra.get(name, 0.0) + value * weight * share
-            losses.append(loss_sum * share)
-            accuracies.append(accuracy_sum * share)
-        processes.reduce_gradients(trainable)
-        losses, accuracies = processes.mean(losses), processes.mean(accuracies)
+        losses, accuracies, figures = self._gradients()
+        optimizer, scaler = self.run.optimizer, self.run.scaler
         if scaler is not None:
             scaler.unscale_(optimizer)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                     if config.max_grad_norm > 0 else
-                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+                     if self.config.max_grad_norm > 0 else
+                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.trainable
+                                                           if p.grad is not None])))
         overflow = scaler is not None and not math.isfinite(float(grad_norm)) and all(map(math.isfinite, losses))
-        reason = None if overflow else guard.problem(losses, float(grad_norm))
+        reason = None if overflow else self.run.guard.problem(losses, float(grad_norm))
         if overflow:  # fp16 loss scale too high: the scaler skips this step and lowers the scale
             scaler.step(optimizer)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
         elif reason is not None:  # drop the step: back to the last good state, at a lower learning rate
             optimizer.zero_grad(set_to_none=True)
-            record = guard.roll_back(step, reason)
-            log(record)
-            bar.write(f"softprompt: step {step}: {reason}; rolled back, learning rate now {record['lr']:.3g}")
+            record = self.run.guard.roll_back(step, reason)
+            self.log(record)
+            self.bar.write(f"softprompt: step {step}: {reason}; rolled back, learning rate now {record['lr']:.3g}")
         else:
-            progress_.add(losses, accuracies, extra)
+            self.tally.add(losses, accuracies, figures)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        progress_.train_seconds += time.perf_counter() - started
+            self.run.scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.tally.train_seconds += time.perf_counter() - started
+        return grad_norm
 
-        if (step % log_every == 0 or step == total_steps) and progress_.running_n:
-            mean_loss, mean_accuracy, figures = progress_.take_means()
+    def _gradients(self) -> tuple[list[float], list[float], dict[str, float]]:
+        """Backward passes over the step's batch: `--grad-accum` micro-batches, each split over the processes and
+        perhaps into passes of fewer rows (`batch_passes`). The loss weighting, once: every pass's loss is a mean
+        over its own rows (or target tokens); it is scaled by `weight` (the pass's share of its process's rows or
+        tokens) x `share` (the process's share of the micro-batch, x `world` because the processes' gradients are
+        averaged) / `grad_accum` (the micro-batches' mean), so the summed gradient is that of the mean loss over
+        the whole batch. Returns each micro-batch's loss and accuracy (means over the processes) and the model's
+        other figures, weighted the same way."""
+        config, job, processes = self.config, self.job, self.processes
+        model, world = job.model, processes.world
+        losses, accuracies, figures = [], [], {}
+        for _ in range(config.grad_accum):
+            chosen = next(job.stream)
+            rows = [job.train_rows[i] for i in chosen[processes.rank::world]]
+            self.tally.seen += len(chosen)
+            if not rows:  # a short last batch with fewer rows than processes: this one adds nothing
+                losses.append(0.0)
+                accuracies.append(0.0)
+                continue
+            share = len(rows) * world / len(chosen)
+            loss_sum = accuracy_sum = 0.0
+            for part, weight in batch_passes(model, rows, model.make_batch(rows, job.label_field),
+                                             config.pass_tokens, job.label_field):
+                loss, part_figures = model.loss(_to_device(part, processes.device))
+                scaled = loss * (weight * share / config.grad_accum)
+                processes.backward(self.run.scaler.scale(scaled) if self.run.scaler is not None else scaled)
+                loss_sum += loss.item() * weight
+                accuracy_sum += part_figures.pop("accuracy", 0.0) * weight
+                for name, value in part_figures.items():
+                    figures[name] = figures.get(name, 0.0) + value * weight * share
+            losses.append(loss_sum * share)
+            accuracies.append(accuracy_sum * share)
+        processes.reduce_gradients(self.trainable)
+        return processes.mean(losses), processes.mean(accuracies), figures
+
+    # ---- logging, validation, checkpoints --------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        """One line of metrics.jsonl (and the tracker's), written by the main process; every process keeps it."""
+        self.tally.history.append(record)
+        if self.processes.main:
+            with (self.out / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if self.tracker is not None:
+                self.tracker.log(record)
+
+    def log_training(self, step: int, grad_norm: torch.Tensor) -> None:
+        """Every `log_every` steps (and the last): the running means since the last line."""
+        tally = self.tally
+        if (step % self.log_every == 0 or step == self.total_steps) and tally.running_n:
+            mean_loss, mean_accuracy, figures = tally.take_means()
             record = {"step": step, "split": "train", "loss": mean_loss,
-                      "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), "examples": progress_.seen,
-                      "train_seconds": round(progress_.train_seconds, 3)}
-            if model.task is TaskType.CLASSIFICATION:
+                      "lr": self.run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                      "examples": tally.seen, "train_seconds": round(tally.train_seconds, 3)}
+            if self.job.model.task is TaskType.CLASSIFICATION:
                 record["accuracy"] = mean_accuracy
-            log({**record, **figures})
-            progress_.last_loss = mean_loss
-            bar.set_postfix(loss=f"{mean_loss:.4f}",
-                            best=f"{progress_.best_score:.4f}" if progress_.best_result else "-")
-            guard.remember()
-        bar.update(1)
+            self.log({**record, **figures})
+            tally.last_loss = mean_loss
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}",
+                                 best=f"{tally.best_score:.4f}" if tally.best_result else "-")
+            self.run.guard.remember()
+        self.bar.update(1)
 
-        if (config.eval_every and step % config.eval_every == 0) or step == total_steps:
-            result = job.validate()
-            log({"step": step, "split": "validation", **result})
-            if primary_metric(result) > progress_.best_score:
-                progress_.best_score, progress_.best_step, progress_.best_result = primary_metric(result), step, result
-                progress_.best_state = snapshot(model)
-                progress_.evals_without_gain = 0
-                write({"training": {"best_step": step, "validation": result,
-                                    "train_seconds": round(progress_.train_seconds, 3), "in_progress": True}})
-            else:
-                progress_.evals_without_gain += 1
-            bar.set_postfix(loss=f"{progress_.last_loss:.4f}", val=f"{primary_metric(result):.4f}",
-                            best=f"{progress_.best_score:.4f}")
-            recent = (progress_.running_loss / progress_.running_n if progress_.running_n  # not logged yet
-                      else progress_.last_loss)
-            stage_line(f"step {step}/{total_steps}: loss {recent:.4f}, validation "
-                       f"{primary_metric(result):.4f} (best {progress_.best_score:.4f} at step {progress_.best_step})",
-                       progress and main)
-            if on_validation is not None:
-                on_validation(step, result)
-            if config.patience and progress_.evals_without_gain >= config.patience:
-                bar.write(f"softprompt: early stop at step {step}: no validation gain in {config.patience} evaluations")
-                break
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total_steps and main:
-            save_checkpoint(out, run.state_dict())
-    bar.close()
+    def validates_at(self, step: int) -> bool:
+        return bool(self.config.eval_every and step % self.config.eval_every == 0) or step == self.total_steps
 
-    # ---- finish: the best prompt, its file, the picture ---------------------------------------------------
-    restore(model, progress_.best_state)
-    training = {"best_step": progress_.best_step, "validation": progress_.best_result, "steps": progress_.step,
-                "examples_seen": progress_.seen, "train_seconds": round(progress_.train_seconds, 3),
-                "data": job.name, "train_examples": len(train_rows), "lr": config.lr,
-                "batch_size": config.batch_size, "seed": config.seed,
-                "trainable_params": sum(p.numel() for p in trainable)}
-    prompt_path = write({"training": training})
-    if tracker is not None:
-        tracker.finish()
-    if main:
-        plot_history(progress_.history, out / "training.png", title=f"{backbone.name} / {job.name} / "
-                     f"{job.resolved['num_virtual_tokens']} virtual tokens")
-        card = model_card(config, training, job.resolved, backbone=backbone.name, task=model.task.value,
-                          prompt_file=prompt_path.name)
-        atomic_write(out / "README.md", lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
-    return TrainResult(model, out, prompt_path, progress_.best_step, progress_.best_result, progress_.step,
-                       progress_.train_seconds, progress_.history)
+    def validate(self, step: int, on_validation: Callable[[int, dict], None] | None) -> bool:
+        """Evaluate on the validation rows; a new best is kept (and written as the run's prompt file so far).
+        True when `--patience` evaluations in a row brought no gain: stop."""
+        tally, show = self.tally, self.show and self.processes.main
+        result = self.job.validate()
+        score = primary_metric(result)
+        self.log({"step": step, "split": "validation", **result})
+        if score > tally.best_score:
+            tally.best_score, tally.best_step, tally.best_result = score, step, result
+            tally.best_state = snapshot(self.job.model)
+            tally.evals_without_gain = 0
+            self._write({"training": {"best_step": step, "validation": result,
+                                      "train_seconds": round(tally.train_seconds, 3), "in_progress": True}})
+        else:
+            tally.evals_without_gain += 1
+        self.bar.set_postfix(loss=f"{tally.last_loss:.4f}", val=f"{score:.4f}", best=f"{tally.best_score:.4f}")
+        recent = tally.running_loss / tally.running_n if tally.running_n else tally.last_loss  # not logged yet
+        stage_line(f"step {step}/{self.total_steps}: loss {recent:.4f}, validation {score:.4f} "
+                   f"(best {tally.best_score:.4f} at step {tally.best_step})", show)
+        if on_validation is not None:
+            on_validation(step, result)
+        if self.config.patience and tally.evals_without_gain >= self.config.patience:
+            self.bar.write(f"softprompt: early stop at step {step}: no validation gain in {self.config.patience} "
+                           "evaluations")
+            return True
+        return False
+
+    def checkpoint(self, step: int) -> None:
+        """Every `--checkpoint-every` steps (not the last): the whole run state, for `--resume`."""
+        if (self.config.checkpoint_every and step % self.config.checkpoint_every == 0 and step < self.total_steps
+                and self.processes.main):
+            save_checkpoint(self.out, self.run.state_dict())
+
+    def _write(self, extra: dict) -> Path:
+        """The prompt file with the job's metadata and `extra` (one writer: the main process)."""
+        job, model = self.job, self.job.model
+        return self.processes.write_once(lambda: job.save(self.out, model, {**job.metadata, **extra}))
+
+    # ---- finish: the best prompt, its file, the picture -------------------------------------------------------
+    def finish(self) -> TrainResult:
+        self.bar.close()
+        config, tally, model, out = self.config, self.tally, self.job.model, self.out
+        restore(model, tally.best_state)
+        training = {"best_step": tally.best_step, "validation": tally.best_result, "steps": tally.step,
+                    "examples_seen": tally.seen, "train_seconds": round(tally.train_seconds, 3),
+                    "data": self.job.name, "train_examples": len(self.job.train_rows), "lr": config.lr,
+                    "batch_size": config.batch_size, "seed": config.seed,
+                    "trainable_params": sum(p.numel() for p in self.trainable)}
+        prompt_path = self._write({"training": training})
+        if self.tracker is not None:
+            self.tracker.finish()
+        if self.processes.main:
+            plot_history(tally.history, out / "training.png", title=f"{self.backbone.name} / {self.job.name} / "
+                         f"{self.job.resolved['num_virtual_tokens']} virtual tokens")
+            card = model_card(config, training, self.job.resolved, backbone=self.backbone.name,
+                              task=model.task.value, prompt_file=prompt_path.name)
+            atomic_write(out / "README.md", lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+        return TrainResult(model, out, prompt_path, tally.best_step, tally.best_result, tally.step,
+                           tally.train_seconds, tally.history)
 
 
 def train_multitask(config: TrainConfig, *, backbone: Backbone | None = None, progress: bool = True
