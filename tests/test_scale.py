@@ -170,12 +170,14 @@ def test_int8_backbone_holds_linear_weights_in_int8_and_a_prompt_trains_on_it(ti
     quantised = [m for m in held.model.modules() if isinstance(m, Int8Linear)]
     assert len(quantised) == len(linears) - 1 and isinstance(held.model.lm_head, torch.nn.Linear)
     assert quantised[0].qweight.dtype == torch.int8 and not list(quantised[0].parameters())  # no float weight
-    # Each weight is within half a step of its row's scale of the checkpoint's (plus bf16's rounding: an int8
+    # Each weight is within half a step of its group's scale of the checkpoint's (plus bf16's rounding: an int8
     # backbone loads in bf16), and the model's other weights are in the dtype asked for.
     layer = full.model.model.layers[0].mlp.up_proj.weight
     up = held.model.model.layers[0].mlp.up_proj
     assert up.weight.dtype == torch.float32 and held.model.model.norm.weight.dtype == torch.float32
-    assert ((up.weight - layer).abs() <= up.scale[:, None] / 2 + layer.abs() * 2**-8).all()
+    step = up.scale.repeat_interleave(up.group_size, dim=1)                       # each weight's group's scale
+    assert up.scale.shape == (up.out_features, up.in_features // up.group_size)
+    assert ((up.weight - layer).abs() <= step / 2 + layer.abs() * 2**-8).all()
     assert not torch.equal(up.weight, layer)
     # The fingerprint names the checkpoint: a prompt trained on either loads on the other.
     assert held.fingerprint() == full.fingerprint()
@@ -216,5 +218,26 @@ def test_int8_memory_estimate_counts_a_byte_per_linear_weight(tiny_model_dir, se
     fp32 = {n: c for n, c, _ in estimate_training_memory(config).rows}["backbone weights"]
     int8 = {n: c for n, c, _ in estimate_training_memory(config.replace(load_in="int8")).rows}["backbone weights"]
     model = load_backbone(tiny_model_dir, dtype=torch.float32).model
-    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head)
-    assert fp32 - int8 == 3 * linear  # 4 bytes -> 1 for every linear weight but the output head
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.lm_head]
+    # 4 bytes -> 1 for every linear weight but the output head, plus a 4-byte scale per group of 128 input columns
+    # (one per row where 128 does not divide the width: every layer of the tiny model)
+    groups = [m.in_features // 128 if m.in_features % 128 == 0 else 1 for m in linears]
+    assert fp32 - int8 == sum(3 * m.weight.numel() - 4 * m.out_features * g for m, g in zip(linears, groups))
+
+
+def test_int8_groups_keep_a_large_weight_from_coarsening_its_whole_row():
+    from softprompt.kinds.int8 import GROUP_SIZE, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(2 * GROUP_SIZE, 3)
+    with torch.no_grad():
+        linear.weight[:, 0] = 50.0  # one outlier column in the first group
+    held = Int8Linear(linear)
+    assert held.group_size == GROUP_SIZE and held.scale.shape == (3, 2)
+    error = (held.weight - linear.weight).abs()
+    # the second group's step is its own (weights ~0.06), not the outlier's 50/127
+    assert error[:, GROUP_SIZE:].max() <= held.scale[:, 1:].max() / 2 < 50 / 127 / 100
+    assert error[:, :GROUP_SIZE].max() <= held.scale[:, :1].max() / 2 + 1e-6
+    x = torch.randn(4, 2 * GROUP_SIZE, requires_grad=True)
+    torch.testing.assert_close(held(x), x @ held.weight.t() + linear.bias, rtol=1e-5, atol=1e-5)
+    assert Int8Linear(torch.nn.Linear(100, 2)).scale.shape == (2, 1)  # 128 does not divide 100: one per row

@@ -21,6 +21,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, builtin_backbone_dir, builtin_folder, resolve_precision
 from ..kinds import detect_kind
+from ..kinds.int8 import int8_bytes
 from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of
 from ..kinds.text import DEFAULT_DEPT_TOKENS, DEFAULT_NUM_VIRTUAL_TOKENS
 from ..prompts import PromptMethod, Reparam, dept_rank
@@ -117,7 +118,7 @@ def _parameter_bytes(model: torch.nn.Module, dtype: torch.dtype, load_in: str | 
     size = torch.tensor([], dtype=dtype).element_size()
     if load_in is None:
         return sum(p.numel() for p in model.parameters()) * size
-    per = 1.0 if load_in in ("8bit", "int8") else 0.5 + 0.127 / 8  # int8; nf4 + double-quantised absmax constants
+    per = 1.0 if load_in == "8bit" else 0.5 + 0.127 / 8  # bitsandbytes int8; nf4 + double-quantised constants
     total, seen = 0.0, set()
     for name, module in model.named_modules():
         for pname, param in module.named_parameters(recurse=False):
@@ -125,7 +126,10 @@ def _parameter_bytes(model: torch.nn.Module, dtype: torch.dtype, load_in: str | 
                 continue
             seen.add(id(param))
             linear = isinstance(module, torch.nn.Linear) and pname == "weight" and "lm_head" not in name
-            total += param.numel() * (per if linear else size)
+            if linear and load_in == "int8":  # softprompt's own: int8 values and a scale per group
+                total += int8_bytes(param.shape[0], param.shape[1], size)
+            else:
+                total += param.numel() * (per if linear else size)
     return int(total)
 
 
