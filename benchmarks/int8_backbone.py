@@ -1,4 +1,4 @@
-"""A frozen backbone held in int8 (`--load-in int8`: weight-only, one scale per output row) against the same
+"""A frozen backbone held in int8 (`--load-in int8`: weight-only, a scale per group of 128 input columns) against the same
 backbone in fp32: memory, training-step time and accuracy of one prompt, side by side.
 
 Each holding runs in its own process (its memory is its own), in turn: load the backbone (the bytes its weights

@@ -55,7 +55,7 @@ def load_text_model(auto: Any, folder: str | Path, name: str, kind: str, *, dtyp
         extra["quantization_config"] = quantization_config(load_in, dtype, device)
         extra["device_map"] = {"": str(torch.device(device))}
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, folder, name, kind)
-    # int8 rows are rounded to 1/127 of each row's largest weight, far coarser than bf16: the weights load in
+    # int8 weights are rounded to 1/127 of their group's largest weight, far coarser than bf16: the weights load in
     # bf16 (half of fp32's memory while loading), and what stays float is widened to `dtype` afterwards.
     load_dtype = torch.bfloat16 if load_in == "int8" and dtype == torch.float32 else dtype
     model = from_pretrained(auto.from_pretrained, folder, name, kind, dtype=load_dtype, **extra)
@@ -64,7 +64,7 @@ def load_text_model(auto: Any, folder: str | Path, name: str, kind: str, *, dtyp
     if load_in == "int8":
         setattr(model, CHECKPOINT_FINGERPRINT, weights_fingerprint(model))  # first: it names the checkpoint
         hold_int8(model)
-        model = model.to(dtype)  # the int8 rows stay int8
+        model = model.to(dtype)  # the int8 weights stay int8
     return model, tokenizer
 
 
