@@ -1,5 +1,5 @@
-"""A frozen backbone held in int8 (`--load-in int8`: weight-only, a scale per group of 128 input columns) against the same
-backbone in fp32: memory, training-step time and accuracy of one prompt, side by side.
+"""A frozen backbone held in int8 (`--load-in int8`) against the same backbone in fp32: memory, training-step time
+and accuracy of one prompt, side by side.
 
 Each holding runs in its own process (its memory is its own), in turn: load the backbone (the bytes its weights
 hold; the peak resident memory while loading, all of it and the part no file backs: fp32 weights are mapped
