@@ -6,8 +6,7 @@ layer keeps its weight as int8 and a float scale per group: y = x @ (q * scale)^
 from the int8 values widened on the fly (a temporary of one layer; nothing of it is kept for the backward pass,
 which widens again). The weights take a little over a quarter of their fp32 memory (the scales add 4 bytes per
 128 weights), about half of bf16's; on any device. Groups rather than whole rows keep one large weight from
-coarsening its whole row: on qwen2.5-0.5b they cut the class scores' mean error against fp32 by ~40% (see
-docs/results.md).
+coarsening its whole row (docs/results.md measures what that buys).
 """
 
 from __future__ import annotations
