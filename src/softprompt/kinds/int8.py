@@ -46,11 +46,12 @@ class Int8Linear(nn.Module):
     """An `nn.Linear` whose weight is held as int8 with one scale per group of `GROUP_SIZE` input columns of a row
     (symmetric, round to nearest)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, group_size: int | None = GROUP_SIZE) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.group_size = GROUP_SIZE if self.in_features % GROUP_SIZE == 0 else self.in_features
+        divides = group_size is not None and self.in_features % group_size == 0
+        self.group_size = group_size if divides else self.in_features  # None: one scale per row
         grouped = weight.view(self.out_features, -1, self.group_size)
         scale = grouped.abs().amax(dim=-1).clamp(min=1e-12) / 127                      # (out, groups)
         q = torch.round(grouped / scale[:, :, None]).clamp(-127, 127).to(torch.int8)
@@ -73,7 +74,7 @@ class Int8Linear(nn.Module):
                 f"groups of {self.group_size}")
 
 
-def hold_int8(model: nn.Module) -> int:
+def hold_int8(model: nn.Module, group_size: int | None = GROUP_SIZE) -> int:
     """Replace every `nn.Linear` of `model` but its output head (the answer words' scores are read from it) by an
     `Int8Linear`; returns how many were replaced."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -81,6 +82,6 @@ def hold_int8(model: nn.Module) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and child is not head:
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, Int8Linear(child, group_size))
                 replaced += 1
     return replaced
