@@ -97,68 +97,68 @@ fuzz: install
 	done
 
 bench: install
-	$(PY) benchmarks/vs_peft.py
+	$(PY) benchmarks/training/vs_peft.py
 
 scaling: install-bench
-	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/training/scaling.py
 
 figures: install
-	$(PY) benchmarks/core_figures.py
+	$(PY) benchmarks/quality/core_figures.py
 
 serve-bench: install
-	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/serving/serve_load.py
 
 soak: install
-	$(PY) benchmarks/soak.py
+	$(PY) benchmarks/serving/soak.py
 
 compare-bench: install-bench
-	$(PY) benchmarks/compare_methods.py
+	$(PY) benchmarks/quality/compare_methods.py
 
 sweep-bench: install
-	$(PY) benchmarks/sweep_rt.py
+	$(PY) benchmarks/quality/sweep_rt.py
 
 # plain vs residual vs DePT prompts at lr 3e-3/3e-2/3e-1 x 3 seeds, 100 steps each (27 runs on smollm2-135m)
 ENGINES := .engines
-$(ENGINES)/.installed: benchmarks/engines-requirements.txt | install
-	$(PY) -m pip install --quiet --no-deps --upgrade --target $(ENGINES) -r benchmarks/engines-requirements.txt
+$(ENGINES)/.installed: benchmarks/engines/engines-requirements.txt | install
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(ENGINES) -r benchmarks/engines/engines-requirements.txt
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install --quiet \
 	--no-deps --upgrade --target $(ENGINES) llama-cpp-python==0.3.36 diskcache==5.6.3
 	touch $@
 
 engines-bench: $(ENGINES)/.installed
-	$(PY) benchmarks/engines.py
+	$(PY) benchmarks/engines/engines.py
 
 stability-bench: install
-	$(PY) benchmarks/stability.py
+	$(PY) benchmarks/quality/stability.py
 
 transfer-bench: install
-	$(PY) benchmarks/transfer.py --part multilingual --steps 60 \
+	$(PY) benchmarks/quality/transfer.py --part multilingual --steps 60 \
 		--languages chinese,italian,japanese,korean,persian,ukrainian,dutch,turkish
-	$(PY) benchmarks/transfer.py --part mpt --steps 30 --seeds 1 --test-limit 500
-	$(PY) benchmarks/transfer.py --part spot --steps 30 --test-limit 300
+	$(PY) benchmarks/quality/transfer.py --part mpt --steps 30 --seeds 1 --test-limit 500
+	$(PY) benchmarks/quality/transfer.py --part spot --steps 30 --test-limit 300
 
 encoders-bench: install
-	$(PY) benchmarks/encoders.py --seeds 1
+	$(PY) benchmarks/quality/encoders.py --seeds 1
 
 # Fashion-MNIST comes from Debian (root + apt) or a folder in $$SOFTPROMPT_FASHION_MNIST.
 vpt-bench: install
 	test -d /usr/share/datasets/fashion-mnist || test -n "$$SOFTPROMPT_FASHION_MNIST" || \
 		apt-get install -y --no-install-recommends dataset-fashion-mnist
-	$(PY) benchmarks/vpt_fashion.py --pretrain-epochs 2 --steps 150 --seeds 1 --few-shot 20
+	$(PY) benchmarks/quality/vpt_fashion.py --pretrain-epochs 2 --steps 150 --seeds 1 --few-shot 20
 
 # Whisper tiny.en on SYNTHETIC spoken commands (espeak-ng voices + noise): needs espeak-ng and sox (apt).
 speech-bench: install
 	command -v espeak-ng >/dev/null || apt-get install -y --no-install-recommends espeak-ng sox
-	$(PY) benchmarks/speech_commands.py --steps 60
+	$(PY) benchmarks/quality/speech_commands.py --steps 60
 
 # Lester et al.'s Figure 1 here: prompt vs LoRA vs full fine-tuning vs zero-shot at 135M, 270M, 0.5B and 1.5B.
 scale-curve: install-bench
-	$(PY) benchmarks/scale_curve.py
+	$(PY) benchmarks/quality/scale_curve.py
 
 # The 1.5B backbone held in int8 against fp32 (memory, step time, accuracy of the scale curve's 1.5B prompt).
 int8-bench: install-bench
-	$(PY) benchmarks/int8_backbone.py --model qwen2.5-1.5b --test-limit 200 --steps 4 --batch-size 8 --gradient-checkpointing
+	$(PY) benchmarks/training/int8_backbone.py --model qwen2.5-1.5b --test-limit 200 --steps 4 --batch-size 8 --gradient-checkpointing
 
 clean:
 	rm -rf runs .pytest_cache

@@ -27,7 +27,7 @@ def _normalise(text: str) -> list[str]:
 # espeak-ng is robotic and tiny.en mishears some voice/phrase pairs (en-us "hello world" -> "The Long World", also
 # in CTranslate2 itself; en-us+f3's "hello world" sits on a near-tie that flipped to "The Long World!" inside a full
 # test run on an AVX2-only CPU), so each phrase has a voice it is heard right in; the weights are checked against
-# CTranslate2 numerically by benchmarks/whisper_ct2_crosscheck.py.
+# CTranslate2 numerically by benchmarks/studies/whisper_ct2_crosscheck.py.
 PHRASES = (("hello world", "en-029"), ("please turn off the lights", "en-us"), ("open the door", "en-us"),
            ("good morning everyone", "en-029"))
 

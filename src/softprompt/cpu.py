@@ -4,7 +4,7 @@ A forward pass allocates activation tensors of a few MB to a few tens of MB and 
 malloc gives such blocks back to the kernel (blocks over its mmap threshold, and free memory at the top of the heap
 beyond its trim threshold), so the next pass takes fresh pages and pays a page fault per 4 KB on first touch:
 element-wise kernels then run at a fraction of their speed. `keep_freed_memory` raises both thresholds so freed
-activations are reused (benchmarks/results/serve_levers.md measures it). The CLI and the server call it once at
+activations are reused (benchmarks/serving/results/serve_levers.md measures it). The CLI and the server call it once at
 start; library users may call it themselves. The cost is resident memory that stays after a peak: a server
 hands it back when idle (`serve.batcher`).
 """

@@ -3,7 +3,7 @@
 Rows are `{"image": uint8 tensor (1, 28, 28), "label": class name}`. Splits: the official test set (10,000) is
 `test`; the official training set is split with a fixed seed into validation (10%) and train. `fashion-mnist-0-4`
 and `fashion-mnist-5-9` keep the first / last five classes: the disjoint halves a backbone is pre-trained on and
-then prompt-tuned for (benchmarks/vpt_fashion.py).
+then prompt-tuned for (benchmarks/quality/vpt_fashion.py).
 """
 
 from __future__ import annotations

