@@ -18,7 +18,7 @@ def run(*args, cwd=None, **env_extra):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("cli")
-    from conftest import make_sentiment_dir
+    from rows import make_sentiment_dir
     data = make_sentiment_dir(root / "data", train_repeats=3)
     (root / "run.yaml").write_text("batch-size: 4\neval-every: 2\nprecision: fp32\n")
     out = root / "run"

@@ -4,7 +4,6 @@ import pytest
 import tiny
 import torch
 import yaml
-from test_training import _config
 
 from softprompt import TrainConfig, build_prompted_model, load_task, train
 from softprompt.errors import ConfigError
@@ -20,7 +19,7 @@ def _step(model, batch):
 
 def _model_and_batch(backbone, sentiment_dir, tmp_path):
     task = load_task(str(sentiment_dir))
-    config = _config(tmp_path, sentiment_dir, "unused", num_virtual_tokens=4,
+    config = tiny.train_config(tmp_path, sentiment_dir, "unused", num_virtual_tokens=4,
                      label_words="positive=great negative=bad")  # one token each: no cache in the step
     model = build_prompted_model(config, backbone, task)
     model.train()
@@ -78,13 +77,13 @@ def test_compile_option_values_and_auto(tmp_path, sentiment_dir, tiny_model_dir)
     with pytest.raises(ConfigError, match="--compile 'fast': choose one of auto, layers, off"):
         TrainConfig(**base, compile="fast")
     # auto: a 12-step run on a tiny model stays eager, and config.yaml says why
-    train(_config(tmp_path, sentiment_dir, tiny_model_dir), progress=False)
+    train(tiny.train_config(tmp_path, sentiment_dir, tiny_model_dir), progress=False)
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["resolved"]
     assert resolved["compile"] == "off (auto: 12 steps < 100)"
     assert TrainConfig(**{k: v for k, v in yaml.safe_load((tmp_path / "run" / "config.yaml").read_text()).items()
                           if k != "resolved"}).compile.value == "auto"
     # layers: compiled whatever the size, and training still learns the same way as eager
-    result = train(_config(tmp_path, sentiment_dir, tiny_model_dir, compile="layers", output=str(tmp_path / "c"),
+    result = train(tiny.train_config(tmp_path, sentiment_dir, tiny_model_dir, compile="layers", output=str(tmp_path / "c"),
                            label_words="positive=great negative=bad"),
                    progress=False)
     resolved = yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["resolved"]

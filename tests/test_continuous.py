@@ -4,8 +4,8 @@ same tokens as alone; the server answers a request that arrives while a long gen
 import threading
 import time
 
-from test_generate import _gen_model
-from test_serve import _classifier, _client
+import served
+import tiny
 
 from softprompt import generate, save_prompt
 from softprompt.inference import Request
@@ -17,7 +17,7 @@ def _rows(model):
 
 
 def test_rows_that_join_between_steps_decode_as_they_would_alone(tiny_any):
-    model = _gen_model(tiny_any)
+    model = tiny.qa_model(tiny_any)
     rows = _rows(model)
     alone = [generate(model, [row], max_new_tokens=n)[0] for row, n in zip(rows, (12, 5, 9))]
     requests = [Request(model, row, "generate", max_new_tokens=n) for row, n in zip(rows, (12, 5, 9))]
@@ -49,10 +49,10 @@ def test_a_request_is_answered_while_a_long_generation_decodes(tiny_llama, tmp_p
     monkeypatch.setattr(type(tiny_llama.tokenizer), "eos_token_id", property(lambda self: None), raising=False)
     folder = tmp_path / "prompts"
     folder.mkdir()
-    save_prompt(folder / "qa.safetensors", _gen_model(tiny_llama))
-    save_prompt(folder / "sentiment.safetensors", _classifier(tiny_llama, "prefix", 5, 1))
+    save_prompt(folder / "qa.safetensors", tiny.qa_model(tiny_llama))
+    save_prompt(folder / "sentiment.safetensors", tiny.classifier(tiny_llama, "prefix", 5, 1))
     streaming, finished = threading.Event(), {}
-    with _client(tiny_llama, folder, max_new_tokens=400) as client:
+    with served.client(tiny_llama, folder, max_new_tokens=400) as client:
         def long_generation():
             body = {"model": "qa", "prompt": "the quick brown fox", "max_tokens": 400, "stream": True}
             with client.stream("POST", "/v1/completions", json=body) as stream:

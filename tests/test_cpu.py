@@ -6,6 +6,9 @@ import sys
 import textwrap
 import time
 
+import served
+import tiny
+
 from softprompt.serve import batcher as batcher_module
 
 # A fresh process: glibc's thresholds are process-wide and this test process has already changed them.
@@ -44,7 +47,6 @@ def test_freed_activations_stay_resident_until_released():
 
 
 def test_an_idle_server_releases_memory_once_after_work(monkeypatch, tiny_llama, tmp_path):
-    from test_serve import _classifier, _client
 
     from softprompt import save_prompt
 
@@ -53,8 +55,8 @@ def test_an_idle_server_releases_memory_once_after_work(monkeypatch, tiny_llama,
     monkeypatch.setattr(batcher_module, "release_free_memory", lambda: calls.append(time.monotonic()))
     folder = tmp_path / "prompts"
     folder.mkdir()
-    save_prompt(folder / "sentiment.safetensors", _classifier(tiny_llama, "prefix", 5, 1))
-    with _client(tiny_llama, folder) as client:
+    save_prompt(folder / "sentiment.safetensors", tiny.classifier(tiny_llama, "prefix", 5, 1))
+    with served.client(tiny_llama, folder) as client:
         time.sleep(0.3)
         assert calls == []                   # nothing ran yet: nothing to hand back
         response = client.post("/v1/classify", json={"prompt": "sentiment", "inputs": ["fine"]})

@@ -1,10 +1,9 @@
 
-from pathlib import Path
 
 import pytest
 import system
 import torch
-from conftest import write_jsonl
+from rows import write_jsonl
 
 from softprompt import DataError, load_task
 from softprompt.data import BUILTIN_DATASETS

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SENTIMENT
+from rows import SENTIMENT
 from tiny import save_tiny_encoder, tiny_encoder_backbone
 
 import softprompt as sp

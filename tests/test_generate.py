@@ -1,19 +1,13 @@
 import pytest
+import tiny
 import torch
 
-from softprompt import PromptedModel, SoftPrompt, build_template, generate
-
-
-def _gen_model(backbone, placement="prefix"):
-    torch.manual_seed(0)
-    template = build_template("Q: {text}\nA: {target}", placement, 4)
-    return PromptedModel(backbone, SoftPrompt(torch.randn(4, backbone.hidden_size) * 0.5), template, None,
-                         max_length=64)
+from softprompt import generate
 
 
 @pytest.mark.parametrize("placement", ["prefix", "suffix"])
 def test_cached_greedy_matches_no_cache_loop(tiny_any, placement):
-    model = _gen_model(tiny_any, placement)
+    model = tiny.qa_model(tiny_any, placement)
     rows = [{"text": "the quick brown fox"}, {"text": "great"}, {"text": "a dull and tedious movie with words"}]
     cached = generate(model, rows, max_new_tokens=12)
     plain = generate(model, rows, max_new_tokens=12, use_cache=False)
@@ -24,7 +18,7 @@ def test_cached_greedy_matches_no_cache_loop(tiny_any, placement):
 
 
 def test_prompt_changes_generation(tiny_llama):
-    model = _gen_model(tiny_llama)
+    model = tiny.qa_model(tiny_llama)
     batch = model.make_batch([{"text": "the quick brown fox"}], label_field=None)
     before = model.backbone.token_logits(model.hidden(batch)[0][:, -1])
     with torch.no_grad():
@@ -34,7 +28,7 @@ def test_prompt_changes_generation(tiny_llama):
 
 
 def test_stop_strings_and_sampling(tiny_llama):
-    model = _gen_model(tiny_llama)
+    model = tiny.qa_model(tiny_llama)
     rows = [{"text": "great"}]
     full = generate(model, rows, max_new_tokens=12)[0]
     stop = full[len(full) // 2: len(full) // 2 + 2]

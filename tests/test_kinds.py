@@ -10,8 +10,8 @@ import json
 import pytest
 import tiny
 import torch
-from conftest import SENTIMENT
 from fastapi.testclient import TestClient
+from rows import SENTIMENT
 from safetensors.torch import save_file
 from tiny_clip import tiny_clip_backbone
 

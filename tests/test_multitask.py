@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import write_jsonl
+from rows import write_jsonl
 
 from softprompt import TrainConfig, load_task, train
 from softprompt.cli import main

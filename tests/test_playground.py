@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import served
 import system
+import tiny
 import uvicorn
-from test_serve import TOKEN, _classifier, _generator
 
 from softprompt import save_prompt
 from softprompt.inference.bank import PromptBank
@@ -26,13 +27,13 @@ SHOTS = Path(os.environ.get("SOFTPROMPT_TEST_OUTPUT", Path(__file__).parents[1] 
 @pytest.fixture(scope="module")
 def site(tiny_llama, tmp_path_factory):
     folder = tmp_path_factory.mktemp("playground-prompts")
-    save_prompt(folder / "sentiment.safetensors", _classifier(tiny_llama, "prefix", 5, 1, ["positive=great"]))
-    save_prompt(folder / "sentiment-suffix.safetensors", _classifier(tiny_llama, "suffix", 3, 2))
-    save_prompt(folder / "qa.safetensors", _generator(tiny_llama, 4, 3))
+    save_prompt(folder / "sentiment.safetensors", tiny.classifier(tiny_llama, "prefix", 5, 1, ["positive=great"]))
+    save_prompt(folder / "sentiment-suffix.safetensors", tiny.classifier(tiny_llama, "suffix", 3, 2))
+    save_prompt(folder / "qa.safetensors", tiny.generator(tiny_llama, 4, 3))
     (folder / "broken.safetensors").write_bytes(b"not a prompt file")
     upload = tmp_path_factory.mktemp("upload") / "fresh.safetensors"
-    save_prompt(upload, _classifier(tiny_llama, "prefix", 4, 7))
-    app = create_app(PromptBank(tiny_llama), folder, ServeSettings(admin_token=TOKEN, reload_interval=0,
+    save_prompt(upload, tiny.classifier(tiny_llama, "prefix", 4, 7))
+    app = create_app(PromptBank(tiny_llama), folder, ServeSettings(admin_token=served.TOKEN, reload_interval=0,
                                                                    max_input_tokens=40, max_new_tokens=24))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -146,7 +147,7 @@ def test_upload_needs_the_token_then_serves_the_prompt(site, page):
     page.click("#upload-run")
     page.wait_for_selector("#error:not([hidden])")
     assert "401" in page.inner_text("#error") and "admin token" in page.inner_text("#error")
-    page.fill("#upload-token", TOKEN)
+    page.fill("#upload-token", served.TOKEN)
     page.click("#upload-run")
     page.wait_for_selector("#upload-result strong")
     assert "added" in page.inner_text("#upload-result")

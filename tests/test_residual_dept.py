@@ -6,7 +6,7 @@ import json
 import pytest
 import tiny
 import torch
-from conftest import SENTIMENT
+from rows import SENTIMENT
 from safetensors import safe_open
 
 import softprompt as sp

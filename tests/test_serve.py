@@ -5,51 +5,26 @@ import threading
 import time
 
 import pytest
+import served
 import tiny
-import torch
-from fastapi.testclient import TestClient
 
-from softprompt import PromptedModel, SoftPrompt, Verbalizer, build_template, generate, save_prompt
-from softprompt.inference.bank import PromptBank
-from softprompt.serve import ServeSettings, create_app
-
-TOKEN = "s3cret-token"
-
-
-def _classifier(backbone, placement, n, seed, words=()):
-    torch.manual_seed(seed)
-    template = build_template("Review: {text} Sentiment: {label}", placement, n)
-    return PromptedModel(backbone, SoftPrompt(torch.randn(n, backbone.hidden_size) * 0.4), template,
-                         Verbalizer.from_spec(["negative", "positive"], list(words)), max_length=64)
-
-
-def _generator(backbone, n, seed):
-    torch.manual_seed(seed)
-    return PromptedModel(backbone, SoftPrompt(torch.randn(n, backbone.hidden_size) * 0.5),
-                         build_template("Q: {text}\nA: {target}", "prefix", n), None, max_length=64)
+from softprompt import generate, save_prompt
 
 
 @pytest.fixture
 def prompt_dir(tmp_path, tiny_llama):
     folder = tmp_path / "prompts"
     folder.mkdir()
-    save_prompt(folder / "sentiment.safetensors", _classifier(tiny_llama, "prefix", 5, 1, ["positive=great"]))
-    save_prompt(folder / "sentiment-suffix.safetensors", _classifier(tiny_llama, "suffix", 3, 2))
-    save_prompt(folder / "qa.safetensors", _generator(tiny_llama, 4, 3))
+    save_prompt(folder / "sentiment.safetensors", tiny.classifier(tiny_llama, "prefix", 5, 1, ["positive=great"]))
+    save_prompt(folder / "sentiment-suffix.safetensors", tiny.classifier(tiny_llama, "suffix", 3, 2))
+    save_prompt(folder / "qa.safetensors", tiny.generator(tiny_llama, 4, 3))
     (folder / "notes.txt").write_text("not a prompt")
     return folder
 
 
-def _client(tiny_llama, folder, **settings):
-    options = dict(admin_token=TOKEN, max_inputs=8, max_input_tokens=40, max_new_tokens=24, max_body_bytes=200_000,
-                   reload_interval=0, batch_wait_ms=5)
-    options.update(settings)
-    return TestClient(create_app(PromptBank(tiny_llama), folder, ServeSettings(**options)))
-
-
 @pytest.fixture
 def client(tiny_llama, prompt_dir):
-    with _client(tiny_llama, prompt_dir) as test_client:
+    with served.client(tiny_llama, prompt_dir) as test_client:
         yield test_client
 
 
@@ -167,7 +142,7 @@ def test_chat_completions_and_errors(client):
 
 def test_admin_upload_replace_delete(client, prompt_dir, tiny_llama, tmp_path):
     data = (prompt_dir / "sentiment.safetensors").read_bytes()
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {served.TOKEN}"}
     assert "Bearer" in _error(client.post("/v1/prompts?name=copy", content=data), 401)
     assert "Bearer" in _error(client.post("/v1/prompts?name=copy", content=data,
                                           headers={"Authorization": "Bearer wrong"}), 401)
@@ -185,7 +160,7 @@ def test_admin_upload_replace_delete(client, prompt_dir, tiny_llama, tmp_path):
     assert "safetensors" in _error(client.post("/v1/prompts?name=pickled", content=pickle.dumps({"a": 1}),
                                                headers=auth), 422)
     other = tiny.tiny_backbone("llama", seed=9)
-    foreign = save_prompt(tmp_path / "foreign.safetensors", _classifier(other, "prefix", 5, 1))
+    foreign = save_prompt(tmp_path / "foreign.safetensors", tiny.classifier(other, "prefix", 5, 1))
     refusal = _error(client.post("/v1/prompts?name=foreign", content=foreign.read_bytes(), headers=auth), 409)
     assert "fingerprint" in refusal and "--model" not in refusal  # no command-line advice to an HTTP client
     for message in (refusal, _error(client.post("/v1/prompts?name=junk", content=b"junk" * 9, headers=auth), 422)):
@@ -202,13 +177,13 @@ def test_admin_upload_replace_delete(client, prompt_dir, tiny_llama, tmp_path):
 
 
 def test_admin_endpoints_off_without_a_token(tiny_llama, prompt_dir):
-    with _client(tiny_llama, prompt_dir, admin_token=None) as client:
+    with served.client(tiny_llama, prompt_dir, admin_token=None) as client:
         assert "--admin-token" in _error(client.delete("/v1/prompts/qa", headers={"Authorization": "Bearer x"}), 403)
         assert "qa" in client.app.state.bank
 
 
 def test_prompt_folder_is_watched(tiny_llama, prompt_dir):
-    with _client(tiny_llama, prompt_dir, reload_interval=0.1) as client:
+    with served.client(tiny_llama, prompt_dir, reload_interval=0.1) as client:
         source = prompt_dir / "sentiment.safetensors"
         (prompt_dir / "fresh.safetensors").write_bytes(source.read_bytes())
         (prompt_dir / "broken.safetensors").write_bytes(b"garbage")
@@ -225,7 +200,7 @@ def test_prompt_folder_is_watched(tiny_llama, prompt_dir):
 
 
 def test_concurrent_requests_batch_across_prompts_and_survive_swaps(tiny_llama, prompt_dir):
-    with _client(tiny_llama, prompt_dir, batch_wait_ms=150) as client:
+    with served.client(tiny_llama, prompt_dir, batch_wait_ms=150) as client:
         data = (prompt_dir / "sentiment.safetensors").read_bytes()
         statuses: list[int] = []
         lock = threading.Lock()
@@ -242,7 +217,7 @@ def test_concurrent_requests_batch_across_prompts_and_survive_swaps(tiny_llama, 
         def swap():
             for _ in range(5):
                 r = client.post("/v1/prompts?name=sentiment", content=data,
-                                headers={"Authorization": f"Bearer {TOKEN}"})
+                                headers={"Authorization": f"Bearer {served.TOKEN}"})
                 with lock:
                     statuses.append(r.status_code)
 
@@ -273,7 +248,7 @@ def test_hostile_requests_get_a_json_4xx_never_a_500(client):
            401)
     body = client.get("/v1/prompts").json()
     assert "qa" in [p["name"] for p in body["data"]]
-    _error(client.post("/v1/prompts", params={"name": "x\n"}, content=b"x", headers={"Authorization": f"Bearer {TOKEN}"}),
+    _error(client.post("/v1/prompts", params={"name": "x\n"}, content=b"x", headers={"Authorization": f"Bearer {served.TOKEN}"}),
            422)
 
 
@@ -298,7 +273,7 @@ def test_a_full_disk_during_an_upload_is_a_507_and_changes_nothing(client, promp
 
     data = (prompt_dir / "sentiment-suffix.safetensors").read_bytes()
     before = {p.name: p.read_bytes() for p in prompt_dir.iterdir()}
-    auth = {"Authorization": f"Bearer {TOKEN}"}
+    auth = {"Authorization": f"Bearer {served.TOKEN}"}
 
     def full(*_):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -11,6 +11,7 @@ import urllib.request
 
 import openai
 import pytest
+import served
 import torch
 
 from softprompt import PromptedModel, SoftPrompt, Verbalizer, build_template, generate, load_backbone, save_prompt
@@ -95,10 +96,9 @@ def test_the_real_server_answers_as_its_schema_says(server):
     """Schemathesis against the `softprompt serve` process over real HTTP (the in-process run has more examples)."""
     import schemathesis
     from api_routes import ROUTES
-    from test_serve_schema import fuzz_every_route
 
     url, _ = server
-    assert fuzz_every_route(schemathesis.openapi.from_url(f"{url}/openapi.json"), "t0ken", 12) == ROUTES
+    assert served.fuzz_every_route(schemathesis.openapi.from_url(f"{url}/openapi.json"), "t0ken", 12) == ROUTES
     with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
         assert json.load(response)["status"] == "ok"  # still up
 

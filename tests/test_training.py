@@ -3,23 +3,16 @@ import json
 import pytest
 import tiny
 import torch
-from conftest import write_jsonl
+from rows import write_jsonl
 
 from softprompt import TrainConfig, build_prompted_model, load_task, read_prompt_file, train
 from softprompt.frozen import weights_fingerprint
 
 
-def _config(tmp_path, data_dir, model_dir, **kw):
-    base = dict(model=model_dir, data=str(data_dir), output=str(tmp_path / "run"), max_steps=12, eval_every=4,
-                batch_size=8, lr=0.1, precision="fp32", device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def test_backbone_stays_frozen_and_only_the_prompt_moves(tmp_path, sentiment_dir):
     backbone = tiny.tiny_backbone("llama")
     before = weights_fingerprint(backbone.model, full=True)
-    result = train(_config(tmp_path, sentiment_dir, "unused"), backbone=backbone, progress=False)
+    result = train(tiny.train_config(tmp_path, sentiment_dir, "unused"), backbone=backbone, progress=False)
     assert weights_fingerprint(backbone.model, full=True) == before
     assert not any(p.requires_grad for p in backbone.model.parameters())
     result.model.train()
@@ -30,7 +23,7 @@ def test_backbone_stays_frozen_and_only_the_prompt_moves(tmp_path, sentiment_dir
 
 
 def test_run_directory_and_best_prompt(tmp_path, sentiment_dir, tiny_model_dir):
-    result = train(_config(tmp_path, sentiment_dir, tiny_model_dir), progress=False)
+    result = train(tiny.train_config(tmp_path, sentiment_dir, tiny_model_dir), progress=False)
     out = tmp_path / "run"
     assert {"prompt.safetensors", "metrics.jsonl", "training.png", "config.yaml"} <= {p.name for p in out.iterdir()}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -51,7 +44,7 @@ def test_loss_falls_classification_and_generation(tmp_path, tiny_llama):
             for i, t in enumerate(["a great film", "fine cast", "warm fun", "the lazy dog"] * 6)]
     write_jsonl(data / "train.jsonl", rows)
     write_jsonl(data / "validation.jsonl", rows[:8])
-    cfg = _config(tmp_path, data, "unused", max_steps=30, eval_every=0, lr=0.3)
+    cfg = tiny.train_config(tmp_path, data, "unused", max_steps=30, eval_every=0, lr=0.3)
     task = load_task(str(data))
 
     def full_loss(model):
@@ -65,7 +58,7 @@ def test_loss_falls_classification_and_generation(tmp_path, tiny_llama):
     gen = tmp_path / "gen"
     gen.mkdir()
     write_jsonl(gen / "train.jsonl", [{"text": t, "target": "great fun"} for t in ["a", "the dog", "fox"] * 8])
-    cfg = _config(tmp_path, gen, "unused", task="generation", init="vocab", max_steps=30, eval_every=10, lr=0.3,
+    cfg = tiny.train_config(tmp_path, gen, "unused", task="generation", init="vocab", max_steps=30, eval_every=10, lr=0.3,
                   output=str(tmp_path / "gen-run"))
     result = train(cfg, backbone=tiny_llama, progress=False)
     losses = [h["loss"] for h in result.history if h["split"] == "train"]
@@ -76,7 +69,7 @@ def test_loss_falls_classification_and_generation(tmp_path, tiny_llama):
 def test_early_stopping_and_bf16(tmp_path, sentiment_dir):
     backbone = tiny.tiny_backbone("llama")
     backbone.model.to(torch.bfloat16)
-    cfg = _config(tmp_path, sentiment_dir, "unused", max_steps=200, eval_every=2, patience=2, lr=1e-6)
+    cfg = tiny.train_config(tmp_path, sentiment_dir, "unused", max_steps=200, eval_every=2, patience=2, lr=1e-6)
     result = train(cfg, backbone=backbone, progress=False)
     assert result.steps < 200
     assert result.model.prompt.embeddings.dtype == torch.float32
@@ -107,7 +100,7 @@ def test_adafactor_two_fields_and_suffix(tmp_path, tiny_llama):
         ("a great film", "it is good", "yes"), ("a dull movie", "it is good", "no"),
         ("warm fun", "it is fun", "yes"), ("the lazy dog", "it is fun", "no")] * 4]
     write_jsonl(data / "train.jsonl", rows)
-    cfg = _config(tmp_path, data, "unused", text_field="premise,hypothesis", optimizer="adafactor",
+    cfg = tiny.train_config(tmp_path, data, "unused", text_field="premise,hypothesis", optimizer="adafactor",
                   template="Premise: {premise} Hypothesis: {hypothesis} Entailed: {label}", placement="suffix",
                   num_virtual_tokens=3, max_steps=4)
     result = train(cfg, backbone=tiny_llama, progress=False)
@@ -150,7 +143,7 @@ def _poisoned(model, bad_steps):
 
 def test_non_finite_loss_rolls_back_and_lowers_the_learning_rate(tmp_path, sentiment_dir):
     backbone = tiny.tiny_backbone("llama")
-    config = _config(tmp_path, sentiment_dir, "unused", max_steps=16, eval_every=0, lr=0.05)
+    config = tiny.train_config(tmp_path, sentiment_dir, "unused", max_steps=16, eval_every=0, lr=0.05)
     task = load_task(str(sentiment_dir))
     model = _poisoned(build_prompted_model(config, backbone, task), {5, 12})
     result = train(config, backbone=backbone, task=task, model=model, progress=False)
@@ -166,7 +159,7 @@ def test_persistent_divergence_stops_with_a_clear_error(tmp_path, sentiment_dir)
     from softprompt.training.guard import TrainingDivergedError
 
     backbone = tiny.tiny_backbone("llama")
-    config = _config(tmp_path, sentiment_dir, "unused", max_steps=16, eval_every=0, max_rollbacks=2)
+    config = tiny.train_config(tmp_path, sentiment_dir, "unused", max_steps=16, eval_every=0, max_rollbacks=2)
     task = load_task(str(sentiment_dir))
     model = _poisoned(build_prompted_model(config, backbone, task), set(range(3, 100)))
     with pytest.raises(TrainingDivergedError, match="after 2 rollbacks.*lower --lr"):
@@ -229,7 +222,7 @@ def test_label_words_for_some_labels_only_are_refused(tmp_path, tiny_llama, sent
 def test_a_long_batch_runs_as_passes_with_the_whole_batchs_gradient(tmp_path, sentiment_dir, tiny_llama, task_type):
     from softprompt.training.loop import batch_passes
 
-    config = _config(tmp_path, sentiment_dir, "unused", task=task_type, label_field="label",
+    config = tiny.train_config(tmp_path, sentiment_dir, "unused", task=task_type, label_field="label",
                      init="labels" if task_type == "classification" else "vocab")
     task = load_task(str(sentiment_dir), task=task_type, label_field="label")
     model = build_prompted_model(config, tiny_llama, task)

@@ -140,3 +140,44 @@ def tiny_speech_backbone():
     model = WhisperForConditionalGeneration(config).eval()
     extractor = WhisperFeatureExtractor(feature_size=8, chunk_length=1)  # 1 s windows: 100 frames -> 50 positions
     return SpeechBackbone(model, tokenizer, extractor, name="tiny-whisper")
+
+
+# ---- tiny prompted models and a training config --------------------------------------------------------------
+def classifier(backbone, placement, n, seed, words=()):
+    """A sentiment classifier: a random `n`-token prompt (seeded) on `backbone`."""
+    from softprompt import PromptedModel, SoftPrompt, Verbalizer, build_template
+
+    torch.manual_seed(seed)
+    template = build_template("Review: {text} Sentiment: {label}", placement, n)
+    return PromptedModel(backbone, SoftPrompt(torch.randn(n, backbone.hidden_size) * 0.4), template,
+                         Verbalizer.from_spec(["negative", "positive"], list(words)), max_length=64)
+
+
+def generator(backbone, n, seed):
+    """A question-answering generator: a random `n`-token prefix prompt (seeded) on `backbone`."""
+    from softprompt import PromptedModel, SoftPrompt, build_template
+
+    torch.manual_seed(seed)
+    return PromptedModel(backbone, SoftPrompt(torch.randn(n, backbone.hidden_size) * 0.5),
+                         build_template("Q: {text}\nA: {target}", "prefix", n), None, max_length=64)
+
+
+def qa_model(backbone, placement="prefix"):
+    """A question-answering generator with a 4-token prompt (seed 0) in `placement`."""
+    from softprompt import PromptedModel, SoftPrompt, build_template
+
+    torch.manual_seed(0)
+    template = build_template("Q: {text}\nA: {target}", placement, 4)
+    return PromptedModel(backbone, SoftPrompt(torch.randn(4, backbone.hidden_size) * 0.5), template, None,
+                         max_length=64)
+
+
+def train_config(tmp_path, data_dir, model_dir, **kw):
+    """A short fp32 CPU training run on `data_dir` into tmp_path/run; `kw` overrides."""
+    from softprompt import TrainConfig
+
+    base = dict(model=model_dir, data=str(data_dir), output=str(tmp_path / "run"), max_steps=12, eval_every=4,
+                batch_size=8, lr=0.1, precision="fp32", device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+

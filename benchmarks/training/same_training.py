@@ -31,7 +31,7 @@ WORKER = r"""
 import json, shutil, sys, pathlib, torch
 sys.path.insert(0, sys.argv[2])  # tests/: the tiny model and the small data set
 import tiny
-from conftest import make_sentiment_dir, write_jsonl
+from rows import make_sentiment_dir, write_jsonl
 from safetensors.torch import load_file
 from softprompt import TrainConfig, build_prompted_model, load_task, train
 
