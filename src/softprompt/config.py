@@ -324,7 +324,7 @@ class TrainConfig:
     grad_accum: int = _opt(1, "Gradient accumulation steps per optimiser step.", "optimisation")
     pass_tokens: int = _opt(4096, "Run a batch whose padded tokens exceed this as several forward/backward passes of "
                                   "fewer rows (gradients add up to the same step; causal LMs): long inputs keep "
-                                  "activations bounded and step ~2x faster at 1,024 tokens. 0 = one pass.",
+                                  "activations bounded and step faster. 0 = one pass.",
                             "optimisation")
     length_bucketing: bool = _opt(True, "Batch rows of similar length together (less padding; order still seeded).",
                                   "optimisation")
@@ -342,9 +342,9 @@ class TrainConfig:
     patience: int = _opt(0, "Stop after this many evaluations without improvement (0 = never).", "evaluation")
     seed: int = _opt(0, "Random seed (prompt init, data order).", "optimisation")
     compile: CompileMode = _opt(CompileMode.AUTO, "Compile one decoder block of the backbone for training steps and "
-                                                  "reuse it for every layer (~1.3x faster steps on a CPU; ~25 s to "
-                                                  "compile on 2 cores, seconds from inductor's disk cache): layers, "
-                                                  "off, or auto (layers for a causal LM of 50M+ weights trained "
+                                                  "reuse it for every layer (faster steps; the first compile takes "
+                                                  "tens of seconds on a CPU, seconds from inductor's disk cache): "
+                                                  "layers, off, or auto (layers for a causal LM of 50M+ weights trained "
                                                   "100+ steps in one process, else off).", "run")
     precision: Precision = _opt(Precision.AUTO, "auto, fp32, bf16 or fp16 (half-precision backbone, fp32 master "
                                                 "prompt; fp16 adds dynamic loss scaling).", "run")
@@ -392,7 +392,7 @@ class TrainConfig:
         return getattr(getattr(self, group), inner) if group is not None else getattr(self, name)
 
     def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # `compile: true|false`, as configs of earlier versions say
+        if isinstance(self.compile, bool):  # `compile: true|false` in a config file
             object.__setattr__(self, "compile", CompileMode.LAYERS if self.compile else CompileMode.OFF)
         for name in FLAT_OPTIONS:
             _check_type(name, self.option(name))

@@ -250,7 +250,7 @@ class CausalLMBackbone(FrozenBackbone):
         is one block's forward and backward: ~25 s on a 2-core CPU, a few seconds once inductor's disk cache
         holds it. A dummy padded batch compiles it here, under the training step's autocast, so a failure (no
         C++ compiler, an unsupported op) is found now: the layers then stay eager, with one warning. Steps run
-        1.25-1.4x faster than eager (element-wise work fused around the matmuls; benchmarks/training/vs_peft.py).
+        faster than eager (element-wise work fused around the matmuls; measured in docs/results.md).
         """
         layers = self.decoder_layers()
         done = getattr(layers[0], "_softprompt_compiled", None)
@@ -488,8 +488,8 @@ def load(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.dev
          load_in: str | None = None) -> CausalLMBackbone:
     from transformers import AutoModelForCausalLM  # start-up time
 
-    # On CPU, eager attention trains ~1.6x faster than SDPA's flash kernel at prompt-tuning lengths of a causal
-    # LM (its backward dominated the step: benchmarks/README.md); elsewhere keep the library default.
+    # On CPU, eager attention trains faster than SDPA's flash kernel at prompt-tuning lengths of a causal LM (its
+    # backward dominates the step: benchmarks/studies/attention_impl.py); elsewhere keep the library default.
     extra = {"attn_implementation": "eager"} if torch.device(device).type == "cpu" else {}
     model, tokenizer = load_text_model(AutoModelForCausalLM, folder, name, BackboneKind.CAUSAL_LM.value, dtype=dtype,
                                        device=device, load_in=load_in, **extra)

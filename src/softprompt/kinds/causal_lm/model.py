@@ -460,9 +460,9 @@ class PromptedModel(Pretrained, nn.Module):
 
 def _packed(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same keys/values as views of one block. A prompt's cache is 2 x layers small tensors (~8 KB each on
-    smollm2-135m) left behind among a prefix pass's freed temporaries; a server holding a thousand prompts kept
-    ~2x their bytes resident that way (measured: a bank of 200 prompts grew 157-189 MB for 97 MB of caches;
-    packed, 82 MB). One block per prompt is one allocation, freed whole when the cache is dropped."""
+    smollm2-135m) left behind among a prefix pass's freed temporaries, which keep about twice their bytes resident
+    in a server holding many prompts (docs/results.md, "Many prompts on one server"). One block per prompt is one
+    allocation, freed whole when the cache is dropped."""
     tensors = [t for pair in layers for t in pair]
     if not tensors or any(t.dtype != tensors[0].dtype or t.device != tensors[0].device for t in tensors):
         return layers
