@@ -2,11 +2,11 @@
 input columns, as error in the class scores against the fp32 backbone.
 
 For each backbone: a fresh prompt initialised from the label words (the same on every holding) scores the first
-`--rows` rotten_tomatoes test rows on the fp32 backbone, then on the backbone held in int8 the way
-`--load-in int8` holds it (the checkpoint in bf16, the linear layers but the output head quantised, the rest
-widened back to fp32) at each scale granularity, and with the bf16 rounding alone (no int8). Reports the mean and largest |score - fp32 score| (nats) and the
-share of rows whose predicted label is unchanged, and the bytes the scales add. Writes
-benchmarks/quality/results/int8_groups.{json,md}.
+`--rows` rotten_tomatoes test rows on the fp32 backbone, then on the backbone held in int8 the way `--load-in int8`
+holds it (every linear layer but the output head quantised from the checkpoint's weights, the rest as loaded) at
+each scale granularity, and, for scale, with every weight rounded to bf16 instead. Reports the mean and largest
+|score - fp32 score| (nats) and the share of rows whose predicted label is unchanged, and the bytes the scales add.
+Writes benchmarks/quality/results/int8_groups.{json,md}.
 
     python benchmarks/quality/int8_groups.py [--models smollm2-135m,qwen2.5-0.5b] [--rows 96]
 
@@ -25,7 +25,7 @@ import softprompt as sp
 from softprompt.kinds.int8 import hold_int8
 
 RESULTS = Path(__file__).parent / "results"
-HOLDINGS = {"bf16 round trip, no int8": 0, "row": None, "groups of 128": 128, "groups of 32": 32}
+HOLDINGS = {"bf16 weights, no int8 (for scale)": 0, "row": None, "groups of 128": 128, "groups of 32": 32}
 
 
 def scores(model, rows) -> torch.Tensor:
@@ -51,10 +51,10 @@ def main() -> None:
         reference = scores(sp.build_prompted_model(config, backbone, task), rows)
         for holding, group in HOLDINGS.items():
             backbone = sp.load_backbone(name, dtype=torch.float32)
-            backbone.model.to(torch.bfloat16)
-            if group != 0:  # 0: the bf16 rounding alone, what loading in bf16 costs before any int8
+            if group == 0:  # the bf16 rounding of every weight alone: the error a bf16 backbone would add
+                backbone.model.to(torch.bfloat16).to(torch.float32)
+            else:
                 hold_int8(backbone.model, group)
-            backbone.model.to(torch.float32)
             got = scores(sp.build_prompted_model(config, backbone, task), rows)
             error = (got - reference).abs()
             results.append({"model": name, "holding": holding, "rows": len(rows),

@@ -55,16 +55,18 @@ def load_text_model(auto: Any, folder: str | Path, name: str, kind: str, *, dtyp
         extra["quantization_config"] = quantization_config(load_in, dtype, device)
         extra["device_map"] = {"": str(torch.device(device))}
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, folder, name, kind)
-    # int8 weights are rounded to 1/127 of their group's largest weight, far coarser than bf16: the weights load in
-    # bf16 (half of fp32's memory while loading), and what stays float is widened to `dtype` afterwards.
-    load_dtype = torch.bfloat16 if load_in == "int8" and dtype == torch.float32 else dtype
+    # int8: the checkpoint loads as stored (memory-mapped, not yet read), each linear layer is quantised as it is
+    # read, and only what stays float is copied, in `dtype`: the float model is never resident whole.
+    load_dtype = "auto" if load_in == "int8" else dtype
     model = from_pretrained(auto.from_pretrained, folder, name, kind, dtype=load_dtype, **extra)
-    if not bitsandbytes:
-        model = model.to(device)  # a bitsandbytes model is placed by its loader and cannot move
-    if load_in == "int8":
+    if load_in == "int8":  # on the CPU, before any move: a device never holds the float model either
         setattr(model, CHECKPOINT_FINGERPRINT, weights_fingerprint(model))  # first: it names the checkpoint
         hold_int8(model)
-        model = model.to(dtype)  # the int8 weights stay int8
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():  # own copies: the checkpoint's mapping is released; int8 stays int8
+                tensor.data = tensor.data.to(dtype, copy=True)
+    if not bitsandbytes:
+        model = model.to(device)  # a bitsandbytes model is placed by its loader and cannot move
     return model, tokenizer
 
 
