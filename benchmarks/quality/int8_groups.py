@@ -16,7 +16,7 @@ Takes ~6 min on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import torch
@@ -24,7 +24,10 @@ import torch
 import softprompt as sp
 from softprompt.kinds.int8 import hold_int8
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parents[1]))  # benchmarks/: common.py, the shared helpers
+from common import write_results  # noqa: E402
+
+HERE = Path(__file__).parent
 HOLDINGS = {"bf16 weights, no int8 (for scale)": 0, "row": None, "groups of 128": 128, "groups of 32": 32}
 
 
@@ -65,15 +68,13 @@ def main() -> None:
             r = results[-1]
             print(f"{name} {holding}: mean |d| {r['mean_abs_error']:.4f}, max {r['max_abs_error']:.4f}, "
                   f"same label {100 * r['same_label']:.1f}%", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8_groups.json").write_text(json.dumps(results, indent=1))
     lines = [f"Class scores on the int8 backbone against fp32: a fresh label-word prompt, the first {len(rows)} "
              "rotten_tomatoes test rows.", "",
              "| backbone | scales | mean abs error (nats) | largest | same label | scale bytes per weight |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['holding']} | {r['mean_abs_error']:.4f} | {r['max_abs_error']:.4f} | "
               f"{100 * r['same_label']:.1f}% | {r['scale_bytes_per_weight']:.3f} |" for r in results]
-    (RESULTS / "int8_groups.md").write_text("\n".join(lines) + "\n")
+    write_results(HERE, "int8_groups", results, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -24,8 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parents[2]
+sys.path.insert(0, str(Path(__file__).parents[1]))  # benchmarks/: common.py, the shared helpers
+from common import write_results  # noqa: E402
 
 WORKER = r"""
 import json, shutil, sys, pathlib, torch
@@ -118,8 +119,7 @@ def main() -> None:
                                          .read_text().splitlines()]) for s in ("old", "new")]
             runs[old_file.stem] = {"tensors_identical": tensors, "metrics_identical": records[0] == records[1],
                                    "metrics_records": len(records[1])}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "same_training.json").write_text(json.dumps({"old_src": args.old_src, "runs": runs}, indent=1))
+    write_results(Path(__file__).parent, "same_training", {"old_src": args.old_src, "runs": runs})
     for name, run in runs.items():
         print(f"{name:30s} prompt tensors {'identical' if run['tensors_identical'] else 'DIFFER'}, "
               f"{run['metrics_records']} metrics records {'identical' if run['metrics_identical'] else 'DIFFER'}")
