@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-from serve_load import MODEL, RESULTS, make_prompts, texts_for
+from serve_load import MODEL, RESULTS, batch_seconds, make_prompts, texts_for
 
 import softprompt as sp
 from softprompt.inference import Request, run_batch
@@ -45,13 +43,7 @@ def main() -> None:
         for size in (1, 4, 8, 16, 32):
             if size > args.rows:
                 continue
-            times = []
-            for _ in range(args.repeats):
-                started = time.perf_counter()
-                for start in range(0, len(requests), size):
-                    run_batch(backbone, requests[start:start + size])
-                times.append(time.perf_counter() - started)
-            seconds = statistics.median(times)
+            seconds = batch_seconds(backbone, requests, size, args.repeats)
             rows_out.append({"words": words, "batch_rows": size, "rows_per_second": len(requests) / seconds})
             print(json.dumps(rows_out[-1]), flush=True)
     for row in rows_out:

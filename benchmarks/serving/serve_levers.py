@@ -20,11 +20,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from serve_load import MODEL, RESULTS, make_prompts, row_flops, texts_for
+from serve_load import MODEL, RESULTS, batch_seconds, make_prompts, row_flops, texts_for
 sys.path.insert(0, str(Path(__file__).parents[1]))  # benchmarks/: common.py, the shared helpers
 from common import matmul_gflops  # noqa: E402
 
@@ -68,13 +67,7 @@ def worker(args) -> None:
             flops += row_flops(req.model, backbone, len(row.rest.input_ids), row.prefix)
         for size in (args.rows, 1):
             run_batch(backbone, requests[:size])                          # warm up this shape
-            times = []
-            for _ in range(args.repeats):
-                started = time.perf_counter()
-                for start in range(0, len(requests), size):
-                    run_batch(backbone, requests[start:start + size])
-                times.append(time.perf_counter() - started)
-            seconds = statistics.median(times)
+            seconds = batch_seconds(backbone, requests, size, args.repeats)
             out["results"].append({"words": words, "batch_rows": size, "rows_per_second": len(requests) / seconds,
                                    "gflops_per_row": flops / len(requests) / 1e9})
     print(json.dumps(out))

@@ -101,6 +101,19 @@ def workload_gflops_per_row(folder: Path, sources: dict[str, str], texts: dict[s
     return total / requests / 1e9
 
 
+def batch_seconds(backbone, requests, size: int, repeats: int) -> float:
+    """Median seconds of `run_batch` over all `requests` in batches of `size` rows, in process (no HTTP)."""
+    from softprompt.inference.batch import run_batch
+
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for start in range(0, len(requests), size):
+            run_batch(backbone, requests[start:start + size])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def texts_for(data: str, words: int, limit: int = 400) -> list[str]:
     rows = sp.load_task(data).test[:limit]
     return [" ".join(r["text"].split()[:words]) for r in rows]  # news articles clipped to a paragraph
