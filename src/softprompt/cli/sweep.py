@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import TrainConfig
-from ..tools.sweep import parse_space
+from ..tools.sweep import HEARTBEAT_SECONDS, STUDY_NAME, parse_space
 from ..tools.sweep import sweep as run
 from . import app
 
@@ -39,13 +39,22 @@ def sweep(
     output: Annotated[Path, typer.Option(help="Sweep folder: study.journal, sweep.json/.md/.png, best.yaml, "
                                               "trials/. Run again with the same folder to continue.")] = Path(
         "runs/sweep"),
+    storage: Annotated[Optional[str], typer.Option(help="postgresql://user:password@host:5432/database: workers on "
+                                                        "any machines share one study (run the same command on "
+                                                        "each). Needs softprompt[sweep-db].  [default: a journal "
+                                                        "file in --output, one worker]")] = None,
+    study: Annotated[str, typer.Option(help="Study name in the --storage database: one per sweep.")] = STUDY_NAME,
+    heartbeat: Annotated[int, typer.Option(help="With --storage: seconds between a worker's signs of life; a trial "
+                                                "silent for two of them is marked failed and run again.")
+                         ] = HEARTBEAT_SECONDS,
 ) -> None:
     """Train one prompt per setting at a fixed step budget; print the ranked table and write best.yaml."""
 
     space = parse_space(lr, num_virtual_tokens, init, placement)
     base = TrainConfig.from_sources(config, model=model, data=data, batch_size=batch_size, eval_limit=eval_limit,
                                     seed=seed, precision=precision)
-    run(base, space, output, search=search, trials=trials, budget_steps=budget_steps, evals=evals, prune=prune)
+    run(base, space, output, search=search, trials=trials, budget_steps=budget_steps, evals=evals, prune=prune,
+        storage=storage, study_name=study, heartbeat=heartbeat)
     print((output / "sweep.md").read_text())
     if (output / "best.yaml").exists():
         print(f"best config: {output / 'best.yaml'} (softprompt train --config {output / 'best.yaml'})")
