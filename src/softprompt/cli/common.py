@@ -41,3 +41,12 @@ def load_for_inference(prompt: Path, model: str | None, precision: str, device: 
                              device=target, load_in=load_in)
     return load_prompted_model(prompt, backbone), meta
 
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

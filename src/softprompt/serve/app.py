@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..clients.vllm import VLLMClient, VLLMError, require_input_embeddings
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError, StorageError
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..inference.batch import Generation, Request, fields_of
@@ -39,6 +40,7 @@ from .batcher import DynamicBatcher, Work
 from .directory import NAME_SCHEMA, PromptDirectory, check_name
 from .metrics import Metrics
 from .schemas import ChatBody, ClassifyBody, CompletionBody, error_responses
+from .vllm_engine import VLLMEngine
 
 STATIC = Path(__file__).parent / "static"  # the playground page and the vendored Swagger UI / ReDoc assets
 
@@ -72,23 +74,33 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
     (UnknownPromptError, 404, "not_found"),
     (IncompatiblePromptError, 409, "incompatible_prompt"),
     (PromptFileError, 422, "invalid_prompt_file"),
+    (VLLMError, 502, "upstream_error"),  # --engine vllm: the vLLM server failed or refused a row
     (ConfigError, 422, "invalid_request_error"),
     (StorageError, 507, "insufficient_storage"),
 ]
 
 
-def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = ServeSettings()) -> FastAPI:
+def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = ServeSettings(),
+               vllm: VLLMClient | None = None) -> FastAPI:
+    """The server's app. `vllm`: run every row on that vLLM server (`--engine vllm`) instead of this process's
+    backbone (the default, `--engine torch`)."""
     metrics = Metrics()
     metrics.watch_cache(bank.cache_budget)
 
     def prepare(model: ServedTask) -> None:
         kind_of(model).require(Capability.SERVE, "this server")  # before anything reads text-model parts
+        if vllm is not None:
+            require_input_embeddings(model)  # deep prompts and other kinds: one line, the file is not served
         model.widen_for_inputs(settings.max_input_tokens)  # no input the server accepts is cut
 
     directory = PromptDirectory(bank, prompts, prepare=prepare)
     directory.scan()
-    batcher = DynamicBatcher(bank.backbone, metrics, max_rows=settings.max_batch_rows,
-                             wait_ms=settings.batch_wait_ms, mix_prompts=settings.mix_prompts)
+    batcher: DynamicBatcher | VLLMEngine
+    if vllm is not None:
+        batcher = VLLMEngine(vllm, metrics)
+    else:
+        batcher = DynamicBatcher(bank.backbone, metrics, max_rows=settings.max_batch_rows,
+                                 wait_ms=settings.batch_wait_ms, mix_prompts=settings.mix_prompts)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +109,8 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
         yield
         directory.close()
         batcher.stop()
+        if isinstance(batcher, VLLMEngine):
+            await batcher.aclose()
 
     app = FastAPI(title="softprompt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Soft prompts on one frozen backbone: classify, complete, manage prompts.")
@@ -185,7 +199,8 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
     # ---- health, metrics, prompts --------------------------------------------------------------------------
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "backbone": bank.backbone.name, "prompts": len(bank)}
+        return {"status": "ok", "backbone": bank.backbone.name, "prompts": len(bank),
+                "engine": "vllm" if vllm is not None else "torch"}
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition"}})

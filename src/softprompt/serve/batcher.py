@@ -43,7 +43,7 @@ class Work:
     enqueued: float = field(default_factory=time.monotonic)
 
 
-def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def resolve_future(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:
@@ -200,7 +200,7 @@ class DynamicBatcher:
         self.metrics.generated_tokens.inc(result.completion_tokens if isinstance(result, Generation) else 0)
         if error is None and not work.request.abandoned:
             self.metrics.finished_rows.inc()
-        work.loop.call_soon_threadsafe(_resolve, work.future, result, error)
+        work.loop.call_soon_threadsafe(resolve_future, work.future, result, error)
         if work.stream is not None:
             work.loop.call_soon_threadsafe(work.stream.put_nowait, (work.index, None))
 
