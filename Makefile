@@ -31,7 +31,7 @@ DEMO_DIR := runs/demo
 DEMO_README_ACCURACY := 85.8% on an AMD EPYC without AVX-512, 84.5% on an Intel Xeon with AMX
 
 .PHONY: install install-bench install-vllm system-packages demo test test-fast fuzz docs bench scaling figures serve-bench soak compare-bench sweep-bench \
-	stability-bench engines-bench \
+	stability-bench engines-bench vllm-bench \
 	transfer-bench encoders-bench vpt-bench speech-bench scale-curve int8-bench clean
 
 install: $(STAMP)
@@ -143,6 +143,11 @@ $(ENGINES)/.installed: benchmarks/engines/engines-requirements.txt | install
 
 engines-bench: $(ENGINES)/.installed
 	$(PY) benchmarks/engines/engines.py
+
+# softprompt serve --engine torch vs --engine vllm side by side, and vLLM's scores against the torch path.
+vllm-bench: install install-vllm
+	$(PY) benchmarks/serving/vllm_parity.py
+	$(PY) benchmarks/serving/vllm_engine.py
 
 stability-bench: install
 	$(PY) benchmarks/quality/stability.py

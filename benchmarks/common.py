@@ -127,6 +127,20 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def tree_pss_mb(self) -> float:
+        """Memory of the server and every process it started (a vLLM engine's server and workers): the sum of
+        their proportional set sizes, so pages they share (libraries, mapped weights) count once."""
+        import psutil
+
+        root = psutil.Process(self.process.pid)
+        total = 0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except psutil.Error:
+                pass
+        return total / 2**20
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
             return response.read().decode()

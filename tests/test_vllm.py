@@ -107,6 +107,24 @@ def test_multi_token_label_words_and_several_words_per_class(vllm_url, smollm):
     assert _same_labels_where_decided(theirs, ours, model.labels)
 
 
+def test_a_dept_prompt_its_text_offsets_included(vllm_url, smollm):
+    from softprompt.prompts import DecomposedPrompt
+
+    torch.manual_seed(5)
+    d = smollm.hidden_size
+    prompt = DecomposedPrompt(torch.randn(6, d) * 0.3, torch.randn(256, 4) * 0.5, torch.randn(4, d) * 0.02)
+    model = sp.PromptedModel(smollm, prompt, sp.build_template("Review: {text}\nSentiment: {label}", "prefix", 6),
+                             sp.Verbalizer.from_spec(["negative", "positive"]), max_length=256)
+    plain = sp.PromptedModel(smollm, sp.SoftPrompt(prompt().detach()), model.template, model.verbalizer,
+                             max_length=256)
+    texts = [row["text"] for row in sp.load_task("rotten_tomatoes").test[:12]]
+    ours = _torch_scores(model, texts)
+    assert (ours - _torch_scores(plain, texts)).abs().max().item() > 1e-2  # the offsets change the scores
+    got = VLLMClient(vllm_url).classify(model, texts)
+    diffs = [abs(r.scores[label] - float(ours[i, j])) for i, r in enumerate(got) for j, label in enumerate(model.labels)]
+    assert max(diffs) < TOLERANCE, (max(diffs), ours.abs().max().item())
+
+
 def test_greedy_generations_are_identical_and_stream_in_pieces(vllm_url, smollm):
     model = _generator(smollm)
     client = VLLMClient(vllm_url)

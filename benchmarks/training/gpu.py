@@ -4,9 +4,10 @@ One short script for a machine with a CUDA GPU (a few minutes). Per backbone and
 prefix prompt on rotten_tomatoes rows (batch 16 and 64, max length 128, bf16 backbone, fp32 prompt) for a few
 steps and reports the median step time, examples/s, the peak memory PyTorch allocated, and what
 `softprompt train --dry-run` predicts for the same settings -- with and without gradient checkpointing.
-Writes benchmarks/training/results/gpu_<card>.json and .md.
+Writes benchmarks/training/results/gpu_<card>.json and .md. With `--engines torch,vllm` it then serves on the card
+with both engines side by side (benchmarks/serving/vllm_engine.py --device cuda).
 
-    python benchmarks/training/gpu.py [--steps 10]
+    python benchmarks/training/gpu.py [--steps 10] [--engines torch,vllm]
 
 Takes ~5 min on 2 CPU cores.
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,6 +88,9 @@ def measure(model_name: str, batch_size: int, checkpointing: bool, steps: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--engines", default="", help="also serve on the GPU with these engines, side by side "
+                                                      "(torch,vllm: benchmarks/serving/vllm_engine.py --device cuda; "
+                                                      "vllm needs a CUDA vLLM in .venv-vllm)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("benchmarks/training/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
@@ -110,6 +115,9 @@ def main() -> None:
                      f"{r['dry_run_gib']:.2f} |")
     (RESULTS / f"gpu_{slug}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.engines:  # serving on the card: both engines, one run (results in benchmarks/serving/results/)
+        subprocess.run([sys.executable, str(Path(__file__).parents[1] / "serving" / "vllm_engine.py"), "--device",
+                        "cuda", "--engines", args.engines, "--name", f"vllm_engine_{slug}"], check=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from ..inference.batch import Classification, Generation, fields_of
 from ..kinds.causal_lm.model import PromptedModel
 
 DEFAULT_TIMEOUT = 600.0
+RETRIES = 3  # a request that fails in transport (a kept-alive connection the server closed) is sent again
 
 
 class VLLMError(ConfigError):
@@ -83,7 +84,7 @@ class VLLMClient:
     """
 
     def __init__(self, url: str, *, model: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 max_connections: int = 256) -> None:
+                 max_connections: int = 64) -> None:
         self.url = url.rstrip("/")
         self._model = model
         self.timeout = timeout
@@ -107,10 +108,14 @@ class VLLMClient:
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx  # optional: the vLLM client and engine only
 
-        try:
-            response = await self._http().request(method, self.url + path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise VLLMError(f"vLLM server {self.url}: {type(exc).__name__}: {exc or 'no answer'}") from None
+        for attempt in range(RETRIES + 1):
+            try:
+                response = await self._http().request(method, self.url + path, **kwargs)
+                break
+            except httpx.TransportError as exc:  # every request here is idempotent: scoring, or a whole answer
+                if attempt == RETRIES or isinstance(exc, httpx.TimeoutException):
+                    raise VLLMError(f"vLLM server {self.url}: {type(exc).__name__}: {exc or 'no answer'}") from None
+                await asyncio.sleep(0.2 * (attempt + 1))
         if response.status_code >= 400:
             raise VLLMError(f"vLLM server {self.url}{path} answered {response.status_code}: "
                             f"{_error_message(response.text)}")
@@ -197,7 +202,8 @@ class VLLMClient:
             choice, usage = answer["choices"][0], answer.get("usage") or {}
             return Generation(choice["text"], _finish(choice), int(usage.get("prompt_tokens", embeddings.shape[0])),
                               int(usage.get("completion_tokens", 0)))
-        pieces, finish, usage = [], "length", {}
+        pieces: list[str] = []
+        finish, usage = "length", {}
         async for event in self._stream(embeddings, **fields):
             for choice in event.get("choices") or []:
                 if choice.get("text"):
@@ -217,20 +223,30 @@ class VLLMClient:
 
         body = {"model": await self.served_model(), "prompt_embeds": tensor_payload(embeddings), "stream": True,
                 "stream_options": {"include_usage": True}, **fields}
-        try:
-            async with self._http().stream("POST", self.url + "/v1/completions", json=body) as response:
-                if response.status_code >= 400:
-                    text = (await response.aread()).decode(errors="replace")
-                    raise VLLMError(f"vLLM server {self.url}/v1/completions answered {response.status_code}: "
-                                    f"{_error_message(text)}")
-                async for line in response.aiter_lines():
-                    if line.startswith("data: ") and line[6:].strip() != "[DONE]":
-                        event = json.loads(line[6:])
-                        if "error" in event:
-                            raise VLLMError(f"vLLM server {self.url}: {_error_message(line[6:])}")
-                        yield event
-        except httpx.HTTPError as exc:
-            raise VLLMError(f"vLLM server {self.url}: {type(exc).__name__}: {exc or 'no answer'}") from None
+        for attempt in range(RETRIES + 1):  # only until the first event: a started stream is not sent twice
+            started = False
+            try:
+                async for event in self._events(body):
+                    started = True
+                    yield event
+                return
+            except httpx.TransportError as exc:
+                if started or attempt == RETRIES or isinstance(exc, httpx.TimeoutException):
+                    raise VLLMError(f"vLLM server {self.url}: {type(exc).__name__}: {exc or 'no answer'}") from None
+                await asyncio.sleep(0.2 * (attempt + 1))
+
+    async def _events(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async with self._http().stream("POST", self.url + "/v1/completions", json=body) as response:
+            if response.status_code >= 400:
+                text = (await response.aread()).decode(errors="replace")
+                raise VLLMError(f"vLLM server {self.url}/v1/completions answered {response.status_code}: "
+                                f"{_error_message(text)}")
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line[6:].strip() != "[DONE]":
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise VLLMError(f"vLLM server {self.url}: {_error_message(line[6:])}")
+                    yield event
 
 
 def _finish(choice: Mapping[str, Any]) -> str:
