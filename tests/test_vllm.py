@@ -8,6 +8,7 @@ exported with `--format vllm` classifies through the stock server; what vLLM can
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -221,24 +222,54 @@ def test_serve_cli_with_vllm_url_and_an_unreachable_one(vllm_url, tmp_path, caps
     assert code == 2 and len(err.splitlines()) == 1 and "127.0.0.1:9" in err, err
     assert main(["serve", "--model", "smollm2-135m", "--prompts", str(folder), "--vllm-url", vllm_url]) == 2
     assert "apply to --engine vllm" in capsys.readouterr().err
+    assert _serve_and_classify(folder, "--vllm-url", vllm_url)["engine"] == "vllm"
+
+
+def test_serve_cli_starts_its_own_vllm_server_and_stops_it(tmp_path, smollm):
+    """The main path: `serve --engine vllm` starts vLLM from .venv-vllm for --model, serves through it, and the
+    vLLM server goes when softprompt stops."""
+    import psutil
+
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    sp.save_prompt(folder / "rt.safetensors", _classifier(smollm, seed=6))
+    children = []
+    health = _serve_and_classify(folder, "--vllm-args", "--enforce-eager --max-model-len 2048",
+                                 "--tensor-parallel-size", "1", seen=children)
+    assert health["engine"] == "vllm" and children  # the vLLM server ran as our child ...
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]  # ... and is gone
+
+
+def _serve_and_classify(folder, *options, seen=None):
+    """Run `softprompt serve --engine vllm OPTIONS` until /healthz answers, classify one row, stop it with SIGINT;
+    returns /healthz. `seen` receives the server's child processes (psutil) while it runs."""
+    import psutil
+
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "softprompt", "serve", "--model", "smollm2-135m", "--prompts",
-                                str(folder), "--engine", "vllm", "--vllm-url", vllm_url, "--precision", "fp32",
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                str(folder), "--engine", "vllm", "--precision", "fp32", "--port", str(port),
+                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
+        deadline = time.monotonic() + 400
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(process.communicate(timeout=30)[0][-3000:] if process.poll() is not None
+                                     else "no answer")
             try:
                 health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
                 break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        else:
-            raise AssertionError(process.communicate(timeout=10)[0] if process.poll() is not None else "no answer")
-        assert health["engine"] == "vllm"
+        if seen is not None:
+            seen.extend(psutil.Process(process.pid).children(recursive=True))
+        if health["prompts"]:
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", timeout=120,
+                                json={"prompt": "rt", "inputs": ["A three-hour cinema master class."]})
+            assert answer.status_code == 200 and answer.json()["results"][0]["label"] in ("negative", "positive")
+        return health
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=90)
 
 
 def test_export_vllm_folder_classifies_through_the_stock_server(vllm_url, smollm, tmp_path):
