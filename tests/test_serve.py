@@ -36,7 +36,8 @@ def _error(response, status):
 
 
 def test_health_models_prompts_and_metrics(client):
-    assert client.get("/healthz").json() == {"status": "ok", "backbone": "tiny-llama", "prompts": 3}
+    assert client.get("/healthz").json() == {"status": "ok", "backbone": "tiny-llama", "prompts": 3,
+                                             "engine": "torch"}
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["qa", "sentiment", "sentiment-suffix"]
     prompts = {p["name"]: p for p in client.get("/v1/prompts").json()["data"]}
     assert prompts["sentiment"]["task"] == "classification" and prompts["sentiment"]["labels"] == ["negative", "positive"]
