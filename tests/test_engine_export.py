@@ -47,7 +47,7 @@ def test_vllm_export_holds_the_prompt_its_vectors_and_a_manifest(tmp_path, tiny_
     vectors = torch.load(out / "soft_tokens.pt", weights_only=True)
     assert torch.equal(vectors, tiny.classifier(tiny_llama, "prefix", 4, 0).prompt().detach())
     assert (out / "prompt.safetensors").read_bytes() == prompt.read_bytes()
-    with pytest.raises(ConfigError, match="previous export"):
+    with pytest.raises(ConfigError, match="already holds a previous vLLM export; pass --overwrite"):
         export_vllm(prompt, out)
     assert export_vllm(prompt, out, overwrite=True) == out
     (out / "notes.txt").write_text("mine")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -98,6 +99,39 @@ def atomic_write(path: str | Path, write) -> Path:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_export_folder(out: str | Path, owned: set[str], overwrite: bool, write: Callable[[Path], None],
+                        what: str = "export") -> Path:
+    """Fill a new folder with `write(staging)` and rename it to `out` atomically. Nothing a user owns is written
+    over: a file at `out`, or a folder holding anything but `owned` files (a previous export of the same format),
+    is refused; a previous export is replaced only with `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; give a folder name for the {what}")
+    if out.is_dir() and any(out.iterdir()):
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in owned)
+        if foreign:
+            raise ConfigError(f"{out} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; "
+                              f"export into a new or empty folder (nothing was written)")
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a previous {what}; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    user_permissions(staging, directory=True)
+    try:
+        write(staging)
+        if out.exists():  # empty, or only a previous export's files (checked above): put it aside, then drop it
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "export")
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
 
 
 # Set by `softprompt.pretrained`, which knows the kind table and the backbone loader (they import this module).

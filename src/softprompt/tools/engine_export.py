@@ -18,17 +18,15 @@ be written as input embeddings alone and are refused in one line, as are prompts
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..formats import PROMPT_FILE, read_prompt_file, read_prompt_tensors, user_permissions
+from ..formats import PROMPT_FILE, read_prompt_file, read_prompt_tensors, write_export_folder
 from ..template import Template
 
 VLLM_FILES = {PROMPT_FILE, "soft_tokens.pt", "vllm.json", "README.md"}
@@ -48,34 +46,6 @@ def _plain_causal_prompt(path: str | Path, engine: str) -> dict[str, Any]:
         raise ConfigError(f"{path} is a {method} prompt{': ' + why if why else ''}; {engine} takes input "
                           f"embeddings only: serve it with `softprompt serve --engine torch`")
     return meta
-
-
-def _staged(out: Path, owned: set[str], overwrite: bool, write: Callable[[Path], None]) -> Path:
-    """Write a folder atomically (temp folder, rename); a non-empty target is refused unless it holds only a
-    previous export of the same format and `overwrite` is set."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} is a file; give a folder name for the export")
-    if out.is_dir() and any(out.iterdir()):
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in owned)
-        if foreign or not overwrite:
-            what = f"holds {', '.join(foreign[:5])}" if foreign else "holds a previous export (--overwrite)"
-            raise ConfigError(f"{out} {what}; export into a new or empty folder (nothing was written)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    user_permissions(staging, directory=True)
-    try:
-        write(staging)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "export")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
 
 
 def export_vllm(prompt_path: str | Path, out_dir: str | Path, *, backbone_folder: str | None = None,
@@ -114,7 +84,7 @@ def export_vllm(prompt_path: str | Path, out_dir: str | Path, *, backbone_folder
             f"clients that assemble `prompt_embeds` themselves; `vllm.json` describes the template and label "
             f"words.\n")
 
-    return _staged(Path(out_dir), VLLM_FILES, overwrite, write)
+    return write_export_folder(out_dir, VLLM_FILES, overwrite, write, what="vLLM export")
 
 
 def export_trtllm(prompt_paths: Sequence[str | Path], out_dir: str | Path, *, vocab_size: int | None = None,
@@ -163,7 +133,7 @@ def export_trtllm(prompt_paths: Sequence[str | Path], out_dir: str | Path, *, vo
             f"<task id per row>`, each row's soft positions holding ids vocab_size + k. Written by softprompt and "
             f"read back in its tests; not run on a GPU there.\n")
 
-    return _staged(Path(out_dir), TRTLLM_FILES, overwrite, write)
+    return write_export_folder(out_dir, TRTLLM_FILES, overwrite, write, what="prompt table")
 
 
 def read_trtllm_table(folder: str | Path) -> tuple[np.ndarray, dict[str, Any]]:

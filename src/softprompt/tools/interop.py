@@ -11,9 +11,6 @@ words; a PEFT-trained adapter imports with the template and labels given by the 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..cache import cache_is_complete, cache_root
 from ..errors import ConfigError, PromptFileError
-from ..formats import read_prompt_file, read_prompt_tensors, save_prompt, user_permissions
+from ..formats import read_prompt_file, read_prompt_tensors, save_prompt, write_export_folder
 from ..hub import BUILTIN_BACKBONES
 from ..kinds import KINDS
 from ..kinds.causal_lm.model import PromptedModel
@@ -48,20 +45,6 @@ def peft_template_body(template: Template) -> str:
     return template.source[template.source.index("]") + 1:]
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    """Refuse to write over anything a user owns: a file, a non-empty folder (unless `overwrite`), and with
-    `overwrite` a folder holding anything but a previous export's files."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} is a file; give a folder name for the adapter")
-    if out.is_dir() and any(out.iterdir()):
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
-        if foreign:
-            raise ConfigError(f"{out} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; "
-                              f"export into a new or empty folder (nothing was written)")
-        if not overwrite:
-            raise ConfigError(f"{out} already holds an exported adapter; pass --overwrite to replace it")
-
-
 def _loadable_base(name: str) -> str:
     """A base-model reference PEFT's `AutoPeftModelForCausalLM` can open: a built-in name becomes the folder its
     weights were converted into on this machine (when they were); anything else is kept (a folder or hub id)."""
@@ -77,7 +60,6 @@ def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name
     """Write a PEFT prompt-tuning adapter folder for a prefix prompt file (atomically: temp folder, rename).
     A non-empty target is refused unless it holds only a previous export and `overwrite` is set."""
     out = Path(out_dir)
-    _check_target(out, overwrite)
     _, meta = read_prompt_tensors(prompt_path)
     KINDS[BackboneKind(meta["backbone"]["kind"])].require(Capability.PEFT_EXPORT, str(prompt_path))
     if meta.get("method", "prompt") != "prompt":  # a residual prompt is saved folded: it is a plain prompt here
@@ -94,24 +76,12 @@ def export_peft(prompt_path: str | Path, out_dir: str | Path, *, base_model_name
         "tokenizer_name_or_path": None, "tokenizer_kwargs": None, "modules_to_save": None, "revision": None,
         "base_model_name_or_path": base_model_name_or_path or _loadable_base(backbone["name"]), "auto_mapping": None,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    user_permissions(staging, directory=True)
-    try:
+    def write(staging: Path) -> None:
         (staging / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
         save_file({"prompt_embeddings": embeddings.contiguous()}, str(staging / PEFT_WEIGHTS))
         (staging / OUR_METADATA).write_text(json.dumps({**meta, "peft_input_template": body}, indent=1))
-        if out.exists():  # empty, or only a previous export's files (checked above): put it aside, then drop it
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "adapter")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
+
+    return write_export_folder(out, EXPORT_FILES, overwrite, write, what="adapter")
 
 
 def read_peft_adapter(peft_dir: str | Path) -> tuple[torch.Tensor, dict, dict | None]:
