@@ -232,17 +232,23 @@ def test_serve_cli_starts_its_own_vllm_server_and_stops_it(tmp_path, smollm):
 
     folder = tmp_path / "prompts"
     folder.mkdir()
-    sp.save_prompt(folder / "rt.safetensors", _classifier(smollm, seed=6))
+    model = _classifier(smollm, seed=6)
+    sp.save_prompt(folder / "rt.safetensors", model)
     children = []
     health = _serve_and_classify(folder, "--vllm-args", "--enforce-eager --max-model-len 2048",
-                                 "--tensor-parallel-size", "1", seen=children)
+                                 "--tensor-parallel-size", "1", seen=children,
+                                 expect=_torch_scores(model, [REVIEW])[0].tolist())
     assert health["engine"] == "vllm" and children  # the vLLM server ran as our child ...
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]  # ... and is gone
 
 
-def _serve_and_classify(folder, *options, seen=None):
-    """Run `softprompt serve --engine vllm OPTIONS` until /healthz answers, classify one row, stop it with SIGINT;
-    returns /healthz. `seen` receives the server's child processes (psutil) while it runs."""
+REVIEW = "A three-hour cinema master class."
+
+
+def _serve_and_classify(folder, *options, seen=None, expect=None):
+    """Run `softprompt serve --engine vllm OPTIONS` until /healthz answers, classify REVIEW with the folder's `rt`
+    prompt (its scores must equal `expect`, the torch path's), stop it with SIGINT; returns /healthz. `seen`
+    receives the server's child processes (psutil) while it runs."""
     import psutil
 
     port = free_port()
@@ -262,10 +268,12 @@ def _serve_and_classify(folder, *options, seen=None):
                 time.sleep(0.5)
         if seen is not None:
             seen.extend(psutil.Process(process.pid).children(recursive=True))
-        if health["prompts"]:
+        if expect is not None:
             answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", timeout=120,
-                                json={"prompt": "rt", "inputs": ["A three-hour cinema master class."]})
-            assert answer.status_code == 200 and answer.json()["results"][0]["label"] in ("negative", "positive")
+                                json={"prompt": "rt", "inputs": [REVIEW]})
+            assert answer.status_code == 200, answer.text
+            scores = answer.json()["results"][0]["scores"]
+            assert max(abs(scores[label] - want) for label, want in zip(("negative", "positive"), expect)) < TOLERANCE
         return health
     finally:
         process.send_signal(signal.SIGINT)
