@@ -101,7 +101,7 @@ def test_deep_config_errors():
         TrainConfig(data="x", method="deep", placement="suffix")
     with pytest.raises(ConfigError, match="without \\[soft:N\\]"):
         TrainConfig(data="x", method="deep", template="[soft:3] {text} {label}")
-    with pytest.raises(ConfigError, match="--deep-reparam needs --method deep"):
+    with pytest.raises(ConfigError, match="--deep-reparam applies to --method deep"):
         TrainConfig(data="x", deep_reparam=32)
     with pytest.raises(ConfigError, match="--method 'wide'"):
         TrainConfig(data="x", method="wide")

@@ -13,7 +13,8 @@ import torch
 
 from softprompt import ConfigError, PromptedModel, Template, Verbalizer, save_prompt
 from softprompt.cli import main
-from softprompt.prompts import DecomposedPrompt, DeepPrompt
+from softprompt.methods.deep import DeepPrompt
+from softprompt.methods.dept import DecomposedPrompt
 from softprompt.tools.engine_export import export_trtllm, export_vllm, read_trtllm_table
 
 

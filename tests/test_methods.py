@@ -1,187 +1,116 @@
-"""Baseline adaptation methods on tiny backbones, trained by the prompt-tuning loop."""
+"""The method table (`softprompt.methods.METHODS`), checked entry by entry on a tiny backbone: each prompt method
+builds, trains only what its entry says (at the rates it says), writes exactly its tensors, loads back to the same
+scores, counts its parameters as `--dry-run` will, and is refused in one line where a kind or an option does not
+fit. A new entry is checked by adding it to the table."""
 
 import pytest
 import tiny
 import torch
-from safetensors.torch import load_file
+from rows import SENTIMENT
+from safetensors import safe_open
 
-from softprompt import ConfigError, TrainConfig, load_task, train
-from softprompt.training.methods import BottleneckAdapters, build_method, merge_lora, trainable_count
+import softprompt as sp
+from softprompt.config import option_field
+from softprompt.data import TaskData
+from softprompt.errors import ConfigError
+from softprompt.kinds import CapabilityError, build_prompted_model, load_prompted_model
+from softprompt.methods import METHODS, TRAIN_METHODS, MethodName, Shape, method_named
+from softprompt.training.loop import _param_groups
+from softprompt.training.state import trainable_parameters
+
+ROWS = [{"text": t, "label": label} for t, label in SENTIMENT]
+BODY = "Review: {text} Sentiment: {label}"
+SINGLE_TASK = [name for name in TRAIN_METHODS if not METHODS[name].many_tasks]
+# Options that a method's entry owns, each with a value away from its default.
+OWN_VALUES = {"residual_bottleneck": 8, "residual_dropout": 0.2, "deep_reparam": 8, "dept_rank": 2, "dept_lr": 0.01,
+              "tasks": "a=b", "mpt_teachers": "a=x.safetensors", "mpt_distill_weight": 0.5,
+              "mpt_distill_temperature": 1.5}
 
 
-def _config(tmp_path, data_dir, **kw):
-    base = dict(model="unused", data=str(data_dir), output=str(tmp_path / "run"), max_steps=16, eval_every=0,
-                batch_size=8, lr=3e-2, precision="fp32", device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
+def _task():
+    return TaskData("sentiment", ROWS * 2, ROWS, ROWS, ("negative", "positive"), ("text",), "label", BODY)
 
 
-def _loss(model, rows):
+def _config(tmp_path, method, **options):
+    own = {"dept": {"dept_rank": 2}, "residual": {"residual_bottleneck": 8}}.get(method.value, {})
+    return sp.TrainConfig(data="sentiment", output=str(tmp_path / "run"), max_steps=2, batch_size=4, eval_every=0,
+                          lr=0.05, precision="fp32", checkpoint_every=0, method=method.value,
+                          num_virtual_tokens=4, **{**own, **options})
+
+
+def test_the_table_covers_one_enum_and_every_option_it_names_exists():
+    assert set(METHODS) == set(MethodName)
+    assert [m.value for m in TRAIN_METHODS] == ["prompt", "residual", "deep", "dept", "multitask"]
+    for method in METHODS.values():
+        assert method.summary and method.default_lr >= 0
+        for option in method.options:
+            assert option_field(option).default != OWN_VALUES[option]   # declared, and the test's value differs
+        if method.writes_prompt:
+            assert METHODS[method.file_method].file_method is method.file_method  # its file's method reads back
+            assert method.tensors and method.from_tensors is not None
+            assert method.start is not None or method.many_tasks
+        else:
+            assert not method.tensors and method.start is None
+
+
+@pytest.mark.parametrize("name", SINGLE_TASK, ids=lambda m: m.value)
+def test_each_prompt_method_trains_what_it_declares_and_loads_back_to_the_same_scores(tmp_path, tiny_llama, name):
+    method = METHODS[name]
+    config = _config(tmp_path, name)
+    result = sp.train(config, backbone=tiny_llama, task=_task(), progress=False)
+    model = result.model
+    trained = dict(trainable_parameters(model))
+    layers, heads, head_dim = tiny_llama.kv_layout()
+    shape = Shape(tiny_llama.hidden_size, layers, heads, head_dim, config.max_length)
+    assert sum(p.numel() for p in trained.values()) == method.parameters(config, shape, 4)  # what --dry-run counts
+    groups = _param_groups(config, list(trained.items()))
+    own = {name.rpartition(".")[2] for name in trained if name.rpartition(".")[2] in method.own_rates}
+    assert len(groups) == 1 + bool(own)                                       # one group per rate
+    for group in groups[1:]:
+        assert group["lr"] == config.option(method.own_rates[next(iter(own))])
+    with safe_open(str(result.prompt_path), "pt") as handle:
+        assert set(handle.keys()) == set(method.tensors)                    # exactly its tensors, MLPs folded
+        assert sp.read_prompt_tensors(result.prompt_path)[1]["method"] == method.file_method.value
+    loaded = load_prompted_model(result.prompt_path, tiny_llama)
     with torch.no_grad():
-        return model.loss(model.make_batch(rows))[0].item()
+        model.eval()
+        batch = model.make_batch([{"text": r["text"]} for r in ROWS], None)
+        torch.testing.assert_close(loaded.class_scores(batch), model.class_scores(batch), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name,arch,lr", [("lora", "llama", 3e-2), ("lora", "gpt2", 3e-2), ("adapter", "llama", 1e-2),
-                                          ("adapter", "gpt2", 1e-2), ("full", "llama", 3e-3), ("probe", "llama", 3e-2),
-                                          ("deep", "gpt2", 3e-2)])
-def test_method_trains_only_its_parameters_and_writes_its_artefact(tmp_path, sentiment_dir, name, arch, lr):
-    backbone = tiny.tiny_backbone(arch)
-    task = load_task(str(sentiment_dir))
-    config = _config(tmp_path, sentiment_dir, lr=lr)
-    method = build_method(name, config, backbone, task)
-    frozen = {n: p.detach().clone() for n, p in backbone.model.named_parameters() if not p.requires_grad}
-    count = trainable_count(method.model)
-    assert 0 < count < (sum(p.numel() for p in backbone.model.parameters()) + 1 if name != "full" else 10 ** 9)
-    before = _loss(method.model, task.train)
-    result = train(config, backbone=backbone, task=task, model=method.model, save=method.save, progress=False)
-    assert _loss(result.model, task.train) < before
-    for n, p in backbone.model.named_parameters():  # what the method does not train stays bit-identical
-        if n in frozen:
-            assert torch.equal(p, frozen[n]), n
-    if name == "full":
-        assert not frozen
-    if name != "deep":
-        tensors = load_file(result.prompt_path)
-        assert sum(t.numel() for t in tensors.values()) == count
-        assert result.prompt_path.name == f"{name}.safetensors"
+@pytest.mark.parametrize("name", [n for n in TRAIN_METHODS if METHODS[n].needs], ids=lambda m: m.value)
+def test_a_kind_without_what_a_method_needs_refuses_it_in_one_line(tmp_path, name):
+    backbone = tiny.tiny_vision_backbone()
+    images = [{"image": torch.zeros(1, 28, 28, dtype=torch.uint8), "label": str(i % 2)} for i in range(4)]
+    task = TaskData("shades", images, images, images, ("0", "1"), ("image",), "label", "{image} {label}")
+    options = {"tasks": "a=b"} if METHODS[name].many_tasks else {}
+    with pytest.raises(CapabilityError) as info:
+        build_prompted_model(_config(tmp_path, name, **options), backbone, task)
+    message = str(info.value)
+    capability = next(iter(METHODS[name].needs))
+    assert "\n" not in message and "vision" in message and capability.value in message
 
 
-def test_adapters_start_as_the_identity_and_follow_the_paper_placement(tiny_llama, sentiment_dir, tmp_path):
-    task = load_task(str(sentiment_dir))
-    config = _config(tmp_path, sentiment_dir)
-    plain = build_method("zeroshot", config, tiny_llama, task)
-    batch = plain.model.make_batch(task.test, label_field=None)
-    with torch.no_grad():
-        reference = plain.model.class_scores(batch)
-    for placement, per_layer in (("houlsby", 2), ("pfeiffer", 1)):
-        adapters = BottleneckAdapters(tiny_llama, bottleneck=4, placement=placement)
-        assert len(adapters.adapters) == per_layer * 2  # two decoder layers
-        with torch.no_grad():
-            torch.testing.assert_close(plain.model.class_scores(batch), reference)  # zero up-projection
-            adapters.adapters[0].up.weight.fill_(0.1)
-            assert (plain.model.class_scores(batch) - reference).abs().max() > 1e-5
-        adapters.remove()
-        with torch.no_grad():
-            torch.testing.assert_close(plain.model.class_scores(batch), reference)
+@pytest.mark.parametrize("option", sorted(OWN_VALUES))
+def test_an_option_of_another_method_is_refused_in_one_line(option):
+    owner = next(m for m in METHODS.values() if option in m.options)
+    other = MethodName.DEEP if owner.name is not MethodName.DEEP else MethodName.PROMPT
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(ConfigError) as info:
+        sp.TrainConfig(data="x", method=other.value, **{option: OWN_VALUES[option]})
+    assert str(info.value) == (f"{flag} applies to --method {owner.name.value} ({owner.summary}); this run trains "
+                               f"--method {other.value}: drop {flag} or give --method {owner.name.value}")
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_lora_merges_into_the_bare_architecture_with_the_same_scores(arch, tmp_path, sentiment_dir):
-    backbone = tiny.tiny_backbone(arch)
-    task = load_task(str(sentiment_dir))
-    bare = {n: type(m) for n, m in backbone.model.named_modules()}
-    method = build_method("lora", _config(tmp_path, sentiment_dir), backbone, task)
-    with torch.no_grad():
-        for name, param in backbone.model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.2)  # a trained-looking update (B starts at zero)
-    batch = method.model.make_batch(task.test, label_field=None)
-    with torch.no_grad():
-        unmerged = method.model.class_scores(batch)
-        assert merge_lora(backbone.model) == (4 if arch == "llama" else 2)  # q, v (GPT-2: fused c_attn) x 2 layers
-        merged = method.model.class_scores(batch)
-    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
-    assert {n: type(m) for n, m in backbone.model.named_modules()} == bare  # no LoRA layer left
-    assert not any("lora_" in n for n, _ in backbone.model.named_parameters())
+def test_baselines_are_for_compare_and_unknown_names_list_the_choices():
+    with pytest.raises(ConfigError, match="--method lora is a baseline, not a prompt: train takes prompt, residual"):
+        sp.TrainConfig(data="x", method="lora")
+    with pytest.raises(ConfigError, match="--methods 'bitfit': choose one of prompt, residual, deep, dept, multitask"):
+        method_named("bitfit", "--methods")
 
 
-def test_zeroshot_trains_nothing_and_bad_names_are_refused(tmp_path, sentiment_dir, tiny_llama):
-    task = load_task(str(sentiment_dir))
-    config = _config(tmp_path, sentiment_dir)
-    method = build_method("zeroshot", config, tiny_llama, task)
-    assert not method.trains and trainable_count(method.model) == 0
-    with pytest.raises(ConfigError, match="no trainable parameters"):
-        train(config, backbone=tiny_llama, task=task, model=method.model, progress=False)
-    with pytest.raises(ConfigError, match="choose from"):
-        build_method("prefix-lm", config, tiny_llama, task)
-
-
-def test_compare_cli_runs_methods_in_their_own_processes(tmp_path, tiny_model_dir, sentiment_dir, capsys):
-    import json
-
-    from softprompt.cli import main
-
-    out = tmp_path / "cmp"
-    code = main(["compare", "--model", tiny_model_dir, "--data", str(sentiment_dir), "--methods",
-                 "zeroshot,prompt,lora,probe", "--seeds", "2", "--max-steps", "4", "--batch-size", "8",
-                 "--precision", "fp32", "--output", str(out)])
-    assert code == 0
-    table = json.loads((out / "compare.json").read_text())
-    assert [r["method"] for r in table] == ["zeroshot", "prompt", "lora", "probe"]
-    for row in table:
-        assert {"trainable_params", "artifact_bytes", "accuracy", "accuracy_std", "train_seconds", "peak_rss_mb",
-                "latency_ms"} <= set(row), row
-    byname = {r["method"]: r for r in table}
-    assert byname["zeroshot"]["trainable_params"] == 0 and byname["zeroshot"]["seeds"] == 1
-    assert byname["prompt"]["seeds"] == 2 and byname["prompt"]["artifact_bytes"] > 0
-    assert byname["lora"]["trainable_params"] > byname["prompt"]["trainable_params"]
-    assert byname["lora"]["unmerged_latency_overhead"] > 0  # timed unmerged, then served merged
-    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    assert all(r["merged_layers"] == 4 for r in runs if r["method"] == "lora")
-    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| lora |" in capsys.readouterr().out
-    assert main(["compare", "--data", str(sentiment_dir), "--methods", "prompt,bitfit"]) == 2
-    assert "unknown method 'bitfit'" in capsys.readouterr().err
-    assert main(["compare", "--data", str(sentiment_dir), "--methods", "prompt", "--seeds", "0"]) == 2
-
-
-def test_a_failed_method_keeps_the_others():
-    from softprompt.tools.compare import aggregate
-    from softprompt.training.methods import MethodName
-
-    ok = {"method": "prompt", "seed": 0, "trainable_params": 10, "backbone_params": 1000, "artifact_bytes": 99,
-          "accuracy": 0.8, "macro_f1": 0.8, "train_seconds": 1.0, "peak_rss_mb": 10.0, "latency_ms": 2.0,
-          "bare_latency_ms": 1.0, "test_n": 8, "steps": 4, "lr": 0.03}
-    table = aggregate([ok, {**ok, "seed": 1, "accuracy": 0.6}, {"method": "full", "seed": 0, "error": "MemoryError"}],
-                      [MethodName.PROMPT, MethodName.FULL])
-    assert table[0]["accuracy"] == pytest.approx(0.7) and table[0]["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
-    assert table[0]["trainable_percent"] == pytest.approx(1.0) and table[0]["latency_overhead"] == pytest.approx(2.0)
-    assert table[1] == {"method": "full", "error": "MemoryError"}
-
-
-def test_compare_has_rows_for_residual_and_dept(tmp_path, tiny_model_dir, sentiment_dir, capsys):
-    import json
-
-    from safetensors import safe_open
-
-    from softprompt.cli import main
-
-    out = tmp_path / "cmp"
-    assert main(["compare", "--model", tiny_model_dir, "--data", str(sentiment_dir), "--methods",
-                 "prompt,residual,dept", "--seeds", "1", "--max-steps", "2", "--batch-size", "8",
-                 "--precision", "fp32", "--output", str(out)]) == 0
-    table = {r["method"]: r for r in json.loads((out / "compare.json").read_text())}
-    assert list(table) == ["prompt", "residual", "dept"] and not any("error" in r for r in table.values())
-    d = 32  # the tiny backbone's hidden size
-    assert table["prompt"]["trainable_params"] == 20 * d
-    assert table["residual"]["trainable_params"] > 20 * d                  # its MLP trains ...
-    assert table["residual"]["artifact_bytes"] == table["prompt"]["artifact_bytes"]  # ... and is folded away
-    assert 10 * d < table["dept"]["trainable_params"] <= 20 * d           # within a 20-token prompt's count
-    runs = {json.loads(line)["method"]: json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()}
-    with safe_open(runs["dept"]["artifact"], "pt") as handle:
-        assert json.loads(handle.metadata()["softprompt"])["method"] == "dept"
-    printed = capsys.readouterr().out
-    assert "| residual |" in printed and "| dept |" in printed
-
-
-def test_compare_resume_keeps_finished_rows_in_the_file_when_an_earlier_method_fails(tmp_path, monkeypatch):
-    """Rows kept from an earlier invocation stay in runs.jsonl while new runs are written (a failed run listed
-    before them once dropped them from the file, so the next invocation trained them again)."""
-    import json
-    import subprocess
-
-    from softprompt.tools import compare as compare_module
-
-    base = {"model": "m", "data": "d", "batch_size": 16, "steps": 5, "trainable_params": 1, "backbone_params": 10,
-            "artifact_bytes": 0, "accuracy": 0.8, "macro_f1": 0.8, "train_seconds": 1.0, "peak_rss_mb": 1.0,
-            "latency_ms": 1.0, "bare_latency_ms": 1.0, "test_n": 4, "lr": 0.1}
-    kept = [{**base, "method": "lora", "seed": 0}, {**base, "method": "full", "seed": 0}]
-    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    monkeypatch.setattr(compare_module, "plot", lambda *args, **kwargs: None)
-    monkeypatch.setattr(compare_module.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(
-        args, 1, stdout="", stderr="Error: the worker failed"))
-    table = compare_module.compare("m", "d", compare_module.parse_methods("prompt,lora,full"), seeds=1, max_steps=5,
-                                   output=tmp_path, resume=True, log=lambda line: None)
-    written = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert {(r["method"], "error" in r) for r in written} == {("prompt", True), ("lora", False), ("full", False)}
-    assert [r["method"] for r in table if "error" not in r] == ["lora", "full"]
+def test_old_configs_with_reparam_still_load():
+    assert sp.TrainConfig(data="x", reparam="none").method is MethodName.PROMPT
+    assert sp.TrainConfig(data="x", reparam="residual").method is MethodName.RESIDUAL
+    with pytest.raises(ConfigError, match="reparam: residual is for plain prompts"):
+        sp.TrainConfig(data="x", reparam="residual", method="deep")

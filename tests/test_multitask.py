@@ -145,7 +145,7 @@ def test_stage_one_distils_each_task_from_its_teacher(tmp_path, tiny_model_dir, 
             train_multitask(stage1.replace(mpt_teachers=teachers, output=str(tmp_path / "bad")), progress=False)
     assert main(["train", "--mpt-teachers", f"topic={trained}", "--data", str(topic_dir), "--model",
                  tiny_model_dir]) == 2
-    assert "--mpt-teachers is for --method multitask" in capsys.readouterr().err
+    assert "--mpt-teachers applies to --method multitask" in capsys.readouterr().err
 
 
 def test_stage_one_resumes_after_kill_9_to_the_same_prompts(tmp_path, tiny_model_dir, sentiment_dir, topic_dir):

@@ -1,4 +1,4 @@
-"""Residual prompt tuning (--reparam residual) and DePT (--method dept) on tiny backbones: what trains, what a
+"""Residual prompt tuning (--method residual) and DePT (--method dept) on tiny backbones: what trains, what a
 file holds, that every loader scores what trained, and the one-line refusals."""
 
 import json
@@ -16,7 +16,9 @@ from softprompt.evaluation import predict_scores
 from softprompt.inference.bank import PromptBank
 from softprompt.inference.generate import generate
 from softprompt.kinds import CapabilityError, build_prompted_model, load_prompted_model
-from softprompt.prompts import DecomposedPrompt, ResidualPrompt, SoftPrompt, dept_rank
+from softprompt.methods.dept import DecomposedPrompt, dept_rank
+from softprompt.methods.residual import ResidualPrompt
+from softprompt.prompts import SoftPrompt
 from softprompt.scoring import text_positions
 from softprompt.tools.explain import projected
 from softprompt.tools.interop import export_peft
@@ -70,7 +72,7 @@ def test_residual_prompt_starts_at_its_init_and_drops_out_only_while_training():
                          ids=["prefix", "suffix", "template"])
 def test_residual_prompt_saves_its_projection_and_the_file_scores_what_trained(tmp_path, tiny_llama, placement,
                                                                                template):
-    config = _config(tmp_path, reparam="residual", residual_bottleneck=8, num_virtual_tokens=None if template else 5,
+    config = _config(tmp_path, method="residual", residual_bottleneck=8, num_virtual_tokens=None if template else 5,
                      placement=placement, template=template)
     result = sp.train(config, backbone=tiny_llama, task=_task(), progress=False)
     trained = result.model
@@ -249,7 +251,7 @@ def test_kinds_that_cannot_take_them_refuse_in_one_line(tmp_path):
     images = [{"image": torch.zeros(1, 28, 28, dtype=torch.uint8), "label": str(i % 2)} for i in range(4)]
     task = TaskData("shades", images, images, images, ("0", "1"), ("image",), "label", "{image} {label}")
     for options, capability in (({"method": "dept"}, "DePT prompts (--method dept)"),
-                                ({"reparam": "residual"}, "residual prompt reparameterisation")):
+                                ({"method": "residual"}, "residual prompt tuning (--method residual)")):
         with pytest.raises(CapabilityError) as info:
             build_prompted_model(_config(tmp_path, **options), backbone, task)
         message = str(info.value)
@@ -257,10 +259,13 @@ def test_kinds_that_cannot_take_them_refuse_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--reparam", "residual", "--method", "deep"], "--reparam residual is for --method prompt"),
-    (["--reparam", "sideways"], "'sideways' is not one of 'none', 'residual'"),
-    (["--residual-dropout", "1.5", "--reparam", "residual"], "--residual-dropout must be in [0, 1)"),
-    (["--dept-rank", "2"], "--dept-rank needs --method dept"),
+    (["--residual-bottleneck", "8", "--method", "deep"], "--residual-bottleneck applies to --method residual"),
+    (["--method", "sideways"], "--method 'sideways': choose one of prompt, residual, deep, dept, multitask"),
+    (["--method", "lora"], "--method lora is a baseline, not a prompt"),
+    (["--reparam", "residual"], "No such option: --reparam"),
+    (["--residual-dropout", "1.5", "--method", "residual"], "--residual-dropout must be in [0, 1)"),
+    (["--dept-rank", "2"], "--dept-rank applies to --method dept"),
+    (["--dept-lr", "0.1"], "--dept-lr applies to --method dept"),
     (["--method", "dept", "--dept-lr", "0"], "--dept-lr must be > 0"),
     (["--method", "dept", "--gradient-checkpointing"], "--gradient-checkpointing is for --method prompt"),
     (["--method", "dept", "--num-virtual-tokens", "20"], "lower --num-virtual-tokens or give --dept-rank"),
@@ -274,7 +279,7 @@ def test_cli_refuses_bad_combinations_in_one_line(tmp_path, tiny_model_dir, sent
 
 def test_cli_dept_and_residual_train_eval_predict(tmp_path, tiny_model_dir, sentiment_dir, capsys):
     for name, flags in (("dept", ["--method", "dept", "--dept-rank", "2"]),
-                        ("residual", ["--reparam", "residual", "--residual-bottleneck", "8"])):
+                        ("residual", ["--method", "residual", "--residual-bottleneck", "8"])):
         out = tmp_path / name
         assert main(["train", "--model", tiny_model_dir, "--data", str(sentiment_dir), "--output", str(out),
                      "--max-steps", "2", "--batch-size", "4", "--eval-every", "0", "--precision", "fp32",
@@ -294,7 +299,7 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("options", [{"method": "dept", "dept_rank": 2}, {"reparam": "residual",
+@pytest.mark.parametrize("options", [{"method": "dept", "dept_rank": 2}, {"method": "residual",
                                                                           "residual_bottleneck": 8}],
                          ids=["dept", "residual"])
 def test_an_interrupted_run_resumes_to_the_same_prompt(tmp_path, tiny_model_dir, sentiment_dir, options):

@@ -109,7 +109,7 @@ def test_multi_token_label_words_and_several_words_per_class(vllm_url, smollm):
 
 
 def test_a_dept_prompt_its_text_offsets_included(vllm_url, smollm):
-    from softprompt.prompts import DecomposedPrompt
+    from softprompt.methods.dept import DecomposedPrompt
 
     torch.manual_seed(5)
     d = smollm.hidden_size

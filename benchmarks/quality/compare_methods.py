@@ -10,7 +10,7 @@ Five comparisons, each every (method, seed) in its own process (softprompt.tools
 - rt270: gemma3-270m on rotten_tomatoes: prompt, residual, dept, deep, lora, full, zeroshot -- with the smollm2
   rows, how the gap to full fine-tuning changes from 135M to 270M parameters.
 Every trained method gets the same steps, batch size, data order and evaluation; learning rates are each method's
-default (softprompt.training.methods.DEFAULT_LR). Writes benchmarks/quality/results/compare_methods.{json,md} and
+default (softprompt.METHODS[name].default_lr). Writes benchmarks/quality/results/compare_methods.{json,md} and
 compare_gap.png, and each comparison's compare.{json,md,png} under benchmarks/quality/results/compare/<name>/.
 Artefacts (a full fine-tune is a whole model) stay under runs/bench_compare/. Interrupted runs resume: finished
 (method, seed) rows are kept.

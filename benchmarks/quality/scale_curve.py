@@ -5,7 +5,7 @@ backbone grows from 135M to 1.5B parameters, on rotten_tomatoes and bbc_news.
 
 Every method at every size gets the same steps, batch size, data order (seed 0; one seed: the whole curve takes
 hours on 2 cores) and test rows; learning rates are
-each method's default (softprompt.training.methods.DEFAULT_LR). Each (size, task) is one `softprompt compare`
+each method's default (softprompt.METHODS[name].default_lr). Each (size, task) is one `softprompt compare`
 (every method in its own process), so an interrupted run resumes where it stopped. Writes
 benchmarks/quality/results/scale_curve.{json,md,png}; each cell's compare.{json,md} and runs.jsonl go under
 benchmarks/quality/results/scale_curve/<task>-<model>/.

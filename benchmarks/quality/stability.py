@@ -2,7 +2,7 @@
 
 Residual prompt tuning (Razdaibiedina et al., 2023) and DePT (Shi & Lipani, 2024) both claim to make prompt
 tuning less sensitive to its learning rate. This measures it: each method (`plain`: --method prompt; `residual`:
---reparam residual; `dept`: --method dept at the parameter count of a 20-token prompt) trains on rotten_tomatoes
+--method residual; `dept`: --method dept at the parameter count of a 20-token prompt) trains on rotten_tomatoes
 with smollm2-135m at every learning rate x seed for the same steps, batch size and data order, and is scored on the
 first N test rows at the end (no validation during training: the budget's last prompt is scored). The learning
 rate is the prompt's (--lr); DePT's low-rank offset keeps its own default rate (--dept-lr), as in the paper, which
@@ -37,7 +37,7 @@ from softprompt.hub import resolve_precision
 
 RESULTS = Path(__file__).parent / "results"
 # method -> the training options that make it (the rest is shared)
-METHODS = {"plain": {}, "residual": {"reparam": "residual"}, "dept": {"method": "dept"}}
+METHODS = {"plain": {}, "residual": {"method": "residual"}, "dept": {"method": "dept"}}
 LRS = (3e-3, 3e-2, 3e-1)
 
 

@@ -36,7 +36,7 @@ import softprompt as sp
 from softprompt.evaluation import evaluate
 from softprompt.formats import read_prompt_tensors
 from softprompt.training.loop import train_multitask
-from softprompt.training.methods import build_method
+from softprompt.training.baselines import build_method
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("runs/bench_transfer")

@@ -31,7 +31,8 @@ import torch
 import softprompt as sp
 from softprompt.formats import atomic_write
 from softprompt.inference.batch import Request, run_batch
-from softprompt.training.methods import MethodName, build_method, trainable_count
+from softprompt.methods import MethodName
+from softprompt.training.baselines import build_method, trainable_count
 
 RESULTS = Path(__file__).parent / "results"
 MODEL, DATA = "smollm2-135m", "rotten_tomatoes"

@@ -1,10 +1,11 @@
-"""A restructure of the training loop must not change what it trains: nine tiny runs on an older checkout of
+"""A restructure of the training loop or the method table must not change what it trains: fourteen tiny runs on an older checkout of
 softprompt and on this one, compared bit for bit.
 
 Each side runs in its own process with its own `src` on the path, on the random-weight tiny Llama of the tests
 (tests/tiny.py, seed 0) and the tests' small sentiment set, fp32 on CPU, no compilation: a plain run, gradient
 accumulation with passes and clipping, early stop, deep prompts, DePT, a generation task, multitask, no clipping
-with a cosine schedule, and a run whose loss turns non-finite twice (two rollbacks). It compares every tensor of
+with a cosine schedule, a run whose loss turns non-finite twice (two rollbacks), a residual prompt, and prompt
+transfer (`--init-from`) of a plain, a deep and a DePT prompt and of the multitask shared prompt (MPT stage 2). It compares every tensor of
 each prompt file (`torch.equal`) and every record of metrics.jsonl except wall-clock seconds. Writes
 benchmarks/training/results/same_training.json and exits non-zero if anything differs.
 
@@ -66,6 +67,11 @@ runs = {
     "multitask": config("multitask", method="multitask", tasks=f"senti={data},topic={topic}", init="vocab"),
     "cosine_no_clipping": config("cosine_no_clipping", max_grad_norm=0.0, scheduler="cosine", warmup_ratio=0.2),
     "two_rollbacks": config("two_rollbacks", eval_every=0, lr=0.05),
+    "residual": config("residual", reparam="residual", residual_bottleneck=8),
+    "transfer": config("transfer", init_from=str(work / "plain" / "prompt.safetensors")),
+    "deep_transfer": config("deep_transfer", method="deep", init_from=str(work / "deep" / "prompt.safetensors")),
+    "dept_transfer": config("dept_transfer", method="dept", init_from=str(work / "dept" / "prompt.safetensors")),
+    "multitask_stage2": config("multitask_stage2", init_from=str(work / "multitask" / "shared.safetensors")),
 }
 for name, run in runs.items():
     backbone = tiny.tiny_backbone("llama")

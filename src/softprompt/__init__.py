@@ -26,7 +26,9 @@ from .kinds import build_prompted_model, load_prompted_model
 from .kinds.causal_lm.backbone import CausalLMBackbone
 from .kinds.causal_lm.model import PromptedModel
 from .pretrained import from_pretrained
-from .prompts import DeepPrompt, PromptInit, PromptMethod, SoftPrompt, initial_embeddings
+from .methods import METHODS, MethodName
+from .methods.deep import DeepPrompt
+from .prompts import PromptInit, SoftPrompt, initial_embeddings
 from .protocols import Backbone, BackboneKind, TaskType
 from .template import Placement, Template, build_template
 from .training import TrainResult, train
@@ -38,7 +40,7 @@ from .version import __version__ as __version__
 __all__ = [
     "BUILTIN_BACKBONES", "BUILTIN_DATASETS", "Backbone", "BackboneError", "BackboneKind", "CausalLMBackbone",
     "ConfigError", "DataError", "DeepPrompt", "IncompatiblePromptError", "Placement", "PromptFileError", "PromptInit",
-    "PromptBank", "PromptMethod", "PromptedModel", "SoftPrompt", "SoftPromptError", "StorageError", "TaskData", "TaskType", "Template", "TrainConfig",
+    "METHODS", "MethodName", "PromptBank", "PromptedModel", "SoftPrompt", "SoftPromptError", "StorageError", "TaskData", "TaskType", "Template", "TrainConfig",
     "TrainResult", "Verbalizer", "build_prompted_model", "build_template", "evaluate", "generate",
     "from_pretrained", "initial_embeddings", "load_backbone", "load_prompted_model", "load_task", "read_prompt_file", "read_prompt_tensors",
     "resolve_precision", "save_prompt", "train", "train_multitask", "MultitaskResult",

@@ -23,7 +23,8 @@ import yaml
 
 from .data.fields import field_names
 from .errors import ConfigError
-from .prompts import PromptInit, PromptMethod, Reparam
+from .methods import METHODS, TRAIN_METHODS, MethodName
+from .prompts import PromptInit
 from .protocols import TaskType
 from .template import Placement
 
@@ -68,7 +69,7 @@ class SchedulerName(str, Enum):
 GROUPS: dict[str, str] = {
     "data": "Backbone and data", "prompt": "Prompt", "optimisation": "Optimisation", "evaluation": "Evaluation",
     "deep": "Method: deep prompts (--method deep)",
-    "residual": "Reparameterisation: residual prompt tuning (--reparam residual)",
+    "residual": "Method: residual prompt tuning (--method residual)",
     "dept": "Method: DePT, a shorter prompt + a low-rank offset of the text embeddings (--method dept)",
     "mpt": "Method: multitask prompt tuning (--method multitask, --init-from a shared prompt)",
     "encoder": "Kind: encoders with a classification head (minilm-l6)", "vpt": "Kind: ViT (visual prompt tuning)",
@@ -102,12 +103,13 @@ def resolve_device(device: str, flag: str = "--device") -> torch.device:
     return torch.device(device)
 
 
-def _opt(default: Any, help: str, group: str, flag: str | None = None) -> Any:
+def _opt(default: Any, help: str, group: str, flag: str | None = None, cli_text: bool = False) -> Any:
     """An option, declared once: its default, its help (CLI, docs), its group (help panel, YAML section) and,
-    inside a group, its flat name (`vpt.deep` is `--vpt-deep`, `vpt_deep:` in YAML)."""
+    inside a group, its flat name (`vpt.deep` is `--vpt-deep`, `vpt_deep:` in YAML). `cli_text`: the command line
+    takes it as text and leaves the check to `TrainConfig` (whose choices are narrower than its type's)."""
     if group not in GROUPS:
         raise ValueError(f"unknown option group {group!r}")
-    return field(default=default, metadata={"help": help, "group": group, "flag": flag})
+    return field(default=default, metadata={"help": help, "group": group, "flag": flag, "cli_text": cli_text})
 
 
 def _group(options: type, group: str) -> Any:
@@ -171,23 +173,12 @@ class DeepOptions:
 
 @dataclass(frozen=True)
 class ResidualOptions:
-    """--reparam residual: the prompt trains through a residual bottleneck MLP, folded into plain vectors at save."""
+    """--method residual: the prompt trains through a residual bottleneck MLP, folded into plain vectors at save."""
 
-    reparam: Reparam = _opt(Reparam.NONE, "--method prompt: none (train the vectors directly) or residual (through a "
-                                          "bottleneck MLP with a skip connection, shared by every token, as in "
-                                          "Residual Prompt Tuning; folded into a plain prompt when saved: same file "
-                                          "and inference cost).", "residual", flag="reparam")
-    bottleneck: int = _opt(400, "--reparam residual: width of the MLP's bottleneck (trained only; the saved prompt "
+    bottleneck: int = _opt(400, "--method residual: width of the MLP's bottleneck (trained only; the saved prompt "
                                 "holds no MLP).", "residual", flag="residual_bottleneck")
-    dropout: float = _opt(0.1, "--reparam residual: dropout on the MLP's output while training.", "residual",
+    dropout: float = _opt(0.1, "--method residual: dropout on the MLP's output while training.", "residual",
                           flag="residual_dropout")
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "reparam", Reparam(self.reparam))
-        except ValueError:
-            raise ConfigError(f"--reparam {self.reparam!r}: choose one of "
-                              f"{', '.join(r.value for r in Reparam)}") from None
 
 
 @dataclass(frozen=True)
@@ -287,11 +278,9 @@ class TrainConfig:
                                "data")
     output: str = _opt("runs/prompt", "Run directory: prompt.safetensors, metrics.jsonl, training.png, config.yaml.",
                        "run")
-    method: PromptMethod = _opt(PromptMethod.PROMPT, "prompt (soft tokens in the input), deep (trainable "
-                                                     "key/value prefixes at every layer: prefix tuning / P-tuning v2), "
-                                                     "multitask (a shared prompt for --tasks, MPT stage 1) or dept (a "
-                                                     "shorter prompt + a low-rank offset of the text tokens' "
-                                                     "embeddings, DePT).", "prompt")
+    method: MethodName = _opt(MethodName.PROMPT, "; ".join(f"{m.value}: {METHODS[m].summary}" for m in TRAIN_METHODS)
+                              + " (the weight-training baselines are for `softprompt compare`).", "prompt",
+                              cli_text=True)
     train_per_class: int | None = _opt(None, "Few-shot: train on this many seeded examples per class.", "data")
     num_virtual_tokens: int | None = _opt(None, "Soft prompt length; default 20, 10 for --method dept (with "
                                                 "[soft:N] markers: their total).", "prompt")
@@ -369,6 +358,7 @@ class TrainConfig:
         """Options by flat name (`lr=0.1`, `vpt_deep=True`, as on the command line), or a group as a whole
         (`vpt=VPTOptions(deep=True)` or `vpt={"deep": True}`); a flat name wins over its group's object."""
         own, groups = {}, {name: {} for name in GROUP_FIELDS}
+        values = _legacy_reparam(dict(values))
         for key, value in sorted(values.items(), key=lambda item: item[0] not in GROUP_FIELDS):  # groups first
             if key in GROUP_FIELDS:
                 groups[key].update(_group_values(key, value))
@@ -396,7 +386,8 @@ class TrainConfig:
             object.__setattr__(self, "compile", CompileMode.LAYERS if self.compile else CompileMode.OFF)
         for name in FLAT_OPTIONS:
             _check_type(name, self.option(name))
-        for name, enum in (("task", TaskType), ("method", PromptMethod), ("placement", Placement), ("init", PromptInit),
+        object.__setattr__(self, "method", _train_method(self.method))
+        for name, enum in (("task", TaskType), ("placement", Placement), ("init", PromptInit),
                            ("optimizer", OptimizerName), ("scheduler", SchedulerName), ("precision", Precision),
                            ("report_to", ReportTo), ("compile", CompileMode)):
             value = getattr(self, name)
@@ -414,6 +405,13 @@ class TrainConfig:
                                    if name == "labels" else tuple(value.split()))
             elif value is not None:
                 object.__setattr__(self, name, tuple(value))
+        for method in METHODS.values():
+            for option in sorted(method.options - METHODS[self.method].options):
+                if self.option(option) != option_field(option).default:
+                    flag = "--" + option.replace("_", "-")
+                    raise ConfigError(f"{flag} applies to --method {method.name.value} ({method.summary}); this run "
+                                      f"trains --method {self.method.value}: drop {flag} or give --method "
+                                      f"{method.name.value}")
         checks = [
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.encoder.head_lr is None or self.encoder.head_lr > 0,
@@ -433,19 +431,15 @@ class TrainConfig:
             (self.max_rollbacks >= 0, f"--max-rollbacks must be >= 0, got {self.max_rollbacks}"),
             (bool(DEVICE.match(self.device)), f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps"),
             (self.load_in in (None, *LOAD_IN), f"--load-in {self.load_in!r}: choose {', '.join(LOAD_IN)}"),
-            (not (self.gradient_checkpointing and self.method is PromptMethod.DEEP),
+            (not (self.gradient_checkpointing and self.method is MethodName.DEEP),
              "--gradient-checkpointing is for --method prompt (a deep prompt's per-layer cache is not recomputable)"),
-            (not (self.gradient_checkpointing and self.method is PromptMethod.DEPT),
+            (not (self.gradient_checkpointing and self.method is MethodName.DEPT),
              "--gradient-checkpointing is for --method prompt (DePT's offsets are indexed by whole rows, which "
              "its recomputed word rows are not)"),
             (self.residual.bottleneck >= 1, f"--residual-bottleneck must be >= 1, got {self.residual.bottleneck}"),
             (0 <= self.residual.dropout < 1, f"--residual-dropout must be in [0, 1), got {self.residual.dropout}"),
-            (not (self.residual.reparam is Reparam.RESIDUAL and self.method is not PromptMethod.PROMPT),
-             f"--reparam residual is for --method prompt, not --method {self.method.value}"
-             + (" (deep prompts have --deep-reparam)" if self.method is PromptMethod.DEEP else "")),
             (self.dept.rank is None or self.dept.rank >= 1, f"--dept-rank must be >= 1, got {self.dept.rank}"),
             (self.dept.lr > 0, f"--dept-lr must be > 0, got {self.dept.lr}"),
-            (not (self.dept.rank is not None and self.method is not PromptMethod.DEPT), "--dept-rank needs --method dept"),
             (self.encoder.pooling in ("mean", "cls"), f"--pooling {self.encoder.pooling!r}: choose mean or cls"),
             (self.whisper.encoder_prompt_tokens >= 0,
              f"--encoder-prompt-tokens must be >= 0, got {self.whisper.encoder_prompt_tokens}"),
@@ -453,21 +447,17 @@ class TrainConfig:
              f"--coop-class-token-position {self.coop.class_token_position!r}: choose end, middle or front"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (0 = off), got {self.checkpoint_every}"),
             (self.deep.reparam >= 0, f"--deep-reparam must be >= 0 (0 = off), got {self.deep.reparam}"),
-            (not (self.method is PromptMethod.DEEP and self.placement is not None),
+            (not (self.method is MethodName.DEEP and self.placement is not None),
              "--placement does not apply to --method deep (its prompt is in every layer, not in the text)"),
-            (not (self.method is PromptMethod.DEEP and self.template and "[soft:" in self.template),
+            (not (self.method is MethodName.DEEP and self.template and "[soft:" in self.template),
              "--method deep takes a --template without [soft:N] markers"),
-            (not (self.deep.reparam and self.method is not PromptMethod.DEEP), "--deep-reparam needs --method deep"),
             (self.num_virtual_tokens is None or self.num_virtual_tokens >= 1,
              f"--num-virtual-tokens must be >= 1, got {self.num_virtual_tokens}"),
-            (self.data is not None or self.train_file is not None or self.method is PromptMethod.MULTITASK,
+            (self.data is not None or self.train_file is not None or METHODS[self.method].many_tasks,
              "give --data NAME_OR_FOLDER or --train-file"),
-            (not (self.method is PromptMethod.MULTITASK and not self.mpt.tasks),
+            (not (METHODS[self.method].many_tasks and not self.mpt.tasks),
              "--method multitask needs --tasks name=data,name=data"),
-            (not (self.mpt.tasks and self.method is not PromptMethod.MULTITASK), "--tasks is for --method multitask"),
             (self.mpt.rank >= 1, f"--mpt-rank must be >= 1, got {self.mpt.rank}"),
-            (not (self.mpt.teachers and self.method is not PromptMethod.MULTITASK),
-             "--mpt-teachers is for --method multitask (stage 1)"),
             (self.mpt.distill_weight > 0, f"--mpt-distill-weight must be > 0, got {self.mpt.distill_weight}"),
             (self.mpt.distill_temperature > 0,
              f"--mpt-distill-temperature must be > 0, got {self.mpt.distill_temperature}"),
@@ -531,12 +521,45 @@ class TrainConfig:
                 raise ConfigError(f"--config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
             if not isinstance(loaded, dict):
                 raise ConfigError(f"--config {path}: expected a mapping of option: value")
-            for key, value in _flatten(loaded, path).items():
+            for key, value in _legacy_reparam(_flatten(loaded, path)).items():
                 if key not in FLAT_OPTIONS:
                     raise ConfigError(f"--config {path}: unknown option '{key}'")
                 values[key] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _train_method(value: Any) -> MethodName:
+    """--method as a `MethodName` that `train` can run (the baselines are `softprompt compare`'s)."""
+    choices = ", ".join(m.value for m in TRAIN_METHODS)
+    try:
+        method = MethodName(value)
+    except ValueError:
+        raise ConfigError(f"--method {value!r}: choose one of {choices}") from None
+    if method not in TRAIN_METHODS:
+        raise ConfigError(f"--method {method.value} is a baseline, not a prompt: train takes {choices}; measure it "
+                          f"with `softprompt compare --methods prompt,{method.value}`")
+    return method
+
+
+def _legacy_reparam(values: dict[str, Any]) -> dict[str, Any]:
+    """`reparam: none|residual` (configs written before --method residual): none is the default, residual is
+    --method residual."""
+    reparam = values.pop("reparam", None)
+    residual = values.get("residual")
+    if isinstance(residual, dict) and "reparam" in residual:
+        residual = dict(residual)
+        reparam = residual.pop("reparam")
+        values["residual"] = residual
+    if reparam is None or str(getattr(reparam, "value", reparam)) == "none":
+        return values
+    if str(getattr(reparam, "value", reparam)) != "residual":
+        raise ConfigError(f"--reparam {reparam!r}: residual prompt tuning is --method residual")
+    if str(getattr(values.get("method"), "value", values.get("method", "prompt"))) not in ("prompt", "residual"):
+        raise ConfigError(f"reparam: residual is for plain prompts (--method residual), not --method "
+                          f"{getattr(values['method'], 'value', values['method'])}")
+    values["method"] = MethodName.RESIDUAL
+    return values
 
 
 def _flatten(loaded: dict, path: Path) -> dict[str, Any]:

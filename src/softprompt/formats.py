@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import ConfigError, IncompatiblePromptError, PromptFileError, StorageError
-from .prompts import TENSOR_NAMES, PromptMethod
+from .methods import file_method
 from .protocols import Backbone, BackboneKind, PromptedTask, TaskType
 from .version import __version__
 
@@ -203,24 +203,24 @@ def read_prompt_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
         meta["backbone"].setdefault("kind", BackboneKind.CAUSAL_LM.value)  # files from before other kinds existed
         BackboneKind(meta["backbone"]["kind"])
         _check_fields(meta)
-        method = PromptMethod(meta.get("method", "prompt"))
     except (KeyError, ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         raise PromptFileError(f"{path}: damaged metadata ({exc})") from None
-    missing = [name for name in TENSOR_NAMES[method] if name not in tensors]
+    method = file_method(meta, path)
+    missing = [name for name in method.tensors if name not in tensors]
     if missing:
-        raise PromptFileError(f"{path}: a {method.value} prompt file without tensor(s) {missing}")
+        raise PromptFileError(f"{path}: a {method.name.value} prompt file without tensor(s) {missing}")
     count = meta.get("num_virtual_tokens")
-    for name in TENSOR_NAMES[method]:
+    for name in method.tensors:
         shape = tuple(tensors[name].shape)
         dims, axis = _TOKEN_AXIS.get(name, (2, None))
         if len(shape) != dims or (axis is not None and shape[axis] != count):
             raise PromptFileError(f"{path}: tensor '{name}' of shape {shape} disagrees with its metadata")
     for first, first_axis, second, second_axis in _AGREEING_AXES:  # (their dimensions were checked just above)
-        if {first, second} <= set(TENSOR_NAMES[method]) and (
+        if {first, second} <= set(method.tensors) and (
                 tensors[first].shape[first_axis] != tensors[second].shape[second_axis]):
             raise PromptFileError(f"{path}: tensors '{first}' {tuple(tensors[first].shape)} and '{second}' "
                                   f"{tuple(tensors[second].shape)} do not fit together")
-    names = tensors if method is PromptMethod.MULTITASK else TENSOR_NAMES[method]  # + the per-task factors
+    names = tensors if method.more_tensors else method.tensors
     names = [*names, *(n for n in tensors if n.startswith("head.") and n not in names)]  # an encoder's head
     if meta.get("head") and not {"head.weight", "head.bias"} <= set(tensors):
         raise PromptFileError(f"{path}: metadata names a classification head but the file has no head tensors")

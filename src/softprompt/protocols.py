@@ -82,13 +82,13 @@ class Capability(str, Enum):
     MIXED_BATCH = "mixed-prompt batches (several prompts in one backbone pass)"
     GENERATE = "generation (--task generation, /v1/completions)"
     DEEP = "deep prompts (--method deep)"
-    RESIDUAL = "residual prompt reparameterisation (--reparam residual)"
+    RESIDUAL = "residual prompt tuning (--method residual)"
     DEPT = "DePT prompts (--method dept)"
     INIT_FROM = "prompt transfer (--init-from)"
     MULTITASK = "multitask prompt tuning (--method multitask)"
     EXPLAIN = "softprompt explain (nearest vocabulary tokens)"
     PEFT_EXPORT = "PEFT interop (softprompt export / import-peft)"
-    BASELINES = "weight-training baselines (--method lora / adapters / full / probe)"
+    BASELINES = "weight-training baselines (softprompt compare --methods lora,adapter,full,probe,zeroshot)"
     GRADIENT_CHECKPOINTING = "gradient checkpointing (--gradient-checkpointing)"
 
 

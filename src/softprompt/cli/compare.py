@@ -17,8 +17,8 @@ from . import app
 def compare(
     data: Annotated[str, typer.Option(help="Built-in dataset or folder of split files (classification).")],
     model: Annotated[str, typer.Option(help="Backbone: built-in name or local folder.")] = "smollm2-135m",
-    methods: Annotated[str, typer.Option(help="Comma-separated: prompt, residual (--reparam residual), dept "
-                                              "(--method dept), deep, lora, adapter, full, probe, "
+    methods: Annotated[str, typer.Option(help="Comma-separated: prompt, residual, dept, deep (the prompt methods, "
+                                              "as `train --method` trains them), lora, adapter, full, probe, "
                                               "zeroshot.")] = "prompt,deep,lora,adapter,full,probe,zeroshot",
     seeds: Annotated[int, typer.Option(help="Seeds per trained method (zero-shot runs once).")] = 3,
     max_steps: Annotated[int, typer.Option(help="Optimiser steps for every trained method.")] = 300,

@@ -61,6 +61,8 @@ def config_parameters() -> list[inspect.Parameter]:
             decls = (f"{flag(name)}/--no-{name.replace('_', '-')}",)
         elif typing.get_origin(kind) is tuple:
             kind = str if name in COMMA_SEPARATED else list[str]
+        elif field.metadata.get("cli_text"):
+            kind = str
         default = _default_text(field.default)
         # Help is rich markup: escape it, or "[soft:N]" would be read as a style and vanish.
         option = typer.Option(*decls, help=escape(field.metadata["help"]), rich_help_panel=GROUPS[field.metadata["group"]],

@@ -12,7 +12,7 @@ import typer
 
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..prompts import PromptMethod
+from ..methods import METHODS
 from ..tools.memory import estimate_training_memory
 from ..training import resume as resume_training
 from ..training import train as run_training
@@ -49,11 +49,9 @@ def train(*, config: Annotated[Optional[Path], typer.Option(
             options["label_words"] = tuple(options["label_words"])
         cfg = TrainConfig.from_sources(config, **options)
         if dry_run:
-
             print(estimate_training_memory(cfg).table())
             return
-        if cfg.method is PromptMethod.MULTITASK:
-
+        if METHODS[cfg.method].many_tasks:
             shared = train_multitask(cfg, progress=not quiet)
             print(json.dumps({"shared": str(shared.shared_path), "tasks": {k: str(v) for k, v in
                                                                           shared.task_paths.items()},

@@ -24,7 +24,7 @@ from ..data import TaskData
 from ..errors import ConfigError, PromptFileError, SoftPromptError
 from ..formats import check_compatible, read_prompt_tensors
 from ..frozen import FrozenBackbone
-from ..prompts import PromptMethod, Reparam
+from ..methods import METHODS
 from ..protocols import Backbone, BackboneKind, Capability, PromptedTask, TaskType
 from .causal_lm import backbone as causal_lm_backbone
 from .causal_lm.model import assemble as assemble_causal_lm
@@ -116,17 +116,9 @@ def kind_of(subject: Backbone | PromptedTask) -> Kind:
 
 def required_capabilities(config: TrainConfig) -> list[Capability]:
     """What a training run asks of its backbone's kind, beyond plain prompt tuning."""
-    needs = []
+    needs = list(METHODS[config.method].needs)
     if config.task is TaskType.GENERATION:
-        needs.append(Capability.GENERATE)
-    if config.method is PromptMethod.DEEP:
-        needs.append(Capability.DEEP)
-    if config.method is PromptMethod.MULTITASK:
-        needs.append(Capability.MULTITASK)
-    if config.method is PromptMethod.DEPT:
-        needs.append(Capability.DEPT)
-    if config.residual.reparam is Reparam.RESIDUAL:
-        needs.append(Capability.RESIDUAL)
+        needs.insert(0, Capability.GENERATE)
     if config.init_from:
         needs.append(Capability.INIT_FROM)
     if config.gradient_checkpointing:

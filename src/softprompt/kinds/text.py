@@ -13,25 +13,12 @@ from ..config import TrainConfig
 from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import check_compatible, read_prompt_tensors
-from ..prompts import (
-    DecomposedPrompt,
-    DeepPrompt,
-    PromptMethod,
-    Reparam,
-    ResidualPrompt,
-    SoftPrompt,
-    dept_rank,
-    initial_embeddings,
-    prompt_from_tensors,
-    target_prompt,
-)
+from ..methods import METHODS, MethodName, PromptStart, file_method
+from ..prompts import initial_embeddings
 from ..protocols import Backbone, PromptedTask, TaskType
 from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
 from .classifier import linear_head
-
-DEFAULT_NUM_VIRTUAL_TOKENS = 20
-DEFAULT_DEPT_TOKENS = 10  # DePT's default: half a default prompt, the other half's parameters go to the offset
 
 # (backbone, prompt, template, verbaliser, *, labels, max_length, pooling, head) -> the kind's prompted model
 Assemble = Callable[..., PromptedTask]
@@ -45,18 +32,18 @@ def resolved_placement(config: TrainConfig, body: str) -> Placement:
 def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, assemble: Assemble) -> PromptedTask:
     """Template + verbaliser + initialised prompt around a loaded text backbone, as `config` says."""
     body = config.template or task.default_template
-    deep = config.method is PromptMethod.DEEP
+    method = METHODS[config.method]
     source = transfer_source(config, backbone) if config.init_from else None
     if source is not None:
         config = config.replace(num_virtual_tokens=source[0])
-    if deep:  # the prompt lives in every layer's keys/values; the template holds text and fields only
+    if not method.in_input:  # the prompt lives in every layer's keys/values; the template holds text and fields only
         template = Template.parse(body)
-        count = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
+        count = config.num_virtual_tokens or method.default_tokens
     else:
         placement = resolved_placement(config, body)
         count = config.num_virtual_tokens
         if placement is not Placement.TEMPLATE and count is None:
-            count = DEFAULT_DEPT_TOKENS if config.method is PromptMethod.DEPT else DEFAULT_NUM_VIRTUAL_TOKENS
+            count = method.default_tokens
         template = build_template(body, placement, count)
         count = template.num_virtual_tokens
     if source is not None and count != source[0]:
@@ -80,67 +67,42 @@ def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, as
     vectors = initial_embeddings(config.init, count, backbone.input_embedding_matrix(),
                                  backbone.tokenizer, text=config.init_text, label_word_ids=word_ids,
                                  generator=generator)
-    if source is not None and source[2] is PromptMethod.MULTITASK:  # MPT stage 2: a fresh factor on the shared prompt
-        if config.residual.reparam is Reparam.RESIDUAL:
-            raise ConfigError(f"--reparam residual does not apply to a multitask shared prompt (--init-from "
-                              f"{config.init_from}): drop --reparam")
-        prompt = target_prompt(source[1], config.mpt.rank, config.mpt.train_shared, backbone.device)
-    elif source is not None:  # prompt transfer: the other task's trained tensors
-        tensors = {k: v.to(backbone.device) for k, v in source[1].items()}
-        torch.manual_seed(config.seed)
-        prompt = (DeepPrompt(tensors["prefix_keys"], tensors["prefix_values"], backbone.hidden_size,
-                             reparam_hidden=config.deep.reparam) if deep
-                  else _input_prompt(config, prompt_from_tensors(config.method.value, tensors, backbone.hidden_size)))
-    elif deep:  # start from the keys/values the backbone computes for the same init tokens
-        keys, values = backbone.keys_values(vectors)
-        torch.manual_seed(config.seed)  # the reparameterisation MLP's init
-        prompt = DeepPrompt(keys, values, backbone.hidden_size, reparam_hidden=config.deep.reparam)
-    elif config.method is PromptMethod.DEPT:
-        rank = config.dept.rank or dept_rank(count, backbone.hidden_size, config.max_length, DEFAULT_NUM_VIRTUAL_TOKENS)
-        if rank < 1:
-            raise ConfigError(f"--method dept: a {count}-token prompt leaves no room for a low-rank offset within a "
-                              f"{DEFAULT_NUM_VIRTUAL_TOKENS}-token prompt's parameters (hidden size "
-                              f"{backbone.hidden_size}, --max-length {config.max_length}); lower --num-virtual-tokens "
-                              f"or give --dept-rank")
-        prompt = DecomposedPrompt.initial(vectors.to(backbone.device), config.max_length, rank, generator)
+    if source is not None and METHODS[source[2]].adapt is not None:  # its method turns it into this run's prompt
+        prompt = METHODS[source[2]].adapt(config, source[1], backbone.device)
     else:
-        prompt = _input_prompt(config, SoftPrompt(vectors.to(backbone.device)))
+        if source is not None:
+            torch.manual_seed(config.seed)
+        tensors = {k: v.to(backbone.device) for k, v in source[1].items()} if source is not None else None
+        prompt = method.start(PromptStart(config, backbone, vectors, generator, tensors))
     return assemble(backbone, prompt, template, verbalizer, labels=task.labels, max_length=config.max_length,
                     pooling=config.encoder.pooling, head=None)
-
-
-def _input_prompt(config: TrainConfig, prompt: SoftPrompt | DecomposedPrompt) -> torch.nn.Module:
-    """A plain prompt as it trains: through the residual MLP with --reparam residual, else as it is."""
-    if config.residual.reparam is not Reparam.RESIDUAL:
-        return prompt
-    torch.manual_seed(config.seed)  # the MLP's init
-    return ResidualPrompt(prompt.embeddings, config.residual.bottleneck, config.residual.dropout)
 
 
 def text_model_from_file(backbone: Backbone, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
                          assemble: Assemble) -> PromptedTask:
     """A text kind's prompted model rebuilt from a prompt file's tensors and metadata."""
     verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"]) if meta.get("verbalizer") else None
-    prompt = prompt_from_tensors(meta.get("method", "prompt"),
-                                 {k: v.to(backbone.device) for k, v in tensors.items()}, backbone.hidden_size)
+    prompt = file_method(meta, "prompt file").from_tensors({k: v.to(backbone.device) for k, v in tensors.items()},
+                                                           backbone.hidden_size)
     head = meta.get("head") or {}
     return assemble(backbone, prompt, Template.parse(meta["template"]), verbalizer, labels=meta.get("labels"),
                     max_length=int(meta.get("max_length", 128)), pooling=head.get("pooling", "mean"),
                     head=linear_head(tensors))
 
 
-def transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor], PromptMethod]:
+def transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[str, torch.Tensor], MethodName]:
     """(length, tensors, method) of the --init-from prompt, checked against this backbone, method and length.
 
-    A multitask shared prompt (MPT stage 1) starts a `--method prompt` run: stage 2."""
+    A file of one method starts runs of the methods its entry `continues_as` (a multitask shared prompt, MPT
+    stage 1, starts a `--method prompt` run: stage 2)."""
     tensors, meta = read_prompt_tensors(config.init_from)
     check_compatible(meta, backbone, config.init_from)
-    method = PromptMethod(meta.get("method", "prompt"))
-    if method is not config.method and not (method is PromptMethod.MULTITASK and config.method is PromptMethod.PROMPT):
-        raise ConfigError(f"--init-from {config.init_from} is a {method.value} prompt; this run trains "
+    method = file_method(meta, config.init_from)
+    if config.method.value not in method.continues_as:
+        raise ConfigError(f"--init-from {config.init_from} is a {method.name.value} prompt; this run trains "
                           f"--method {config.method.value}")
     count = int(meta["num_virtual_tokens"])
     if config.num_virtual_tokens not in (None, count):
         raise ConfigError(f"--init-from {config.init_from} has {count} virtual tokens; drop --num-virtual-tokens "
                           f"{config.num_virtual_tokens} or give {count}")
-    return count, tensors, method
+    return count, tensors, method.name

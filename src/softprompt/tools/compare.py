@@ -2,7 +2,7 @@
 
 Every (method, seed) runs in its own process -- a fresh backbone (LoRA, adapters and full fine-tuning change it
 in place), its own peak memory, and a failure that costs only that row. Each run trains with the same data,
-loop, loss, steps and batch size (`training.methods`), evaluates on the test split and times single-input
+loop, loss, steps and batch size (`training.baselines`), evaluates on the test split and times single-input
 classification against the bare backbone in the same process. The parent aggregates seeds and writes
 `compare.json`, `compare.md` and `compare.png` into the output folder.
 
@@ -32,9 +32,9 @@ from ..evaluation import evaluate
 from ..formats import atomic_write
 from ..hub import load_backbone, resolve_precision
 from ..training import train
-from ..training.methods import DEFAULT_LR, MethodName, build_method, merge_lora, trainable_count
+from ..methods import METHODS, MethodName, method_named
+from ..training.baselines import build_method, merge_lora, trainable_count
 
-WEIGHT_METHODS = (MethodName.LORA, MethodName.ADAPTER, MethodName.FULL)
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class RunSpec:
     output: str
     max_steps: int
     batch_size: int = 16
-    lr: float | None = None          # None: the method's default (DEFAULT_LR)
+    lr: float | None = None          # None: the method's default (METHODS[name].default_lr)
     eval_every: int = 0
     eval_limit: int = 300
     test_limit: int = 0
@@ -56,17 +56,15 @@ class RunSpec:
     precision: str = "auto"
 
 
+# One task's methods: all but those that train on several datasets at once (multitask).
+COMPARABLE = tuple(name for name, method in METHODS.items() if not method.many_tasks)
+
+
 def parse_methods(text: str) -> list[MethodName]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ConfigError("--methods is empty: give a comma-separated list, e.g. prompt,lora,zeroshot")
-    methods = []
-    for name in names:
-        try:
-            methods.append(MethodName(name))
-        except ValueError:
-            raise ConfigError(f"--methods: unknown method {name!r}; choose from "
-                              f"{', '.join(m.value for m in MethodName)}") from None
+    methods = [method_named(name, "--methods", COMPARABLE).name for name in names]
     if len(set(methods)) != len(methods):
         raise ConfigError(f"--methods lists a method twice: {text}")
     return methods
@@ -98,13 +96,13 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     task = load_task(spec.data)
     compute = resolve_precision(spec.precision, "cpu" if not torch.cuda.is_available() else "cuda")
     # Weight-training methods keep fp32 master weights and compute in the same precision as the others.
-    backbone = load_backbone(spec.model, dtype=torch.float32 if method in WEIGHT_METHODS else compute)
-    if method in WEIGHT_METHODS and compute != torch.float32:
+    backbone = load_backbone(spec.model, dtype=torch.float32 if METHODS[method].trains_weights else compute)
+    if METHODS[method].trains_weights and compute != torch.float32:
         backbone.autocast_dtype = compute
     backbone_params = sum(p.numel() for p in backbone.model.parameters())
     config = TrainConfig(model=spec.model, data=spec.data, output=spec.output, seed=spec.seed,
                          max_steps=spec.max_steps, batch_size=spec.batch_size, eval_every=spec.eval_every,
-                         eval_limit=spec.eval_limit, lr=spec.lr or DEFAULT_LR[method] or 1e-3,
+                         eval_limit=spec.eval_limit, lr=spec.lr or METHODS[method].default_lr or 1e-3,
                          precision=spec.precision,
                          checkpoint_every=0)  # short runs; a full fine-tune's run state would be gigabytes
     torch.manual_seed(spec.seed)
@@ -121,13 +119,13 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         built_model, artifact, train_seconds = result.model, result.prompt_path, result.train_seconds
     else:
         built_model = built.model
-    if method in WEIGHT_METHODS and compute != torch.float32:  # evaluate and time as served: in `compute`
+    if METHODS[method].trains_weights and compute != torch.float32:  # evaluate and time as served: in `compute`
         built_model.to(compute)
         built_model.prompt.to(torch.float32)
         backbone.autocast_dtype = None
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the bare copy below loads
     # The bare backbone in the serving dtype, timed in turns with the method (its own load for weight methods).
-    serving = backbone if method not in WEIGHT_METHODS else load_backbone(spec.model, dtype=compute)
+    serving = backbone if not METHODS[method].trains_weights else load_backbone(spec.model, dtype=compute)
     bare = build_method(MethodName.ZEROSHOT, config, serving, task).model
     extra: dict[str, Any] = {}
     if method is MethodName.LORA:  # served merged (no extra matmuls); the unmerged latency is kept beside it

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..formats import atomic_write
 from ..kinds.causal_lm.model import PromptedModel
-from ..prompts import DecomposedPrompt, SoftPrompt
+from ..methods.dept import DecomposedPrompt
+from ..prompts import SoftPrompt
 
 Metric = Literal["cosine", "l2"]
 

@@ -23,8 +23,7 @@ from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, builtin_backbone_dir, buil
 from ..kinds import detect_kind
 from ..kinds.int8 import int8_bytes
 from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of
-from ..kinds.text import DEFAULT_DEPT_TOKENS, DEFAULT_NUM_VIRTUAL_TOKENS
-from ..prompts import PromptMethod, Reparam, dept_rank
+from ..methods import DEFAULT_NUM_VIRTUAL_TOKENS, METHODS, Shape
 from ..protocols import BackboneKind
 
 GIB = 1024 ** 3
@@ -153,21 +152,11 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     model.requires_grad_(False)
     parameters = sum(p.numel() for p in model.parameters())
     hidden = hf_config.hidden_size
-    n = config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS
-    deep = config.method is PromptMethod.DEEP
-    if deep:
-        layers = hf_config.num_hidden_layers
-        kv_heads = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
-        head_dim = getattr(hf_config, "head_dim", None) or hidden // hf_config.num_attention_heads
-        prompt_params = layers * n * 2 * kv_heads * head_dim
-    elif config.method is PromptMethod.DEPT:
-        n = config.num_virtual_tokens or DEFAULT_DEPT_TOKENS
-        rank = config.dept.rank or dept_rank(n, hidden, config.max_length, DEFAULT_NUM_VIRTUAL_TOKENS)
-        prompt_params = n * hidden + rank * (config.max_length + hidden)
-    else:
-        prompt_params = n * hidden
-        if config.residual.reparam is Reparam.RESIDUAL:  # the MLP trains too (and is folded away at save)
-            prompt_params += 2 * hidden * config.residual.bottleneck + config.residual.bottleneck + 3 * hidden
+    method = METHODS[config.method]
+    heads = hf_config.num_attention_heads
+    shape = Shape(hidden, hf_config.num_hidden_layers, getattr(hf_config, "num_key_value_heads", None) or heads,
+                  getattr(hf_config, "head_dim", None) or hidden // heads, config.max_length)
+    prompt_params = method.parameters(config, shape, config.num_virtual_tokens or method.default_tokens)
     # worst case: every row at --max-length, with the virtual tokens (`tokens`, above)
     batch = config.batch_size
     activations = saved_activation_bytes(model, batch, tokens, dtype)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import TrainConfig
-from ..prompts import PromptMethod, Reparam
+from ..methods import METHODS
 from ..version import __version__
 
 
@@ -18,14 +18,9 @@ def _figures(result: dict[str, Any] | None) -> str:
 
 
 def _variant(config: TrainConfig) -> str:
-    """What a residual or DePT run adds to the method line."""
-    if config.method is PromptMethod.DEPT:
-        rank = f"rank {config.dept.rank}" if config.dept.rank else "the largest rank within a 20-token prompt's size"
-        return f", DePT low-rank text offset ({rank}) at lr {config.dept.lr}"
-    if config.residual.reparam is Reparam.RESIDUAL:
-        return (f", trained through a residual MLP (bottleneck {config.residual.bottleneck}, dropout "
-                f"{config.residual.dropout}), saved folded into plain vectors")
-    return ""
+    """What the method adds to the method line (a residual MLP, DePT's offset)."""
+    card = METHODS[config.method].card
+    return card(config) if card else ""
 
 
 def model_card(config: TrainConfig, training: dict[str, Any], resolved: dict[str, Any], *, backbone: str, task: str,

@@ -31,7 +31,7 @@ from ..kinds import build_prompted_model, kind_of
 from ..kinds.text import resolved_placement
 from ..progress import bar as progress_bar
 from ..progress import stage_line
-from ..prompts import DecomposedPrompt, PromptMethod
+from ..methods import METHODS
 from ..protocols import Backbone, BackboneKind, Capability, PromptedTask, TaskType
 from .card import model_card
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
@@ -68,14 +68,15 @@ def per_class(rows: list[dict], label_field: str, k: int, seed: int) -> list[dic
 
 
 def _param_groups(config: TrainConfig, named: list[tuple[str, torch.Tensor]]) -> list[dict]:
-    """One group at --lr; a classification head (`head.*`) in its own group at --head-lr when given, and DePT's
-    low-rank offset (`prompt.offset_a`, `prompt.offset_b`) in its own at --dept-lr."""
+    """One group at --lr; a classification head (`head.*`) in its own group at --head-lr when given, and the
+    parameters the method trains at their own rate (DePT's offset at --dept-lr: its table entry's `own_rates`)."""
+    own_rates = METHODS[config.method].own_rates
+
     def own_rate(name: str) -> float | None:
         if name.startswith("head."):
             return config.encoder.head_lr
-        if name.rpartition(".")[2] in DecomposedPrompt.OFFSET_PARAMETERS:
-            return config.dept.lr
-        return None
+        option = own_rates.get(name.rpartition(".")[2])
+        return config.option(option) if option else None
 
     groups: dict[float | None, list[torch.Tensor]] = {None: []}
     for name, param in named:
@@ -114,7 +115,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     """Train a soft prompt as `config` says; writes the run directory and returns the best model.
 
     The loop trains whatever parameters of `model` require gradients: by default the prompt of the model
-    `config` describes; a baseline (LoRA, full fine-tuning, a linear probe: `training.methods`) passes its own
+    `config` describes; a baseline (LoRA, full fine-tuning, a linear probe: `training.baselines`) passes its own
     model and a `save(out_dir, model, metadata) -> path` that writes its artefact. `--method multitask` trains
     a shared prompt and a factor per task (`training.multitask`) through the same loop. Every
     `config.checkpoint_every` steps the whole run state goes to OUT/checkpoint.pt; `resume_state` (see
@@ -128,7 +129,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
     """
     from accelerate.utils import set_seed  # seeds every library the run touches
 
-    multitask = config.method is PromptMethod.MULTITASK
+    multitask = METHODS[config.method].many_tasks
     check_output_path(config.output, folder=True)
     check_tracker(config.report_to)
     processes = setup_processes(config)
@@ -162,7 +163,7 @@ def _single_task_job(config: TrainConfig, backbone: Backbone, task: TaskData, wo
     if config.train_per_class:
         train_rows = per_class(train_rows, task.label_field, config.train_per_class, config.seed)
     model = model if model is not None else build_prompted_model(config, backbone, task)
-    placement = ("none" if config.method is PromptMethod.DEEP
+    placement = ("none" if not METHODS[config.method].in_input
                  else resolved_placement(config, config.template or task.default_template).value)
     lengths = [sum(len(v) for f in model.input_fields if isinstance(v := row[f], str)) for row in train_rows]
 

@@ -37,8 +37,9 @@ from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
 from ..formats import FORMAT_NAME, atomic_write, prompt_metadata, save_prompt
 from ..kinds import build_prompted_model, kind_of, load_prompted_model
-from ..kinds.text import DEFAULT_NUM_VIRTUAL_TOKENS
-from ..prompts import PromptInit, TaskPrompt, initial_embeddings
+from ..methods import DEFAULT_NUM_VIRTUAL_TOKENS
+from ..methods.multitask import TaskPrompt
+from ..prompts import PromptInit, initial_embeddings
 from ..protocols import Backbone, Capability, PromptedTask, TaskType
 from .checkpoint import BatchStream
 from .state import Job

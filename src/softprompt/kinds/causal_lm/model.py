@@ -14,7 +14,8 @@ from torch import nn
 
 from ...errors import ConfigError, IncompatiblePromptError
 from ...formats import Pretrained
-from ...prompts import DecomposedPrompt, SoftPrompt
+from ...methods.dept import DecomposedPrompt
+from ...prompts import SoftPrompt
 from ...protocols import Backbone, TaskType
 from ...scoring import (backbone_autocast, label_word_scores, place_soft_tokens, same_words_per_row, text_positions,
                         token_log_likelihood)

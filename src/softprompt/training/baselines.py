@@ -1,13 +1,12 @@
-"""Adaptation methods beside prompt tuning, trained by the same loop on the same verbaliser loss.
+"""The weight-training baselines `softprompt compare` measures prompts against, trained by the same loop on the
+same verbaliser loss.
 
-Each builder takes a freshly loaded backbone (some change it in place) and returns a `Method`: the model to
-train -- a `PromptedModel` whose trainable parameters are the method's -- and how to write its task-specific
-artefact. The template and verbaliser are the task's (zero soft tokens unless the method is a prompt), so the
-methods differ only in what they train.
+`build_method` takes a freshly loaded backbone (some baselines change it in place) and returns a `Built`: the
+model to train -- a `PromptedModel` whose trainable parameters are the method's -- and how to write its
+task-specific artefact. The template and verbaliser are the task's (zero soft tokens unless the method is a
+prompt), so the methods differ only in what they train. A prompt method (`METHODS[name].writes_prompt`) is built
+as `train` builds it; each baseline by its builder below:
 
-- `prompt`, `deep`: a soft prompt / per-layer key/value prefixes (`build_prompted_model`).
-- `residual`: a soft prompt trained through a residual MLP, saved folded (`--reparam residual`).
-- `dept`: a shorter prompt + a low-rank offset of the text embeddings (`--method dept`).
 - `lora`: low-rank updates of the attention query/value projections through PEFT (`inject_adapter_in_model`).
 - `adapter`: bottleneck adapters (Houlsby et al. 2019: after the attention output projection and after the
   feed-forward block, inside the residual branch; `pfeiffer`: after the feed-forward block only).
@@ -19,7 +18,6 @@ methods differ only in what they train.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Callable
 
@@ -33,40 +31,17 @@ from ..errors import ConfigError
 from ..formats import atomic_write, save_prompt
 from ..kinds import build_prompted_model, kind_of
 from ..kinds.causal_lm.model import PromptedModel
-from ..prompts import PromptMethod, Reparam, SoftPrompt
-from ..protocols import Backbone, Capability, TaskType
+from ..methods import MethodName, method_named
+from ..prompts import SoftPrompt
+from ..protocols import Backbone, TaskType
 from ..template import Template, left_pad
 from ..verbalizer import Verbalizer
 
 
-class MethodName(str, Enum):
-    PROMPT = "prompt"
-    RESIDUAL = "residual"
-    DEPT = "dept"
-    DEEP = "deep"
-    LORA = "lora"
-    ADAPTER = "adapter"
-    FULL = "full"
-    PROBE = "probe"
-    ZEROSHOT = "zeroshot"
-
-
-# Learning rates that suit each method at this scale (a method's own literature; --lr overrides for all).
-DEFAULT_LR = {MethodName.PROMPT: 3e-2, MethodName.RESIDUAL: 3e-2, MethodName.DEPT: 3e-2, MethodName.DEEP: 1e-2, MethodName.LORA: 1e-3, MethodName.ADAPTER: 1e-3,
-              MethodName.FULL: 2e-5, MethodName.PROBE: 1e-2, MethodName.ZEROSHOT: 0.0}
-
-
-# The prompt methods: the run options each one sets (the rest of the config is the comparison's).
-PROMPT_OPTIONS: dict[MethodName, dict[str, str]] = {
-    MethodName.PROMPT: {"method": PromptMethod.PROMPT.value},
-    MethodName.RESIDUAL: {"method": PromptMethod.PROMPT.value, "reparam": Reparam.RESIDUAL.value},
-    MethodName.DEPT: {"method": PromptMethod.DEPT.value},
-    MethodName.DEEP: {"method": PromptMethod.DEEP.value},
-}
-
-
 @dataclass
-class Method:
+class Built:
+    """A method ready to train: its model, how to write its artefact, and whether it trains at all."""
+
     name: MethodName
     model: PromptedModel
     save: Callable[[Path, PromptedModel, dict], Path] | None   # None: nothing to write (zero-shot)
@@ -183,40 +158,59 @@ def merge_lora(module: nn.Module) -> int:
     return merged
 
 
-def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone, task: TaskData, *,
-                 lora_rank: int = 8, adapter_size: int = 64, adapter_placement: str = "houlsby") -> Method:
-    """The model `name` trains on `backbone` (changed in place for lora/adapter/full: load a fresh one per method)."""
+def _zeroshot(config: TrainConfig, backbone: Backbone, task: TaskData, options: dict) -> Built:
+    return Built(MethodName.ZEROSHOT, _plain_model(backbone, task, config), None, trains=False)
 
-    try:
-        name = MethodName(name)
-    except ValueError:
-        raise ConfigError(f"method {name!r}: choose from {', '.join(m.value for m in MethodName)}") from None
+
+def _probe(config: TrainConfig, backbone: Backbone, task: TaskData, options: dict) -> Built:
+    template = _plain_model(backbone, task, config).template
+    return Built(MethodName.PROBE, LinearProbe(backbone, template, task.labels, max_length=config.max_length),
+                 _save_trainable("probe"))
+
+
+def _lora(config: TrainConfig, backbone: Backbone, task: TaskData, options: dict) -> Built:
+    from peft import LoraConfig, inject_adapter_in_model  # start-up time: baselines only
+
+    model = _plain_model(backbone, task, config)
+    layer = backbone.decoder_layers()[0]
+    targets = ["q_proj", "v_proj"] if hasattr(layer, "self_attn") else ["c_attn"]
+    rank = options["lora_rank"]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets),
+                            backbone.model)
+    for param_name, param in backbone.model.named_parameters():
+        param.requires_grad_("lora_" in param_name)
+    return Built(MethodName.LORA, model, _save_trainable("lora"))
+
+
+def _adapter(config: TrainConfig, backbone: Backbone, task: TaskData, options: dict) -> Built:
+    model = _plain_model(backbone, task, config)
+    model.add_module("adapters", BottleneckAdapters(backbone, options["adapter_size"], options["adapter_placement"]))
+    return Built(MethodName.ADAPTER, model, _save_trainable("adapter"))
+
+
+def _full(config: TrainConfig, backbone: Backbone, task: TaskData, options: dict) -> Built:
+    model = _plain_model(backbone, task, config)
+    for param in backbone.model.parameters():
+        param.requires_grad_(True)
+    return Built(MethodName.FULL, model, _save_trainable("full"))
+
+
+# Each baseline's builder; the prompt methods are built from the method table (`METHODS`).
+BASELINES: dict[MethodName, Callable[..., Built]] = {
+    MethodName.ZEROSHOT: _zeroshot, MethodName.PROBE: _probe, MethodName.LORA: _lora, MethodName.ADAPTER: _adapter,
+    MethodName.FULL: _full}
+
+
+def build_method(name: MethodName | str, config: TrainConfig, backbone: Backbone, task: TaskData, *,
+                 lora_rank: int = 8, adapter_size: int = 64, adapter_placement: str = "houlsby") -> Built:
+    """The model `name` trains on `backbone` (changed in place for lora/adapter/full: load a fresh one per method)."""
+    method = method_named(getattr(name, "value", name), "method")
     if task.labels is None:
         raise ConfigError("method comparisons are for classification tasks (a label set and a verbaliser)")
-    if name in PROMPT_OPTIONS:
-        model = build_prompted_model(config.replace(**PROMPT_OPTIONS[name]), backbone, task)
-        return Method(name, model, lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
-    kind_of(backbone).require(Capability.BASELINES, f"--methods {name.value}")
-    if name is MethodName.ZEROSHOT:
-        return Method(name, _plain_model(backbone, task, config), None, trains=False)
-    if name is MethodName.PROBE:
-        template = _plain_model(backbone, task, config).template
-        return Method(name, LinearProbe(backbone, template, task.labels, max_length=config.max_length),
-                      _save_trainable("probe"))
-    model = _plain_model(backbone, task, config)
-    if name is MethodName.LORA:
-        from peft import LoraConfig, inject_adapter_in_model  # start-up time: baselines only
-
-        layer = backbone.decoder_layers()[0]
-        targets = ["q_proj", "v_proj"] if hasattr(layer, "self_attn") else ["c_attn"]
-        lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=targets)
-        inject_adapter_in_model(lora, backbone.model)
-        for param_name, param in backbone.model.named_parameters():
-            param.requires_grad_("lora_" in param_name)
-        return Method(name, model, _save_trainable("lora"))
-    if name is MethodName.ADAPTER:
-        model.add_module("adapters", BottleneckAdapters(backbone, adapter_size, adapter_placement))
-        return Method(name, model, _save_trainable("adapter"))
-    for param in backbone.model.parameters():  # FULL
-        param.requires_grad_(True)
-    return Method(name, model, _save_trainable("full"))
+    if method.writes_prompt:
+        model = build_prompted_model(config.replace(method=method.name), backbone, task)
+        return Built(method.name, model, lambda folder, m, extra: save_prompt(folder / "prompt.safetensors", m, **extra))
+    for capability in method.needs:
+        kind_of(backbone).require(capability, f"--methods {method.name.value}")
+    options = {"lora_rank": lora_rank, "adapter_size": adapter_size, "adapter_placement": adapter_placement}
+    return BASELINES[method.name](config, backbone, task, options)
