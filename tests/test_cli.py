@@ -210,11 +210,11 @@ def test_option_groups_nest_and_flat_names_still_work():
     from softprompt.errors import ConfigError
 
     config = TrainConfig(data="x", vpt_deep=True, mpt_rank=2, head_lr=0.01)
-    assert config.vpt == VPTOptions(deep=True) and config.mpt.rank == 2 and config.encoder.head_lr == 0.01
+    assert config.vpt == VPTOptions(deep=True) and config.mpt.rank == 2 and config.head_lr == 0.01
     nested = config.to_dict()
     assert nested["vpt"] == {"deep": True} and nested["mpt"]["rank"] == 2 and "vpt_deep" not in nested
     assert TrainConfig(**nested) == config
-    assert TrainConfig(data="x", vpt={"deep": True}, mpt={"rank": 2}, encoder={"head_lr": 0.01}) == config
+    assert TrainConfig(data="x", vpt={"deep": True}, mpt={"rank": 2}, head_lr=0.01) == config
     assert config.replace(mpt_rank=4).mpt.rank == 4 and config.replace(vpt=VPTOptions()).vpt.deep is False
     for bad, message in (({"vpt": {"deeep": True}}, "unknown option 'vpt.deeep'"), ({"bogus": 1}, "unknown option"),
                          ({"mpt_rank": 0}, "--mpt-rank must be >= 1"), ({"vpt": 3}, "takes a mapping")):

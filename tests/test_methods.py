@@ -3,6 +3,8 @@ builds, trains only what its entry says (at the rates it says), writes exactly i
 scores, counts its parameters as `--dry-run` will, and is refused in one line where a kind or an option does not
 fit. A new entry is checked by adding it to the table."""
 
+import dataclasses
+
 import pytest
 import tiny
 import torch
@@ -43,8 +45,13 @@ def test_the_table_covers_one_enum_and_every_option_it_names_exists():
     assert [m.value for m in TRAIN_METHODS] == ["prompt", "residual", "deep", "dept", "multitask"]
     for method in METHODS.values():
         assert method.summary and method.default_lr >= 0
+        declared = ({f.metadata["flag"] for f in dataclasses.fields(method.option_group.options)}
+                    if method.option_group else set())
+        assert method.options <= declared                                   # it owns options its module declares
         for option in method.options:
             assert option_field(option).default != OWN_VALUES[option]   # declared, and the test's value differs
+        if method.option_group:                                             # composed into TrainConfig as its group
+            assert isinstance(getattr(sp.TrainConfig(data="x"), method.option_group.name), method.option_group.options)
         if method.writes_prompt:
             assert METHODS[method.file_method].file_method is method.file_method  # its file's method reads back
             assert method.tensors and method.from_tensors is not None
@@ -109,8 +116,14 @@ def test_baselines_are_for_compare_and_unknown_names_list_the_choices():
         method_named("bitfit", "--methods")
 
 
-def test_old_configs_with_reparam_still_load():
+def test_old_configs_with_reparam_still_load(tmp_path):
     assert sp.TrainConfig(data="x", reparam="none").method is MethodName.PROMPT
     assert sp.TrainConfig(data="x", reparam="residual").method is MethodName.RESIDUAL
     with pytest.raises(ConfigError, match="reparam: residual is for plain prompts"):
         sp.TrainConfig(data="x", reparam="residual", method="deep")
+    old = tmp_path / "config.yaml"  # a run's config.yaml from before --method residual and the shared --head-lr
+    old.write_text("data: x\nmethod: prompt\nresidual:\n  reparam: residual\n  bottleneck: 8\n"
+                   "encoder:\n  pooling: cls\n  head_lr: 0.02\n")
+    config = sp.TrainConfig.from_sources(old)
+    assert (config.method, config.residual.bottleneck, config.encoder.pooling, config.head_lr) == (
+        MethodName.RESIDUAL, 8, "cls", 0.02)

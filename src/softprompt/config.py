@@ -23,7 +23,12 @@ import yaml
 
 from .data.fields import field_names
 from .errors import ConfigError
+from .declare import option
 from .methods import METHODS, TRAIN_METHODS, MethodName
+from .methods.deep import DeepOptions
+from .methods.dept import DePTOptions
+from .methods.multitask import MultitaskOptions
+from .methods.residual import ResidualOptions
 from .prompts import PromptInit
 from .protocols import TaskType
 from .template import Placement
@@ -66,12 +71,10 @@ class SchedulerName(str, Enum):
 
 # Option groups: the help panels of `softprompt train --help`, the docs' options table, and the sections a YAML
 # config may nest options in (`vpt: {deep: true}` is `vpt_deep: true`).
+# A method's group is declared in its module and named by its `METHODS` entry.
 GROUPS: dict[str, str] = {
     "data": "Backbone and data", "prompt": "Prompt", "optimisation": "Optimisation", "evaluation": "Evaluation",
-    "deep": "Method: deep prompts (--method deep)",
-    "residual": "Method: residual prompt tuning (--method residual)",
-    "dept": "Method: DePT, a shorter prompt + a low-rank offset of the text embeddings (--method dept)",
-    "mpt": "Method: multitask prompt tuning (--method multitask, --init-from a shared prompt)",
+    **{m.option_group.name: m.option_group.title for m in METHODS.values() if m.option_group},
     "encoder": "Kind: encoders with a classification head (minilm-l6)", "vpt": "Kind: ViT (visual prompt tuning)",
     "coop": "Kind: CLIP (CoOp)", "whisper": "Kind: Whisper (speech)", "run": "Run control",
 }
@@ -103,18 +106,18 @@ def resolve_device(device: str, flag: str = "--device") -> torch.device:
     return torch.device(device)
 
 
-def _opt(default: Any, help: str, group: str, flag: str | None = None, cli_text: bool = False) -> Any:
-    """An option, declared once: its default, its help (CLI, docs), its group (help panel, YAML section) and,
-    inside a group, its flat name (`vpt.deep` is `--vpt-deep`, `vpt_deep:` in YAML). `cli_text`: the command line
-    takes it as text and leaves the check to `TrainConfig` (whose choices are narrower than its type's)."""
-    if group not in GROUPS:
-        raise ValueError(f"unknown option group {group!r}")
-    return field(default=default, metadata={"help": help, "group": group, "flag": flag, "cli_text": cli_text})
+_opt = option  # the options every run shares, and the kinds' groups below
 
 
 def _group(options: type, group: str) -> Any:
     """A field holding one group of options (its own frozen dataclass)."""
     return field(default_factory=options, metadata={"group": group, "options": options})
+
+
+def _method_group(name: MethodName) -> Any:
+    """The field of a method's own options, as its `METHODS` entry declares them."""
+    declared = METHODS[name].option_group
+    return _group(declared.options, declared.name)
 
 
 def _type_names() -> dict[str, tuple[type, ...]]:
@@ -164,66 +167,12 @@ def _check_type(name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
-class DeepOptions:
-    """--method deep: how the per-layer key/value prefixes train."""
-
-    reparam: int = _opt(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
-                           "prefixes when saved (0 = off).", "deep", flag="deep_reparam")
-
-
-@dataclass(frozen=True)
-class ResidualOptions:
-    """--method residual: the prompt trains through a residual bottleneck MLP, folded into plain vectors at save."""
-
-    bottleneck: int = _opt(400, "--method residual: width of the MLP's bottleneck (trained only; the saved prompt "
-                                "holds no MLP).", "residual", flag="residual_bottleneck")
-    dropout: float = _opt(0.1, "--method residual: dropout on the MLP's output while training.", "residual",
-                          flag="residual_dropout")
-
-
-@dataclass(frozen=True)
-class DePTOptions:
-    """--method dept: the prompt (--num-virtual-tokens, default 10) and the low-rank offset's rank and rate."""
-
-    rank: int | None = _opt(None, "--method dept: rank r of the offset A·B (A: --max-length x r, B: r x hidden "
-                                  "size); default: the largest with m·d + r·(s + d) <= 20·d, a 20-token prompt's "
-                                  "parameter count (m prompt tokens, s = --max-length, d = hidden size).",
-                            "dept", flag="dept_rank")
-    lr: float = _opt(1e-4, "--method dept: peak learning rate of the low-rank offset (the prompt's is --lr; the "
-                           "offset moves every text token, so it trains more slowly).", "dept", flag="dept_lr")
-
-
-@dataclass(frozen=True)
-class MultitaskOptions:
-    """Multitask prompt tuning: stage 1 (--method multitask) and stage 2 (--init-from a shared prompt)."""
-
-    tasks: str | None = _opt(None, "--method multitask: the source tasks, name=data,name=data (built-in names or "
-                                   "folders).", "mpt", flag="tasks")
-    rank: int = _opt(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).",
-                     "mpt", flag="mpt_rank")
-    train_shared: bool = _opt(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
-                                     "too, not only the new task's factor.", "mpt", flag="mpt_train_shared")
-    teachers: str | None = _opt(None, "--method multitask: distil each source task from its single-task prompt, "
-                                      "name=PROMPT.safetensors,... (files from `softprompt train` on the same "
-                                      "backbone; tasks not named train on their labels only).",
-                                "mpt", flag="mpt_teachers")
-    distill_weight: float = _opt(1.0, "--mpt-teachers: weight of the distillation term (KL from the teacher's "
-                                      "class distribution) added to each task's cross-entropy.",
-                                 "mpt", flag="mpt_distill_weight")
-    distill_temperature: float = _opt(2.0, "--mpt-teachers: softmax temperature of teacher and student class "
-                                           "scores in the distillation term (the term is scaled by T^2).",
-                                      "mpt", flag="mpt_distill_temperature")
-
-
-@dataclass(frozen=True)
 class EncoderOptions:
-    """Encoders without a vocabulary head (a trained classification head) and linear probes."""
+    """Encoders without a vocabulary head: a trained classification head."""
 
     pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
                                 "mean of the final states (mean) or the first token's (cls).",
                         "encoder", flag="pooling")
-    head_lr: float | None = _opt(None, "Peak learning rate of a classification head (encoders without a vocabulary "
-                                       "head, linear probes); default --lr.", "encoder", flag="head_lr")
 
 
 @dataclass(frozen=True)
@@ -299,6 +248,9 @@ class TrainConfig:
                                        "and method, its length; --init is then unused.", "prompt")
     optimizer: OptimizerName = _opt(OptimizerName.ADAMW, "adamw or adafactor.", "optimisation")
     lr: float = _opt(3e-2, "Peak learning rate of the prompt.", "optimisation")
+    head_lr: float | None = _opt(None, "Peak learning rate of any trained classification head (encoders without a "
+                                       "vocabulary head, ViT and Whisper heads, linear probes); default --lr.",
+                                 "optimisation")
     weight_decay: float = _opt(0.0, "Weight decay on the prompt.", "optimisation")
     warmup_ratio: float = _opt(0.06, "Fraction of steps with a linear warmup.", "optimisation")
     scheduler: SchedulerName = _opt(SchedulerName.COSINE, "Learning-rate schedule after warmup.", "optimisation")
@@ -345,10 +297,11 @@ class TrainConfig:
                                      "or 4bit (bitsandbytes, CUDA). The prompt stays fp32.", "run")
 
     # Each method's and kind's own options, one group each (`config.vpt.deep`; flags and YAML keep `vpt_deep`).
-    deep: DeepOptions = _group(DeepOptions, "deep")
-    residual: ResidualOptions = _group(ResidualOptions, "residual")
-    dept: DePTOptions = _group(DePTOptions, "dept")
-    mpt: MultitaskOptions = _group(MultitaskOptions, "mpt")
+    # The methods' groups are declared in their modules (methods/deep.py...) and composed here.
+    residual: ResidualOptions = _method_group(MethodName.RESIDUAL)
+    deep: DeepOptions = _method_group(MethodName.DEEP)
+    dept: DePTOptions = _method_group(MethodName.DEPT)
+    mpt: MultitaskOptions = _method_group(MethodName.MULTITASK)
     encoder: EncoderOptions = _group(EncoderOptions, "encoder")
     vpt: VPTOptions = _group(VPTOptions, "vpt")
     coop: CoOpOptions = _group(CoOpOptions, "coop")
@@ -406,16 +359,15 @@ class TrainConfig:
             elif value is not None:
                 object.__setattr__(self, name, tuple(value))
         for method in METHODS.values():
-            for option in sorted(method.options - METHODS[self.method].options):
-                if self.option(option) != option_field(option).default:
-                    flag = "--" + option.replace("_", "-")
+            for name in sorted(method.options - METHODS[self.method].options):
+                if self.option(name) != option_field(name).default:
+                    flag = "--" + name.replace("_", "-")
                     raise ConfigError(f"{flag} applies to --method {method.name.value} ({method.summary}); this run "
                                       f"trains --method {self.method.value}: drop {flag} or give --method "
                                       f"{method.name.value}")
         checks = [
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.encoder.head_lr is None or self.encoder.head_lr > 0,
-             f"--head-lr must be > 0, got {self.encoder.head_lr}"),
+            (self.head_lr is None or self.head_lr > 0, f"--head-lr must be > 0, got {self.head_lr}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
             (0 <= self.seed <= SEED_MAX, f"--seed must be in 0..{SEED_MAX:,} (2**32 - 1), got {self.seed}"),
@@ -625,3 +577,16 @@ def option_hint(name: str) -> Any:
     """An option's type, by its flat name."""
     group, inner = FLAT_OPTIONS[name]
     return typing.get_type_hints(GROUP_FIELDS[group] if group is not None else TrainConfig)[inner]
+
+
+def _check_declarations() -> None:
+    """Every option's group has a title in GROUPS, and a group's field is named as its group (`config.deep`)."""
+    for name in FLAT_OPTIONS:
+        if option_field(name).metadata["group"] not in GROUPS:
+            raise ValueError(f"option {name}: group {option_field(name).metadata['group']!r} has no title in GROUPS")
+    for f in dataclasses.fields(TrainConfig):
+        if "options" in f.metadata and f.name != f.metadata["group"]:
+            raise ValueError(f"TrainConfig.{f.name} holds group {f.metadata['group']!r}: name the field as its group")
+
+
+_check_declarations()

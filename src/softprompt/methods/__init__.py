@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from ..declare import OptionGroup
 from ..errors import ConfigError, PromptFileError
 from ..protocols import Capability
 from . import deep, dept, multitask, plain, residual
@@ -63,7 +64,8 @@ class Method:
     summary: str
     default_lr: float                          # suits the method at this scale (its literature); --lr overrides
     needs: frozenset[Capability] = frozenset()  # asked of the backbone's kind
-    options: frozenset[str] = frozenset()       # flat names of the options only it reads
+    options: frozenset[str] = frozenset()       # flat names of the options only it reads (refused elsewhere)
+    option_group: OptionGroup | None = None     # its options' declarations (`config.dept`, --dept-*)
     trains_weights: bool = False                # trains backbone weights (fp32 master copies; compare's baselines)
     # Prompt methods (None for the baselines, which write their own artefact and no prompt file):
     file_method: "MethodName | None" = None      # the `method` its prompt file records (residual: prompt, folded)
@@ -105,20 +107,23 @@ METHODS: dict[MethodName, Method] = {m.name: m for m in (
            parameters=plain.parameters, continues_as=frozenset({"prompt", "residual"})),
     Method(MethodName.RESIDUAL, "a prompt trained through a residual MLP, saved folded into plain vectors", 3e-2,
            needs=frozenset({Capability.RESIDUAL}), options=frozenset({"residual_bottleneck", "residual_dropout"}),
+           option_group=residual.OPTIONS,
            file_method=MethodName.PROMPT, tensors=plain.TENSORS, start=residual.start,
            from_tensors=plain.from_tensors, parameters=residual.parameters, card=residual.card),
     Method(MethodName.DEEP, "trainable key/value prefixes at every layer (prefix tuning / P-tuning v2)", 1e-2,
-           needs=frozenset({Capability.DEEP}), options=frozenset({"deep_reparam"}), file_method=MethodName.DEEP,
+           needs=frozenset({Capability.DEEP}), options=frozenset({"deep_reparam"}),
+           option_group=deep.OPTIONS, file_method=MethodName.DEEP,
            tensors=deep.TENSORS, in_input=False, start=deep.start, from_tensors=deep.from_tensors,
            parameters=deep.parameters, continues_as=frozenset({"deep"})),
     Method(MethodName.DEPT, "a shorter prompt + a low-rank offset of the text tokens' embeddings (DePT)", 3e-2,
-           needs=frozenset({Capability.DEPT}), options=frozenset({"dept_rank", "dept_lr"}),
+           needs=frozenset({Capability.DEPT}), options=frozenset({"dept_rank", "dept_lr"}), option_group=dept.OPTIONS,
            file_method=MethodName.DEPT, tensors=dept.TENSORS, default_tokens=dept.DEFAULT_TOKENS, start=dept.start,
            from_tensors=dept.from_tensors, own_rates={name: "dept_lr" for name in dept.OFFSET_PARAMETERS},
            parameters=dept.parameters, continues_as=frozenset({"dept"}), card=dept.card),
     Method(MethodName.MULTITASK, "a shared prompt + per-task low-rank factors over --tasks (MPT stage 1)", 3e-2,
            needs=frozenset({Capability.MULTITASK}),
            options=frozenset({"tasks", "mpt_teachers", "mpt_distill_weight", "mpt_distill_temperature"}),
+           option_group=multitask.OPTIONS,  # mpt_rank and mpt_train_shared: stage 2, a --method prompt run
            file_method=MethodName.MULTITASK, tensors=multitask.TENSORS, more_tensors=True, many_tasks=True, from_tensors=multitask.from_tensors,
            parameters=plain.parameters, continues_as=frozenset({"prompt"}), adapt=multitask.adapt),
     Method(MethodName.LORA, "low-rank updates of the attention query/value projections (PEFT)", 1e-3,

@@ -3,13 +3,25 @@ keys and values prepended at every layer; the input sequence itself gets no soft
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from ..declare import OptionGroup, option
 from ..errors import ConfigError
 
+
+@dataclass(frozen=True)
+class DeepOptions:
+    """--method deep: how the per-layer key/value prefixes train."""
+
+    reparam: int = option(0, "--method deep: train the prefixes through an MLP of this width, folded into plain "
+                             "prefixes when saved (0 = off).", "deep", flag="deep_reparam")
+
+
+OPTIONS = OptionGroup("deep", "Method: deep prompts (--method deep)", DeepOptions)
 TENSORS = ("prefix_keys", "prefix_values")
 
 

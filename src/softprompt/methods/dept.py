@@ -3,14 +3,31 @@ tokens' input embeddings, trained at its own rate (--dept-lr)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from ..declare import OptionGroup, option
 from ..errors import ConfigError
 
+
+@dataclass(frozen=True)
+class DePTOptions:
+    """--method dept: the prompt (--num-virtual-tokens, default 10) and the low-rank offset's rank and rate."""
+
+    rank: int | None = option(None, "--method dept: rank r of the offset A·B (A: --max-length x r, B: r x hidden "
+                                    "size); default: the largest with m·d + r·(s + d) <= 20·d, a 20-token prompt's "
+                                    "parameter count (m prompt tokens, s = --max-length, d = hidden size).",
+                              "dept", flag="dept_rank")
+    lr: float = option(1e-4, "--method dept: peak learning rate of the low-rank offset (the prompt's is --lr; the "
+                             "offset moves every text token, so it trains more slowly).", "dept", flag="dept_lr")
+
+
+OPTIONS = OptionGroup("dept", "Method: DePT, a shorter prompt + a low-rank offset of the text embeddings "
+                      "(--method dept)", DePTOptions)
 TENSORS = ("prompt_embeddings", "text_offset_a", "text_offset_b")
 DEFAULT_TOKENS = 10  # half a default prompt; the other half's parameters go to the offset
 BUDGET_TOKENS = 20   # the rank fills a plain prompt of this many tokens' parameter count

@@ -4,13 +4,40 @@ Stage 2 starts a `--method prompt` run from that file: a fresh factor on the sha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from ..declare import OptionGroup, option
 from ..errors import ConfigError
 
+
+@dataclass(frozen=True)
+class MultitaskOptions:
+    """Multitask prompt tuning: stage 1 (--method multitask) and stage 2 (--init-from a shared prompt)."""
+
+    tasks: str | None = option(None, "--method multitask: the source tasks, name=data,name=data (built-in names or "
+                                     "folders).", "mpt", flag="tasks")
+    rank: int = option(1, "Multitask prompt tuning: rank of each task's factor (stage 1 and stage 2).",
+                       "mpt", flag="mpt_rank")
+    train_shared: bool = option(False, "Stage 2 (--init-from a multitask shared prompt): train the shared prompt "
+                                       "too, not only the new task's factor.", "mpt", flag="mpt_train_shared")
+    teachers: str | None = option(None, "--method multitask: distil each source task from its single-task prompt, "
+                                        "name=PROMPT.safetensors,... (files from `softprompt train` on the same "
+                                        "backbone; tasks not named train on their labels only).",
+                                  "mpt", flag="mpt_teachers")
+    distill_weight: float = option(1.0, "--mpt-teachers: weight of the distillation term (KL from the teacher's "
+                                        "class distribution) added to each task's cross-entropy.",
+                                   "mpt", flag="mpt_distill_weight")
+    distill_temperature: float = option(2.0, "--mpt-teachers: softmax temperature of teacher and student class "
+                                             "scores in the distillation term (the term is scaled by T^2).",
+                                        "mpt", flag="mpt_distill_temperature")
+
+
+OPTIONS = OptionGroup("mpt", "Method: multitask prompt tuning (--method multitask, --init-from a shared "
+                      "prompt)", MultitaskOptions)
 TENSORS = ("shared_prompt",)  # + each source task's factors
 
 

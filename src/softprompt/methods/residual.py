@@ -13,12 +13,27 @@ have a far smaller norm: the init would be lost in the first forward pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..declare import OptionGroup, option
 from ..errors import ConfigError
 from ..prompts import SoftPrompt
+
+
+@dataclass(frozen=True)
+class ResidualOptions:
+    """--method residual: the prompt trains through a residual bottleneck MLP, folded into plain vectors at save."""
+
+    bottleneck: int = option(400, "--method residual: width of the MLP's bottleneck (trained only; the saved prompt "
+                                  "holds no MLP).", "residual", flag="residual_bottleneck")
+    dropout: float = option(0.1, "--method residual: dropout on the MLP's output while training.", "residual",
+                            flag="residual_dropout")
+
+
+OPTIONS = OptionGroup("residual", "Method: residual prompt tuning (--method residual)", ResidualOptions)
 
 
 class ResidualPrompt(nn.Module):

@@ -74,7 +74,7 @@ def _param_groups(config: TrainConfig, named: list[tuple[str, torch.Tensor]]) ->
 
     def own_rate(name: str) -> float | None:
         if name.startswith("head."):
-            return config.encoder.head_lr
+            return config.head_lr
         option = own_rates.get(name.rpartition(".")[2])
         return config.option(option) if option else None
 
