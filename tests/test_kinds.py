@@ -22,7 +22,7 @@ from softprompt.errors import ConfigError
 from softprompt.evaluation import predict_scores
 from softprompt.inference.bank import PromptBank
 from softprompt.kinds import KINDS, CapabilityError, build_prompted_model, kind_of, load_prompted_model
-from softprompt.protocols import BackboneKind, Capability, PromptedTask
+from softprompt.protocols import BackboneKind, Capability, DecodesItself, MixedBatchTask, PromptedTask, ServedTask
 from softprompt.serve import ServeSettings, create_app
 
 TEXT = [{"text": t, "label": label} for t, label in SENTIMENT]
@@ -112,6 +112,10 @@ def test_train_save_load_eval_predict_info(kind, trained, capsys):
     assert result.steps == 2 and result.prompt_path.is_file()
     model = load_prompted_model(result.prompt_path, backbone)
     assert isinstance(model, PromptedTask) and kind_of(model).name is kind
+    # the protocols a kind's capabilities promise are the ones its model implements
+    assert isinstance(model, ServedTask) == KINDS[kind].can(Capability.SERVE)
+    assert isinstance(model, MixedBatchTask) or not KINDS[kind].can(Capability.MIXED_BATCH)
+    assert isinstance(model, DecodesItself) == (kind is BackboneKind.SEQ2SEQ)  # the causal path decodes the rest
     assert model.input_fields == task.text_fields and tuple(model.labels) == task.labels
     rows = [{f: r[f] for f in task.text_fields} for r in task.test]
     batch = {k: v.to(backbone.device) for k, v in model.make_batch(rows, None).items()}

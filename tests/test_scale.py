@@ -241,3 +241,11 @@ def test_int8_groups_keep_a_large_weight_from_coarsening_its_whole_row():
     x = torch.randn(4, 2 * GROUP_SIZE, requires_grad=True)
     torch.testing.assert_close(held(x), x @ held.weight.t() + linear.bias, rtol=1e-5, atol=1e-5)
     assert Int8Linear(torch.nn.Linear(100, 2)).scale.shape == (2, 1)  # 128 does not divide 100: one per row
+
+
+def test_dry_run_on_a_kind_without_estimates_is_refused_in_one_line(tmp_path, capsys):
+    folder = tiny.save_tiny_encoder(tmp_path / "bert", "bert")
+    code = main(["train", "--model", folder, "--data", "rotten_tomatoes", "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (the tiny model's save may print above it)
+    assert code == 2 and err.startswith("softprompt: error: --model")
+    assert "does not support memory estimates before loading (train --dry-run)" in err and "encoder" in err, err

@@ -12,7 +12,8 @@ benchmarks/quality/results/scale_curve/<task>-<model>/.
 
     python benchmarks/quality/scale_curve.py [--steps 30] [--batch-size 8] [--only rotten_tomatoes] [--quick] [--report]
 
-Takes ~80 min on 2 CPU cores for `rotten_tomatoes` (the 1.5B cell ~45 min), ~75 min for `bbc_news` without the 1.5B cell.
+Takes ~80 min on 2 CPU cores for `rotten_tomatoes` (the 1.5B cell ~45 min), ~120 min for `bbc_news` (the 1.5B cell
+~45 min).
 """
 
 from __future__ import annotations

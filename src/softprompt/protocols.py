@@ -90,6 +90,8 @@ class Capability(str, Enum):
     PEFT_EXPORT = "PEFT interop (softprompt export / import-peft)"
     BASELINES = "weight-training baselines (softprompt compare --methods lora,adapter,full,probe,zeroshot)"
     GRADIENT_CHECKPOINTING = "gradient checkpointing (--gradient-checkpointing)"
+    DRY_RUN = "memory estimates before loading (train --dry-run)"
+    SPLIT_PASSES = "long batches split into passes of fewer rows (--pass-tokens)"
 
 
 @runtime_checkable
@@ -153,3 +155,55 @@ class ServedTask(PromptedTask, Protocol):
 
     def row_columns(self, fields: Mapping[str, str]) -> int:
         """Backbone columns one row of these fields costs (the batcher's budget)."""
+
+
+@runtime_checkable
+class CachesPromptPrefix(Protocol):
+    """A prompted model whose leading prompt columns run once into a key/value cache that later rows reuse (a
+    bank shares one memory budget among such caches)."""
+
+    cache_budget: Any             # inference.cache_budget.PromptCacheBudget | None
+
+    def cache_plan(self) -> tuple[int, int]:
+        """(row columns the cached prefix replaces, cache columns); (0, 0) when there is no cached prefix."""
+
+    def prompt_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prompt prefix's keys/values per layer (computed once, then reused)."""
+
+    def drop_prompt_cache(self) -> None:
+        """Forget the cached prefix (a bank's cache budget evicting it); the next use recomputes it."""
+
+
+@runtime_checkable
+class MixedBatchTask(ServedTask, CachesPromptPrefix, Protocol):
+    """What a mixed-prompt batch (`inference/batch.py`) and generation read from a prompted model whose kind has
+    `Capability.MIXED_BATCH`: its encoder and label words, its prompt's vectors (and text offsets), and its
+    cached prompt prefix. The batch embeds many prompts' rows at once; every score goes through the one scorer
+    (`scoring.label_word_scores`), as the model's own `class_scores` does."""
+
+    encoder: Any                  # template.TemplateEncoder: rows -> token ids and the soft-index plan
+    verbalizer: Any               # verbalizer.Verbalizer | None (generation)
+    word_ids: list[list[int]]     # each label word's token ids, in verbaliser order
+    max_word_tokens: int
+    use_prompt_cache: bool
+
+    @property
+    def offsets_text(self) -> bool:
+        """Whether the prompt also shifts its text tokens' embeddings (DePT: `prompt.text_offsets`)."""
+
+    @property
+    def cached_text_columns(self) -> int:
+        """Text columns inside the cached prefix (where the text after it continues the offsets' positions)."""
+
+    def hidden(self, batch: Mapping[str, torch.Tensor], past_key_values: Any = None,
+               use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+        """Hidden states (B, T, d) of whole rows, and their key/value cache when `use_cache`."""
+
+
+@runtime_checkable
+class DecodesItself(Protocol):
+    """A prompted model that generates through its own decoder, greedily (an encoder-decoder), instead of the
+    causal path's `inference.generate` (sampling, stop strings, a shared key/value cache)."""
+
+    def generate(self, inputs: Sequence[str | Mapping[str, Any]], *, max_new_tokens: int = 32) -> list[str]:
+        """The generated text per input (a bare string fills the single input field)."""

@@ -16,7 +16,7 @@ from ..formats import atomic_write, check_output_path
 from ..inference import generate
 from ..progress import bar as progress_bar
 from ..progress import stage_line
-from ..protocols import TaskType
+from ..protocols import DecodesItself, TaskType
 from . import app
 from .common import LoadIn, load_for_inference
 
@@ -74,7 +74,7 @@ def predict(
         for record in _classify(prompted, rows):
             print(json.dumps(record) if as_json else record["label"])
         return
-    if hasattr(prompted, "generate"):  # an encoder-decoder generates through its own decoder (greedy)
+    if isinstance(prompted, DecodesItself):  # an encoder-decoder generates through its own decoder (greedy)
         if do_sample or stop:
             raise ConfigError("--sample and --stop are for causal-LM prompts; an encoder-decoder prompt decodes greedily")
         for text in prompted.generate(rows, max_new_tokens=max_new_tokens):
@@ -98,7 +98,7 @@ def _label_file(prompted, rows: list[dict], output: Path | None, **generation) -
     if prompted.task is TaskType.CLASSIFICATION:
         results = _classify(prompted, rows, progress=True)
     else:
-        if hasattr(prompted, "generate"):
+        if isinstance(prompted, DecodesItself):
             texts = prompted.generate(rows, max_new_tokens=generation["max_new_tokens"])
         else:
             texts = []

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError, SoftPromptError
 from ..kinds import kind_of, load_prompted_model
-from ..protocols import Backbone, Capability, PromptedTask, TaskType
+from ..protocols import Backbone, CachesPromptPrefix, Capability, PromptedTask, TaskType
 from .batch import Classification, Generation, Request
 from .cache_budget import PromptCacheBudget
 from .engine import run_in_groups
@@ -55,7 +55,7 @@ class PromptBank:
             raise ConfigError(f"prompt '{name}' is bound to another backbone object than this bank's")
         kind_of(model).require(Capability.SERVE, f"prompt '{name}'")
         model.eval()
-        if hasattr(model, "drop_prompt_cache"):  # a model with a reusable prefix cache shares the bank's budget
+        if isinstance(model, CachesPromptPrefix):  # a model with a reusable prefix cache shares the bank's budget
             model.cache_budget = self.cache_budget
             if model.cache_plan()[1] and self.cache_budget.has_room():
                 with torch.no_grad():  # computed now, while there is room: its first rows do not wait for it

@@ -1,7 +1,7 @@
 """Mixed-prompt batches: rows of different prompts, classification and generation, in one backbone pass.
 
 Each row is encoded by its own prompt's template. Rows whose template starts with soft tokens do not run
-those columns: their keys/values come from the prompt's cached prefix (`PromptedModel.prompt_cache`, computed
+those columns: their keys/values come from the prompt's cached prefix (`MixedBatchTask.prompt_cache`, computed
 once per prompt), right-aligned into one left-padded prefix block; the rest of the row continues at the
 positions after its prefix. Soft tokens later in a template index one table of the batch's prompt vectors.
 Classification rows are scored from the prefill (label words of several tokens: each row's context cache is
@@ -24,8 +24,7 @@ from typing import Callable, Literal, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from ..kinds.causal_lm.model import PromptedModel
-from ..protocols import Backbone, TaskType
+from ..protocols import Backbone, MixedBatchTask, TaskType
 from ..scoring import backbone_autocast, label_word_scores, place_soft_tokens, text_positions
 from ..template import Encoded, left_pad
 
@@ -53,7 +52,7 @@ class Request:
     row's client has gone: a generating row then stops at its next token.
     """
 
-    model: PromptedModel
+    model: MixedBatchTask
     inputs: Mapping[str, str] | str
     task: Literal["classify", "generate"] = "classify"
     max_new_tokens: int = 32
@@ -79,7 +78,7 @@ class Generation:
     completion_tokens: int
 
 
-def fields_of(model: PromptedModel, inputs: Mapping[str, str] | str) -> Mapping[str, str]:
+def fields_of(model: MixedBatchTask, inputs: Mapping[str, str] | str) -> Mapping[str, str]:
     """A request's input as template fields; a plain string fills the template's first input field."""
     fields = model.input_fields
     if isinstance(inputs, str):
@@ -96,7 +95,7 @@ def fields_of(model: PromptedModel, inputs: Mapping[str, str] | str) -> Mapping[
 class BatchRow:
     """One backbone row: the part after the cached prefix, and that prefix's columns in the cache (0 = none)."""
 
-    model: PromptedModel
+    model: MixedBatchTask
     rest: Encoded
     prefix: int
 
@@ -116,7 +115,7 @@ class Decoding:
         return Generation(self.text, self.finish or "length", self.prompt_tokens, len(self.ids))
 
 
-def split_cached_prefix(model: PromptedModel, encoded: Encoded) -> BatchRow:
+def split_cached_prefix(model: MixedBatchTask, encoded: Encoded) -> BatchRow:
     """A request's encoded row as the batch runs it: the columns its prompt's cached prefix replaces are dropped
     (the cache holds them), keeping at least one column to read the next token from."""
     skip, width = model.cache_plan()
@@ -233,7 +232,7 @@ def _prefill(backbone: Backbone, rows: Sequence[BatchRow], want_cache: bool):
 
 
 def _offset_text(rows: Sequence[BatchRow], tokens: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Add each DePT prompt's low-rank offsets to its rows' text tokens, as `PromptedModel.embed` does; a row
+    """Add each DePT prompt's low-rank offsets to its rows' text tokens, as the model's own `embed` does; a row
     after a cached prefix continues the text positions from the prefix's own text columns (its BOS)."""
     groups: dict[int, list[int]] = {}
     for index, row in enumerate(rows):

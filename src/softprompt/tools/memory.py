@@ -20,11 +20,11 @@ import torch
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, builtin_backbone_dir, builtin_folder, resolve_precision
-from ..kinds import detect_kind
+from ..kinds import KINDS, detect_kind
 from ..kinds.int8 import int8_bytes
 from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of
 from ..methods import DEFAULT_NUM_VIRTUAL_TOKENS, METHODS, Shape
-from ..protocols import BackboneKind
+from ..protocols import Capability
 
 GIB = 1024 ** 3
 
@@ -141,9 +141,7 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     dtype = resolve_precision(config.precision.value, device)
     folder = _model_folder(config.model)
     hf_config = AutoConfig.from_pretrained(folder)
-    kind = detect_kind(hf_config)
-    if kind is not BackboneKind.CAUSAL_LM:
-        raise ConfigError(f"--dry-run estimates causal-LM backbones; --model {config.model} is of kind {kind.value}")
+    KINDS[detect_kind(hf_config)].require(Capability.DRY_RUN, f"--model {config.model}")
     tokens = config.max_length + (config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS)  # rows at --max-length
     # load_backbone: SDPA off the CPU; on the CPU eager attention, switched to SDPA for long sequences
     fused = torch.device(device).type != "cpu" or tokens >= SDPA_FROM_KEYS

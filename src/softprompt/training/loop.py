@@ -32,7 +32,7 @@ from ..kinds.text import resolved_placement
 from ..progress import bar as progress_bar
 from ..progress import stage_line
 from ..methods import METHODS
-from ..protocols import Backbone, BackboneKind, Capability, PromptedTask, TaskType
+from ..protocols import Backbone, Capability, PromptedTask, TaskType
 from .card import model_card
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
 from .distributed import Processes, setup_processes
@@ -224,9 +224,8 @@ def batch_passes(model: PromptedTask, rows: list, batch: dict, budget: int, labe
     (classification), its target tokens for a token-mean one (generation), so the summed gradient is the whole
     batch's. Long rows then keep activation memory bounded, and run faster (benchmarks/training/scaling.py)."""
     ids = batch.get("input_ids")
-    backbone = getattr(model, "backbone", None)
     if (not budget or len(rows) < 2 or not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.numel() <= budget
-            or getattr(backbone, "kind", None) is not BackboneKind.CAUSAL_LM):
+            or not kind_of(model).can(Capability.SPLIT_PASSES)):
         return [(batch, 1.0)]
     size = math.ceil(len(rows) / min(len(rows), math.ceil(ids.numel() / budget)))
     parts = [model.make_batch(rows[i:i + size], label_field) for i in range(0, len(rows), size)]
