@@ -21,7 +21,21 @@ class PromptInit(str, Enum):
     LABELS = "labels"   # label-word embeddings first, the rest sampled from the vocabulary
 
 
-class SoftPrompt(nn.Module):
+class InputVectors:
+    """The sizes of a prompt whose `embeddings` (n, d) all sit in the input sequence."""
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.embeddings.shape[0]
+
+    num_input_tokens = num_virtual_tokens  # every virtual token sits in the input sequence
+
+    @property
+    def hidden_size(self) -> int:
+        return self.embeddings.shape[1]
+
+
+class SoftPrompt(InputVectors, nn.Module):
     """`num_virtual_tokens x hidden_size` trainable embeddings, kept in fp32 whatever the backbone's dtype.
 
     Examples:
@@ -38,15 +52,6 @@ class SoftPrompt(nn.Module):
             raise ConfigError(f"prompt embeddings must be [num_virtual_tokens, hidden_size], got {tuple(embeddings.shape)}")
         self.embeddings = nn.Parameter(embeddings.detach().to(torch.float32).clone())
 
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.embeddings.shape[0]
-
-    num_input_tokens = num_virtual_tokens  # every virtual token sits in the input sequence
-
-    @property
-    def hidden_size(self) -> int:
-        return self.embeddings.shape[1]
 
     def forward(self) -> torch.Tensor:
         return self.embeddings  # (n, d)

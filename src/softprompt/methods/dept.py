@@ -12,6 +12,7 @@ from torch import nn
 
 from ..declare import OptionGroup, option
 from ..errors import ConfigError
+from ..prompts import InputVectors
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def dept_rank(num_virtual_tokens: int, hidden_size: int, max_positions: int,
     return max(0, room // (max_positions + hidden_size))
 
 
-class DecomposedPrompt(nn.Module):
+class DecomposedPrompt(InputVectors, nn.Module):
     """DePT (Shi & Lipani, ICLR 2024): a shorter soft prompt plus a low-rank update A·B of the text tokens'
     input embeddings, position by position (A: max_positions x r, B: r x d).
 
@@ -79,15 +80,6 @@ class DecomposedPrompt(nn.Module):
         return cls(embeddings, offset_a.to(embeddings.device),
                    torch.zeros(rank, embeddings.shape[1], device=embeddings.device))
 
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.embeddings.shape[0]
-
-    num_input_tokens = num_virtual_tokens
-
-    @property
-    def hidden_size(self) -> int:
-        return self.embeddings.shape[1]
 
     @property
     def rank(self) -> int:

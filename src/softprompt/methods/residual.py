@@ -20,7 +20,7 @@ from torch import nn
 
 from ..declare import OptionGroup, option
 from ..errors import ConfigError
-from ..prompts import SoftPrompt
+from ..prompts import InputVectors, SoftPrompt
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ResidualOptions:
 OPTIONS = OptionGroup("residual", "Method: residual prompt tuning (--method residual)", ResidualOptions)
 
 
-class ResidualPrompt(nn.Module):
+class ResidualPrompt(InputVectors, nn.Module):
     """A prompt trained through a residual bottleneck MLP, folded into a plain prompt when saved.
 
     Examples:
@@ -63,15 +63,6 @@ class ResidualPrompt(nn.Module):
         nn.init.zeros_(self.norm.bias)
         self.dropout = dropout
 
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.embeddings.shape[0]
-
-    num_input_tokens = num_virtual_tokens
-
-    @property
-    def hidden_size(self) -> int:
-        return self.embeddings.shape[1]
 
     def _project(self, training: bool) -> torch.Tensor:
         branch = self.norm(self.up(F.relu(self.down(self.embeddings))))            # (n, d)
