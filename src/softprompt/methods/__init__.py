@@ -124,8 +124,8 @@ METHODS: dict[MethodName, Method] = {m.name: m for m in (
            needs=frozenset({Capability.MULTITASK}),
            options=frozenset({"tasks", "mpt_teachers", "mpt_distill_weight", "mpt_distill_temperature"}),
            option_group=multitask.OPTIONS,  # mpt_rank and mpt_train_shared: stage 2, a --method prompt run
-           file_method=MethodName.MULTITASK, tensors=multitask.TENSORS, more_tensors=True, many_tasks=True, from_tensors=multitask.from_tensors,
-           parameters=plain.parameters, continues_as=frozenset({"prompt"}), adapt=multitask.adapt),
+           file_method=MethodName.MULTITASK, tensors=multitask.TENSORS, more_tensors=True, many_tasks=True,
+           from_tensors=multitask.from_tensors, parameters=plain.parameters, continues_as=frozenset({"prompt"}), adapt=multitask.adapt),
     Method(MethodName.LORA, "low-rank updates of the attention query/value projections (PEFT)", 1e-3,
            needs=frozenset(_BASELINES), trains_weights=True),
     Method(MethodName.ADAPTER, "bottleneck adapters after the attention and feed-forward blocks", 1e-3,
