@@ -68,7 +68,7 @@ class Method:
     option_group: OptionGroup | None = None     # its options' declarations (`config.dept`, --dept-*)
     trains_weights: bool = False                # trains backbone weights (fp32 master copies; compare's baselines)
     # Prompt methods (None for the baselines, which write their own artefact and no prompt file):
-    file_method: "MethodName | None" = None      # the `method` its prompt file records (residual: prompt, folded)
+    file_method: MethodName | None = None      # the `method` its prompt file records (residual: prompt, folded)
     tensors: tuple[str, ...] = ()               # tensors its prompt file holds
     more_tensors: bool = False                  # the file holds more of its own (multitask: each task's factors)
     in_input: bool = True                       # its virtual tokens sit in the input (deep: in every layer)

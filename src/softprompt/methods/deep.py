@@ -84,7 +84,7 @@ class DeepPrompt(nn.Module):
     def forward(self) -> torch.Tensor:
         return self._pair()[0].new_zeros(0, self.hidden_size)  # no input-level soft tokens
 
-    def folded(self) -> "DeepPrompt":
+    def folded(self) -> DeepPrompt:
         """Plain prefixes with the MLP applied (the same prefixes, without the MLP's parameters)."""
         with torch.no_grad():
             keys, values = self._pair()

@@ -3,8 +3,8 @@ tokens' input embeddings, trained at its own rate (--dept-lr)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -73,7 +73,7 @@ class DecomposedPrompt(InputVectors, nn.Module):
 
     @classmethod
     def initial(cls, embeddings: torch.Tensor, max_positions: int, rank: int,
-                generator: torch.Generator | None = None) -> "DecomposedPrompt":
+                generator: torch.Generator | None = None) -> DecomposedPrompt:
         """A fresh DePT prompt: A uniform in +-1/sqrt(r) (LoRA's init), B zero."""
         bound = 1.0 / math.sqrt(rank)
         offset_a = (torch.rand(max_positions, rank, generator=generator) * 2 - 1) * bound

@@ -14,6 +14,7 @@ have a far smaller norm: the init would be lost in the first forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
