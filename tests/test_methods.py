@@ -68,7 +68,7 @@ def test_each_prompt_method_trains_what_it_declares_and_loads_back_to_the_same_s
     model = result.model
     trained = dict(trainable_parameters(model))
     layers, heads, head_dim = tiny_llama.kv_layout()
-    shape = Shape(tiny_llama.hidden_size, layers, heads, head_dim, config.max_length)
+    shape = Shape(tiny_llama.hidden_size, layers, heads, head_dim)
     assert sum(p.numel() for p in trained.values()) == method.parameters(config, shape, 4)  # what --dry-run counts
     groups = _param_groups(config, list(trained.items()))
     own = {name.rpartition(".")[2] for name in trained if name.rpartition(".")[2] in method.own_rates}

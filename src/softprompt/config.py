@@ -106,7 +106,7 @@ def resolve_device(device: str, flag: str = "--device") -> torch.device:
     return torch.device(device)
 
 
-_opt = option  # the options every run shares, and the kinds' groups below
+_opt = option  # inside TrainConfig's body `option` is its method (config.option(name)), so fields use this
 
 
 def _group(options: type, group: str) -> Any:

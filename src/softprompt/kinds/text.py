@@ -98,7 +98,7 @@ def transfer_source(config: TrainConfig, backbone: Backbone) -> tuple[int, dict[
     tensors, meta = read_prompt_tensors(config.init_from)
     check_compatible(meta, backbone, config.init_from)
     method = file_method(meta, config.init_from)
-    if config.method.value not in method.continues_as:
+    if config.method not in method.continues_as:
         raise ConfigError(f"--init-from {config.init_from} is a {method.name.value} prompt; this run trains "
                           f"--method {config.method.value}")
     count = int(meta["num_virtual_tokens"])

@@ -53,7 +53,6 @@ class Shape:
     layers: int
     kv_heads: int
     head_dim: int
-    max_length: int
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Method:
     from_tensors: Callable[[Mapping[str, torch.Tensor], int], nn.Module] | None = None
     own_rates: Mapping[str, str] = field(default_factory=dict)  # parameter name's last part -> option of its lr
     parameters: Callable[[Any, Shape, int], int] | None = None  # (config, shape, n virtual tokens) -> values trained
-    continues_as: frozenset[str] = frozenset()  # `--init-from` a file of this method starts a run of these
+    continues_as: frozenset[MethodName] = frozenset()  # `--init-from` its file starts runs of these methods
     adapt: Callable[..., nn.Module] | None = None  # (config, tensors, device) -> the new run's prompt (MPT stage 2)
     card: Callable[[Any], str] | None = None   # what the model card adds to the method line
 
@@ -104,7 +103,7 @@ _BASELINES = {Capability.BASELINES}
 METHODS: dict[MethodName, Method] = {m.name: m for m in (
     Method(MethodName.PROMPT, "soft tokens in the input sequence", 3e-2, file_method=MethodName.PROMPT,
            tensors=plain.TENSORS, start=plain.start, from_tensors=plain.from_tensors,
-           parameters=plain.parameters, continues_as=frozenset({"prompt", "residual"})),
+           parameters=plain.parameters, continues_as=frozenset({MethodName.PROMPT, MethodName.RESIDUAL})),
     Method(MethodName.RESIDUAL, "a prompt trained through a residual MLP, saved folded into plain vectors", 3e-2,
            needs=frozenset({Capability.RESIDUAL}), options=frozenset({"residual_bottleneck", "residual_dropout"}),
            option_group=residual.OPTIONS,
@@ -114,18 +113,19 @@ METHODS: dict[MethodName, Method] = {m.name: m for m in (
            needs=frozenset({Capability.DEEP}), options=frozenset({"deep_reparam"}),
            option_group=deep.OPTIONS, file_method=MethodName.DEEP,
            tensors=deep.TENSORS, in_input=False, start=deep.start, from_tensors=deep.from_tensors,
-           parameters=deep.parameters, continues_as=frozenset({"deep"})),
+           parameters=deep.parameters, continues_as=frozenset({MethodName.DEEP})),
     Method(MethodName.DEPT, "a shorter prompt + a low-rank offset of the text tokens' embeddings (DePT)", 3e-2,
            needs=frozenset({Capability.DEPT}), options=frozenset({"dept_rank", "dept_lr"}), option_group=dept.OPTIONS,
            file_method=MethodName.DEPT, tensors=dept.TENSORS, default_tokens=dept.DEFAULT_TOKENS, start=dept.start,
            from_tensors=dept.from_tensors, own_rates={name: "dept_lr" for name in dept.OFFSET_PARAMETERS},
-           parameters=dept.parameters, continues_as=frozenset({"dept"}), card=dept.card),
+           parameters=dept.parameters, continues_as=frozenset({MethodName.DEPT}), card=dept.card),
     Method(MethodName.MULTITASK, "a shared prompt + per-task low-rank factors over --tasks (MPT stage 1)", 3e-2,
            needs=frozenset({Capability.MULTITASK}),
            options=frozenset({"tasks", "mpt_teachers", "mpt_distill_weight", "mpt_distill_temperature"}),
            option_group=multitask.OPTIONS,  # mpt_rank and mpt_train_shared: stage 2, a --method prompt run
            file_method=MethodName.MULTITASK, tensors=multitask.TENSORS, more_tensors=True, many_tasks=True,
-           from_tensors=multitask.from_tensors, parameters=plain.parameters, continues_as=frozenset({"prompt"}), adapt=multitask.adapt),
+           from_tensors=multitask.from_tensors, parameters=plain.parameters,
+           continues_as=frozenset({MethodName.PROMPT}), adapt=multitask.adapt),
     Method(MethodName.LORA, "low-rank updates of the attention query/value projections (PEFT)", 1e-3,
            needs=frozenset(_BASELINES), trains_weights=True),
     Method(MethodName.ADAPTER, "bottleneck adapters after the attention and feed-forward blocks", 1e-3,

@@ -153,7 +153,7 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     method = METHODS[config.method]
     heads = hf_config.num_attention_heads
     shape = Shape(hidden, hf_config.num_hidden_layers, getattr(hf_config, "num_key_value_heads", None) or heads,
-                  getattr(hf_config, "head_dim", None) or hidden // heads, config.max_length)
+                  getattr(hf_config, "head_dim", None) or hidden // heads)
     prompt_params = method.parameters(config, shape, config.num_virtual_tokens or method.default_tokens)
     # worst case: every row at --max-length, with the virtual tokens (`tokens`, above)
     batch = config.batch_size
