@@ -28,7 +28,7 @@ class Architecture:
     name: str              # transformers model type
     features: str          # what it stands for in the matrix
     settings: dict[str, Any] = field(default_factory=dict)
-    attention_caches: bool = True  # False: layers without keys/values (state-space, recurrent), refused in one line
+    keys_values: bool = True  # False: layers without keys/values (state-space, recurrent): rows run whole
 
 
 WINDOW = 6  # sliding windows of the windowed entries, in positions
@@ -73,14 +73,14 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("granite", "embedding, residual and logit multipliers",
                  {"embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 2.0}),
     Architecture("mamba", "state-space model (no attention)", {"state_size": 4, "expand": 2, "conv_kernel": 3},
-                 attention_caches=False),
+                 keys_values=False),
     Architecture("jamba", "hybrid state-space + attention, mixture of experts",
                  {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
                   "num_experts": 2, "num_experts_per_tok": 1, "mamba_d_state": 4, "mamba_expand": 2,
-                  "mamba_dt_rank": 4}, attention_caches=False),
+                  "mamba_dt_rank": 4}, keys_values=False),
     Architecture("recurrent_gemma", "hybrid recurrent + local attention",
                  {"block_types": ["recurrent", "attention"], "attention_window_size": WINDOW, "lru_width": 32,
-                  "num_hidden_layers": 2}, attention_caches=False),
+                  "num_hidden_layers": 2}, keys_values=False),
 )
 
 
@@ -102,9 +102,6 @@ def tiny_causal_lm(arch: Architecture, seed: int = 0, attn_implementation: str =
     config = tiny_config(arch)
     config._attn_implementation = attn_implementation
     return AutoModelForCausalLM.from_config(config).eval()
-
-
-ATTENTION = tuple(arch for arch in ARCHITECTURES if arch.attention_caches)
 
 
 def tiny_arch_backbone(arch: Architecture, seed: int = 0):

@@ -4,10 +4,10 @@ forward of the same input vectors, whatever shares its batch, on inputs shorter 
 
 import pytest
 import torch
-from architectures import ARCHITECTURES, ATTENTION, tiny_arch_backbone, tiny_causal_lm
+from architectures import ARCHITECTURES, tiny_arch_backbone, tiny_causal_lm
 
 from softprompt import BackboneError, PromptedModel, SoftPrompt, Verbalizer, build_template
-from softprompt.inference.batch import Request, run_batch
+from softprompt.inference.batch import Request, run_batch, start_batch
 
 SHORT = {"text": "great fun"}
 LONG = {"text": "the plot is thin but the acting is good and warm, funny and moving " * 2}  # > any window
@@ -21,18 +21,50 @@ def test_the_matrix_covers_the_features_it_promises():
         assert feature in described, feature
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if not a.attention_caches], ids=lambda arch: arch.name)
-def test_models_without_attention_caches_are_refused_in_one_line(arch):
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if not a.keys_values], ids=lambda arch: arch.name)
+def test_models_without_keys_values_run_rows_whole(arch):
+    """State-space and recurrent layers keep no keys/values: such a backbone says so, runs no cached prompt prefix
+    (the rows run whole), and its left padding is exact (the layers mask padded inputs)."""
+    backbone = tiny_arch_backbone(arch)
+    assert not backbone.keeps_keys_values and backbone._pads_exactly()
+    model = _classifier(backbone)
+    assert model.prompt_prefix_length > 0 and model.cache_plan() == (0, 0) and not model.split_frozen_input
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if not a.keys_values], ids=lambda arch: arch.name)
+def test_a_dry_run_estimates_a_prompt_and_refuses_a_deep_one(arch, tmp_path):
+    from softprompt import ConfigError, TrainConfig
+    from softprompt.tools.memory import estimate_training_memory
+
+    model = tiny_causal_lm(arch)
+    model.save_pretrained(tmp_path)
+    config = dict(model=str(tmp_path), data="rotten_tomatoes", device="cpu", batch_size=2, max_length=32)
+    estimate = estimate_training_memory(TrainConfig(**config, num_virtual_tokens=4))
+    rows = {component: size for component, size, _ in estimate.rows}
+    assert rows["prompt + grad + AdamW"] == 4 * model.config.hidden_size * 16 and rows["activations"] > 0
+    assert estimate.parameters == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ConfigError, match=f"a {arch.name} model has layers without keys/values") as err:
+        estimate_training_memory(TrainConfig(**config, method="deep"))
+    assert "\n" not in str(err.value) and "use --method prompt" in str(err.value)
+
+
+def test_a_model_whose_padding_moves_its_rows_is_refused_in_one_line(monkeypatch):
+    """A backbone without keys/values whose layers let padding into a row cannot be batched: one line, no traceback."""
     from tiny import tiny_tokenizer
 
     from softprompt.kinds.causal_lm.backbone import CausalLMBackbone
 
-    with pytest.raises(BackboneError, match=rf"a {arch.name} model has layers without a key/value cache") as err:
-        CausalLMBackbone(tiny_causal_lm(arch), tiny_tokenizer(), name=f"tiny-{arch.name}")
-    assert "\n" not in str(err.value) and "softprompt needs attention layers" in str(err.value)
+    mamba = next(arch for arch in ARCHITECTURES if arch.name == "mamba")
+    model = tiny_causal_lm(mamba)
+    for layer in model.backbone.layers:  # the mixer no longer masks padded inputs
+        monkeypatch.setattr(layer.mixer, "forward", lambda hidden, cache=None, attention_mask=None, _f=layer.mixer.forward,
+                            **kw: _f(hidden, cache=cache, attention_mask=None, **kw))
+    with pytest.raises(BackboneError, match="a mamba model's layers without keys/values") as err:
+        CausalLMBackbone(model, tiny_tokenizer(), name="tiny-mamba")
+    assert "\n" not in str(err.value) and "use a model with attention layers" in str(err.value)
 
 
-@pytest.fixture(scope="module", params=ATTENTION, ids=lambda arch: arch.name)
+@pytest.fixture(scope="module", params=ARCHITECTURES, ids=lambda arch: arch.name)
 def backbone(request):
     return tiny_arch_backbone(request.param)
 
@@ -96,8 +128,9 @@ def test_train_save_load_evaluate_and_predict(backbone, method, tmp_path, sentim
     config = TrainConfig(model="unused", data=str(sentiment_dir), output=str(tmp_path / "run"), max_steps=2,
                          eval_every=2, batch_size=4, lr=0.1, precision="fp32", device="cpu", method=method,
                          num_virtual_tokens=4, compile="off")
-    if method == "deep" and not backbone.attends_by_position:
-        with pytest.raises(ConfigError, match="counts attention distances in columns") as err:
+    if method == "deep" and not (backbone.keeps_keys_values and backbone.attends_by_position):
+        reason = "counts attention distances in columns" if backbone.keeps_keys_values else "has layers without keys/values"
+        with pytest.raises(ConfigError, match=reason) as err:
             train(config, backbone=backbone, progress=False)
         assert "\n" not in str(err.value) and "use --method prompt" in str(err.value)
         return
@@ -112,6 +145,28 @@ def test_train_save_load_evaluate_and_predict(backbone, method, tmp_path, sentim
                                    rtol=1e-4)
         assert loaded.classify([r["text"] for r in rows]) == [
             loaded.labels[i] for i in loaded.class_scores(batch).argmax(-1).tolist()]
+
+
+def test_batched_generation_equals_recomputing_each_row_alone(backbone):
+    """Greedy generation of a short and a long row together (the key/value cache, or on state-space and recurrent
+    layers the context run again each step), and of a row that joins a running decoder, picks the tokens of the
+    reference that recomputes one row at a time."""
+    from softprompt import generate
+
+    torch.manual_seed(3)
+    writer = PromptedModel(backbone, SoftPrompt(torch.randn(4, backbone.hidden_size) * 0.5),
+                           build_template("Q: {text}\nA: {target}", "prefix", 4), None, max_length=96)
+    rows = [SHORT, LONG]
+    alone = generate(writer, rows, max_new_tokens=6, use_cache=False)
+    assert generate(writer, rows, max_new_tokens=6) == alone
+    requests = [Request(writer, row, "generate", max_new_tokens=6) for row in rows]
+    _, decoder = start_batch(backbone, requests[1:])
+    decoder.step()
+    start_batch(backbone, requests[:1], decoder)  # joins a decoder whose rows are wider
+    texts = {}
+    while decoder.active:
+        texts.update({id(state.request): state.text for state in decoder.step()})
+    assert [texts[id(request)] for request in requests] == alone
 
 
 def test_a_server_classifies_and_streams_as_predict_and_generate_do(backbone, tmp_path):
@@ -151,7 +206,7 @@ def test_a_server_classifies_and_streams_as_predict_and_generate_do(backbone, tm
         assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == expected
 
 
-@pytest.mark.parametrize("arch", ATTENTION, ids=lambda arch: arch.name)
+@pytest.mark.parametrize("arch", ARCHITECTURES, ids=lambda arch: arch.name)
 def test_bf16_scores_are_within_bf16s_own_error(arch):
     """bf16 weights: softprompt's scores differ from the fp32 plain forward by no more than a plain bf16 forward of the
     same inputs does (its own rounding), with a margin of 3x and 0.05 nats for summation order."""
@@ -179,9 +234,10 @@ def test_the_docs_table_lists_the_matrix():
     for arch in ARCHITECTURES:
         cells = [c.strip() for c in rows[arch.name].strip("|").split("|")]
         assert cells[1] == arch.features, arch.name
-        assert cells[2].startswith("yes" if arch.attention_caches else "no: refused"), arch.name
-        if arch.attention_caches:
-            assert cells[3].startswith("yes" if tiny_arch_backbone(arch).attends_by_position else "no:"), arch.name
+        assert cells[2] == "yes", arch.name
+        backbone = tiny_arch_backbone(arch)
+        assert cells[3].startswith("yes" if backbone.keeps_keys_values and backbone.attends_by_position else "no:"), \
+            arch.name
 
 
 def test_the_matrix_passes_on_the_oldest_transformers_the_project_declares():

@@ -19,6 +19,10 @@ class FrozenBackbone(nn.Module):
     stays in eval mode whatever a parent module asks), its fingerprint is computed once, and
     `autocast_dtype` (mixed precision over fp32 weights, for weight-training baselines) starts unset."""
 
+    # Whether every layer caches keys and values: a causal LM with state-space or recurrent layers says False, and
+    # its rows run whole (`scoring.Recomputed`).
+    keeps_keys_values = True
+
     def __init__(self, model: nn.Module, name: str, tokenizer: Any = None) -> None:
         super().__init__()
         self.model = model

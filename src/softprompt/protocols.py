@@ -36,6 +36,7 @@ class Backbone(Protocol):
     kind: BackboneKind
     tokenizer: Any
     autocast_dtype: torch.dtype | None   # mixed precision over fp32 weights (weight-training baselines); else None
+    keeps_keys_values: bool              # every layer caches keys/values (False: state-space or recurrent layers)
 
     @property
     def hidden_size(self) -> int: ...

@@ -5,6 +5,7 @@ scorer of label words after a context (`label_word_scores`) that training, evalu
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -47,6 +48,42 @@ def text_positions(soft_index: torch.Tensor, attention_mask: torch.Tensor,
     return (text.long().cumsum(dim=1) - 1).masked_fill(~text, -1)
 
 
+@dataclass
+class Recomputed:
+    """What stands for a key/value cache on a backbone that keeps none (state-space or recurrent layers): the
+    context rows' input vectors (R, C, d) and positions (R, C). A continuation runs again after them, whole."""
+
+    inputs: torch.Tensor
+    positions: torch.Tensor
+
+    def batch_select_indices(self, index: torch.Tensor) -> None:
+        """Keep the rows `index`, in place (as a transformers cache does)."""
+        self.inputs, self.positions = self.inputs.index_select(0, index), self.positions.index_select(0, index)
+
+    def after(self, backbone: Backbone, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+              rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (N, T, d) of new input vectors `embeds` (N, T, d) at `positions` (N, T) after the context
+        rows `rows` (default all), run whole; `mask` (N, C + T) covers context and new columns."""
+        inputs, before = (self.inputs, self.positions) if rows is None else (
+            self.inputs.index_select(0, rows), self.positions.index_select(0, rows))
+        hidden, _ = backbone.hidden_states(torch.cat([inputs, embeds.to(inputs.dtype)], 1), mask,
+                                           torch.cat([before, positions], 1))
+        return hidden[:, -embeds.shape[1]:]
+
+
+def continue_context(backbone: Backbone, cache: Any, embeds: torch.Tensor, mask: torch.Tensor,
+                     positions: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+    """Hidden states of `embeds` (N, T, d) after their contexts -- rows `rows` (default all) of a key/value `cache`
+    or of a `Recomputed` context -- and the cache that now holds them (the same `Recomputed`, unchanged, for a
+    backbone that keeps no keys/values). `mask` (N, C + T) covers the context's columns and the new ones."""
+    if isinstance(cache, Recomputed):
+        return cache.after(backbone, embeds, mask, positions, rows), cache
+    if rows is not None:
+        cache = backbone.new_cache([(key.index_select(0, rows), value.index_select(0, rows))
+                                    for key, value in cache_layers(cache)])
+    return backbone.hidden_states(embeds, mask, positions, past_key_values=cache, use_cache=True)
+
+
 def label_word_scores(backbone: Backbone, last: torch.Tensor, words: Sequence[tuple[int, Sequence[int]]], *,
                       cache: Any = None, mask: torch.Tensor | None = None, next_position: torch.Tensor | None = None,
                       pad_id: int = 0, row_count: Callable[[int], int] | None = None) -> torch.Tensor:
@@ -57,7 +94,8 @@ def label_word_scores(backbone: Backbone, last: torch.Tensor, words: Sequence[tu
     row's own words. A word's first token is read from `last`; a word of several tokens continues from its row's
     key/value `cache` (over `mask` (R, C) columns, the row's next position `next_position` (R, 1)): the cache is
     repeated per such word and only the words' leading tokens run after it, so a row's context runs once however
-    many classes it has. `row_count(n)`: how many rows to run for n (few shapes for a server; pad rows repeat the
+    many classes it has (on a backbone that keeps no keys/values, `cache` is a `Recomputed` context, run again
+    before each such word). `row_count(n)`: how many rows to run for n (few shapes for a server; pad rows repeat the
     first and are dropped). Returns (len(words),).
     """
     device = last.device
@@ -79,13 +117,10 @@ def label_word_scores(backbone: Backbone, last: torch.Tensor, words: Sequence[tu
         ids = words[p][1]
         inputs[n, :len(ids) - 1] = torch.tensor(ids[:-1])
         targets[n, :len(ids) - 1] = torch.tensor(ids[1:])
-    expanded = backbone.new_cache([(key.index_select(0, source), value.index_select(0, source))
-                                   for key, value in cache_layers(cache)])
     word_mask = torch.cat([mask.index_select(0, source), mask.new_ones(len(source), k)], dim=1)
     positions = next_position.index_select(0, source) + torch.arange(k, device=device)
     with backbone_autocast(backbone):
-        hidden, _ = backbone.hidden_states(backbone.embed(inputs.to(device)), word_mask, positions,
-                                           past_key_values=expanded, use_cache=True)
+        hidden, _ = continue_context(backbone, cache, backbone.embed(inputs.to(device)), word_mask, positions, source)
         logits = backbone.token_logits(hidden[:len(longer)])
     rest = token_log_likelihood(torch.log_softmax(logits.float(), dim=-1), targets.to(device))   # (L,)
     return first.index_add(0, torch.tensor(longer, device=device), rest)

@@ -25,7 +25,8 @@ import torch
 
 from ..errors import ConfigError
 from ..protocols import Backbone, MixedBatchTask, TaskType
-from ..scoring import backbone_autocast, label_word_scores, place_soft_tokens, text_positions
+from ..scoring import (Recomputed, backbone_autocast, cache_layers, continue_context, label_word_scores,
+                       place_soft_tokens, text_positions)
 from ..template import Encoded, left_pad
 
 # CPU matmul kernels (oneDNN) are built and cached per shape; every new shape costs time and memory (a
@@ -225,9 +226,12 @@ def _prefill(backbone: Backbone, rows: Sequence[BatchRow], want_cache: bool):
     if tables:
         tokens = place_soft_tokens(tokens, batch["soft_index"], torch.cat(tables))
     tokens = _offset_text(rows, tokens, batch)
+    keep = backbone.keeps_keys_values
     with backbone_autocast(backbone):
         hidden, cache = backbone.hidden_states(tokens, mask, positions, past_key_values=cache,
-                                               use_cache=want_cache or cache is not None)
+                                               use_cache=keep and (want_cache or cache is not None))
+    if not keep and want_cache:  # state-space or recurrent layers: continuations run again after these vectors
+        cache = Recomputed(tokens.to(backbone.dtype), positions)
     return hidden, cache, mask, positions
 
 
@@ -319,10 +323,6 @@ def advance_decoding(state: Decoding, token: int, tokenizer, eos: int | None) ->
         state.emitted = len(ready)
 
 
-def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer[0], layer[1]) for layer in cache]
-
-
 def _left_pad_columns(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     missing = width - tensor.shape[dim]
     if not missing:
@@ -341,7 +341,7 @@ class Decoder:
         self.backbone = backbone
         self.states: list[Decoding] = []
         self.last: torch.Tensor | None = None       # (G, d) hidden state the next token is read from
-        self.cache = None                           # key/value cache (G rows)
+        self.cache = None                           # key/value cache (G rows), or a `Recomputed` context
         self.mask: torch.Tensor | None = None       # (G, columns) attention mask over the cache
         self.positions: torch.Tensor | None = None  # (G, 1) position of each row's last token
 
@@ -356,10 +356,15 @@ class Decoder:
             return
 
         width = max(self.mask.shape[1], mask.shape[1])
-        layers = [(torch.cat([_left_pad_columns(k0, width, 2), _left_pad_columns(k1, width, 2)]),
-                   torch.cat([_left_pad_columns(v0, width, 2), _left_pad_columns(v1, width, 2)]))
-                  for (k0, v0), (k1, v1) in zip(_cache_layers(self.cache), _cache_layers(cache))]
-        self.cache = self.backbone.new_cache(layers)
+        if isinstance(cache, Recomputed):  # padding columns are masked and take position 0
+            self.cache = Recomputed(*(torch.cat([_left_pad_columns(old, width, 1), _left_pad_columns(new, width, 1)])
+                                      for old, new in ((self.cache.inputs, cache.inputs),
+                                                       (self.cache.positions, cache.positions))))
+        else:
+            layers = [(torch.cat([_left_pad_columns(k0, width, 2), _left_pad_columns(k1, width, 2)]),
+                       torch.cat([_left_pad_columns(v0, width, 2), _left_pad_columns(v1, width, 2)]))
+                      for (k0, v0), (k1, v1) in zip(cache_layers(self.cache), cache_layers(cache))]
+            self.cache = self.backbone.new_cache(layers)
         self.mask = torch.cat([_left_pad_columns(self.mask, width, 1), _left_pad_columns(mask, width, 1)])
         self.positions = torch.cat([self.positions, positions])
         self.last = torch.cat([self.last, last])
@@ -391,8 +396,11 @@ class Decoder:
         ids = torch.tensor(tokens, device=self.mask.device)[:, None]        # (G, 1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(keep), 1)], dim=1)
         self.positions = self.positions + 1
+        embeds = backbone.embed(ids)
         with backbone_autocast(backbone):
-            hidden, self.cache = backbone.hidden_states(backbone.embed(ids), self.mask, self.positions,
-                                                        past_key_values=self.cache, use_cache=True)
+            hidden, self.cache = continue_context(backbone, self.cache, embeds, self.mask, self.positions)
+        if isinstance(self.cache, Recomputed):  # the new token joins the context the next step runs again
+            self.cache = Recomputed(torch.cat([self.cache.inputs, embeds], 1),
+                                    torch.cat([self.cache.positions, self.positions], 1))
         self.last = hidden[:, -1]
         return finished

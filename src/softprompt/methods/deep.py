@@ -95,9 +95,24 @@ class DeepPrompt(nn.Module):
         return {"prefix_keys": keys.detach().cpu().contiguous(), "prefix_values": values.detach().cpu().contiguous()}
 
 
+def refuse_unfit_backbone(backbone) -> None:
+    """A `ConfigError` (one line) for a backbone a deep prompt cannot live in: layers without keys/values
+    (state-space or recurrent), or attention that counts distances in columns (a deep prompt sits before each
+    row's padding, so its effect would change with what shares a batch)."""
+    model_type = backbone.model.config.model_type
+    if not backbone.keeps_keys_values:
+        raise ConfigError(f"backbone '{backbone.name}' ({model_type}) has layers without keys/values (state-space or "
+                          "recurrent), where a deep prompt would live: use --method prompt or --method dept")
+    if not backbone.attends_by_position:
+        raise ConfigError(f"backbone '{backbone.name}' ({model_type}) counts attention distances in columns, not "
+                          "positions, so a deep prompt (which sits before each row's padding) would change with what "
+                          "shares a batch: use --method prompt")
+
+
 def start(begin) -> DeepPrompt:
     """The keys/values the backbone computes for the initial vectors (or the --init-from file's prefixes),
     trained through an MLP of --deep-reparam width (its init seeded by --seed)."""
+    refuse_unfit_backbone(begin.backbone)
     if begin.tensors is not None:
         keys, values = begin.tensors["prefix_keys"], begin.tensors["prefix_values"]
     else:

@@ -11,9 +11,11 @@ recomputation of one layer in the backward pass is added to the layer inputs kep
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -22,7 +24,7 @@ from ..errors import ConfigError
 from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, builtin_backbone_dir, builtin_folder, resolve_precision
 from ..kinds import KINDS, detect_kind
 from ..kinds.int8 import int8_bytes
-from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of
+from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of, keeps_keys_values
 from ..methods import DEFAULT_NUM_VIRTUAL_TOKENS, METHODS, Shape
 from ..protocols import Capability
 
@@ -108,7 +110,14 @@ def saved_activation_bytes(model: torch.nn.Module, batch: int, tokens: int, dtyp
     embeds = torch.zeros(batch, tokens, hidden, dtype=dtype, device=device, requires_grad=True)
     mask = torch.ones(batch, tokens, dtype=torch.long, device=device)
     positions = torch.arange(tokens, device=device).expand(batch, tokens)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    traced = nullcontext()
+    if not keeps_keys_values(model.config):
+        # A recurrent layer's padding mask skips an all-ones mask by reading a value (.item()), which the meta
+        # device lacks; traced, transformers keeps the mask instead (the same work as a padded batch).
+        from transformers import masking_utils  # start-up time
+
+        traced = mock.patch.object(masking_utils, "is_tracing", lambda *_: True)
+    with traced, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
     return total
 
@@ -151,7 +160,11 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     parameters = sum(p.numel() for p in model.parameters())
     hidden = hf_config.hidden_size
     method = METHODS[config.method]
-    heads = hf_config.num_attention_heads
+    if not method.in_input and not keeps_keys_values(hf_config):
+        raise ConfigError(f"--model {config.model}: a {hf_config.model_type} model has layers without keys/values "
+                          f"(state-space or recurrent), where a --method {config.method.value} prompt would live: use "
+                          "--method prompt or --method dept")
+    heads = getattr(hf_config, "num_attention_heads", None) or 1  # a state-space model has none (and no deep prompt)
     shape = Shape(hidden, hf_config.num_hidden_layers, getattr(hf_config, "num_key_value_heads", None) or heads,
                   getattr(hf_config, "head_dim", None) or hidden // heads)
     prompt_params = method.parameters(config, shape, config.num_virtual_tokens or method.default_tokens)

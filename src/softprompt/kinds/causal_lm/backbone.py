@@ -171,23 +171,19 @@ def position_masks(attention_mask: torch.Tensor, position_ids: torch.Tensor, win
     return full[:, None], sliding[:, None]
 
 
-def refuse_without_attention_caches(config: Any, name: str) -> None:
-    """A `BackboneError` for a model whose layers are not all attention with a key/value cache (state-space,
-    recurrent or linear-attention layers: Mamba, Jamba, RecurrentGemma, ...). softprompt scores label words and
-    serves prompts from cached keys/values, which such layers do not have."""
+def keeps_keys_values(config: Any) -> bool:
+    """Whether every layer of the model caches keys and values (attention layers). False for state-space, recurrent
+    and linear-attention layers (Mamba, Jamba, RecurrentGemma, ...), whose rows softprompt then runs whole: no
+    cached prompt prefix, no deep prompt, and a continuation (a label word's later tokens, a generated token) runs
+    again after its context's input vectors (`scoring.Recomputed`)."""
     from transformers import DynamicCache  # start-up time
     from transformers.cache_utils import DynamicLayer
 
     try:
         layers = DynamicCache(config=config).layers
-    except Exception:  # a config transformers cannot lay a cache out for: let the model's own errors speak
-        return
-    others = sorted({type(layer).__name__ for layer in layers if not isinstance(layer, DynamicLayer)})
-    if others:
-        raise BackboneError(
-            f"--model {name}: a {config.model_type} model has layers without a key/value cache "
-            f"({', '.join(others)}); softprompt needs attention layers (Llama, Qwen2, Gemma, Mistral, Phi-3, GPT-2 "
-            f"and other decoder-only transformers)")
+    except Exception:  # a config transformers cannot lay a cache out for: an attention model's own cache
+        return True
+    return all(isinstance(layer, DynamicLayer) for layer in layers)
 
 
 def logit_transform(config: Any):
@@ -223,7 +219,7 @@ class CausalLMBackbone(FrozenBackbone):
         if tokenizer.pad_token_id is None:
             # Left padding only needs some id; its embedding is masked out by the attention mask.
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-        refuse_without_attention_caches(model.config, name)
+        self.keeps_keys_values = keeps_keys_values(model.config)
         self._logit_transform = logit_transform(model.config)
         # A model loaded with eager attention (the CPU default) switches to SDPA for long sequences, where eager's
         # T x T scores per layer cost more than they save (benchmarks/studies/attention_by_length.py) -- if the model has
@@ -233,6 +229,11 @@ class CausalLMBackbone(FrozenBackbone):
                                     and bool(getattr(model, "_supports_sdpa", False))
                                     and not getattr(model.config, "attn_logit_softcapping", None))
         self.attention_window = attention_window(model.config)
+        if not self.keeps_keys_values and not self._pads_exactly():
+            raise BackboneError(
+                f"--model {name}: a {model.config.model_type} model's layers without keys/values (state-space or "
+                "recurrent) let left padding change a row's hidden states, and softprompt batches left-padded rows: "
+                "use a model with attention layers (Llama, Qwen2, Gemma, Mistral, Phi-3, GPT-2, ...)")
 
     @property
     def hidden_size(self) -> int:
@@ -431,6 +432,22 @@ class CausalLMBackbone(FrozenBackbone):
         left, gap = left[0, 4:].float(), gap[0, [0, 1, *range(6, 12)]].float()
         tolerance = 1e-4 if self.dtype == torch.float32 else 1e-2
         return bool(((left - gap).abs().max() <= tolerance * left.abs().max().clamp(min=1)).item())
+
+    def _pads_exactly(self) -> bool:
+        """Whether 8 tokens after 4 masked columns (left padding) give the hidden states they give alone. An
+        attention model's mask makes sure of it; a state-space or recurrent layer must mask padded inputs itself
+        (Mamba's and Jamba's mixers and RecurrentGemma's recurrent blocks do)."""
+        with torch.no_grad():
+            tokens = self.embed(torch.arange(3, 11, device=self.device)[None])              # (1, 8, d)
+            positions = torch.arange(8, device=self.device)[None]
+            mask = torch.ones(1, 12, dtype=torch.long, device=self.device)
+            mask[:, :4] = 0
+            alone, _ = self.hidden_states(tokens, mask[:, 4:], positions)
+            padded, _ = self.hidden_states(torch.cat([self.embed(torch.zeros_like(positions[:, :4])), tokens], 1),
+                                           mask, torch.cat([positions[:, :4] * 0, positions], 1))
+        alone, padded = alone[0].float(), padded[0, 4:].float()
+        tolerance = 1e-4 if self.dtype == torch.float32 else 1e-2
+        return bool(((alone - padded).abs().max() <= tolerance * alone.abs().max().clamp(min=1)).item())
 
     def _windowed_masks(self, attention_mask: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype):
         """The model's attention masks built from positions (`position_masks`): one per layer type when the model

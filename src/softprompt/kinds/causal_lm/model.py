@@ -14,11 +14,12 @@ from torch import nn
 
 from ...errors import ConfigError, IncompatiblePromptError
 from ...formats import Pretrained
+from ...methods.deep import refuse_unfit_backbone
 from ...methods.dept import DecomposedPrompt
 from ...prompts import SoftPrompt
 from ...protocols import Backbone, TaskType
-from ...scoring import (backbone_autocast, label_word_scores, place_soft_tokens, same_words_per_row, text_positions,
-                        token_log_likelihood)
+from ...scoring import (Recomputed, backbone_autocast, label_word_scores, place_soft_tokens, same_words_per_row,
+                        text_positions, token_log_likelihood)
 from ...template import Encoded, Template, TemplateEncoder, left_pad
 from ...verbalizer import Verbalizer
 
@@ -48,10 +49,7 @@ class PromptedModel(Pretrained, nn.Module):
             raise ConfigError(f"the prompt has {prompt.num_virtual_tokens} virtual tokens but the template places "
                               f"{template.num_virtual_tokens}")
         if self.deep:
-            if not backbone.attends_by_position:
-                raise ConfigError(f"backbone '{backbone.name}' ({backbone.model.config.model_type}) counts attention "
-                                  "distances in columns, not positions, so a deep prompt (which sits before each "
-                                  "row's padding) would change with what shares a batch: use --method prompt")
+            refuse_unfit_backbone(backbone)
             expected = backbone.kv_layout()                               # (layers, kv heads, head dim)
             prefix = prompt.layer_prefix()
             found = (len(prefix), prefix[0][0].shape[1], prefix[0][0].shape[3])
@@ -69,7 +67,8 @@ class PromptedModel(Pretrained, nn.Module):
         # A DePT prompt changes the text tokens too: no column runs ahead of it (the frozen-input split). Its
         # leading prompt is still cached for inference: the text after the cache continues its offsets' positions
         # from the cached columns' own text (BOS) -- `cached_text_columns`.
-        self.split_frozen_input = not self.offsets_text  # see hidden(); off only to compare against the single pass
+        # see hidden(); off only to compare against the single pass, and where no key/value cache holds the split
+        self.split_frozen_input = not self.offsets_text and backbone.keeps_keys_values
         self.use_prompt_cache = True                     # inference: reuse a leading prompt's keys/values (hidden())
         self._prompt_cache: tuple | None = None
         self.cache_budget: Any = None  # an inference.cache_budget.PromptCacheBudget a bank shares among its prompts
@@ -227,7 +226,7 @@ class PromptedModel(Pretrained, nn.Module):
         """(row columns the cached prefix replaces, cache columns) for inference; (0, 0) = no cached prefix."""
         if self.deep:
             return 0, self.prompt.num_virtual_tokens
-        if self.use_prompt_cache and self.prompt_prefix_length and self.backbone.attends_by_position:
+        if self.use_prompt_cache and self.prompt_prefix_length and self._prefix_cache_holds():
             return self.prompt_prefix_length, self.prompt_prefix_length
         return 0, 0
 
@@ -266,7 +265,12 @@ class PromptedModel(Pretrained, nn.Module):
     def _prompt_cache_applies(self, past_key_values: Any = None) -> bool:
         return (past_key_values is None and not torch.is_grad_enabled()
                 and (self.deep or (self.use_prompt_cache and self.prompt_prefix_length > 0
-                                   and self.backbone.attends_by_position)))
+                                   and self._prefix_cache_holds())))
+
+    def _prefix_cache_holds(self) -> bool:
+        """Whether the backbone can hold a prompt's leading columns as a key/value prefix before each row's padding:
+        its layers keep keys/values and attend by position."""
+        return self.backbone.keeps_keys_values and self.backbone.attends_by_position
 
     def _hidden_after_prompt_cache(self, batch: Mapping[str, torch.Tensor], layers: list | None = None):
         """Run a batch after the prompt's key/value prefix (`layers`, default the cached `prompt_cache()`):
@@ -391,8 +395,12 @@ class PromptedModel(Pretrained, nn.Module):
             shift = self.prefix_cache_width - self.prompt_prefix_length
             return hidden[:, -1], cache, mask, batch["position_ids"][:, -1:] + 1 + shift
         with self._autocast():
-            hidden, cache = self.backbone.hidden_states(self.embed(batch), batch["attention_mask"],
-                                                        batch["position_ids"], use_cache=True)
+            embeds = self.embed(batch)
+            keep = self.backbone.keeps_keys_values
+            hidden, cache = self.backbone.hidden_states(embeds, batch["attention_mask"], batch["position_ids"],
+                                                        use_cache=keep)
+        if not keep:  # state-space or recurrent layers: the words' tokens run again after the context's vectors
+            cache = Recomputed(embeds, batch["position_ids"])
         return hidden[:, -1], cache, batch["attention_mask"], batch["position_ids"][:, -1:] + 1
 
     def _multi_token_word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
