@@ -206,7 +206,8 @@ def test_predict_reads_standard_input_and_data_may_be_tsv(trained, tmp_path, tin
 def test_option_groups_nest_and_flat_names_still_work():
     """Each method's and kind's options live in their own group (`config.vpt.deep`); flat names (flags, YAML,
     keywords, checkpoints written before the groups) still build the same config."""
-    from softprompt.config import TrainConfig, VPTOptions
+    from softprompt.config import TrainConfig
+    from softprompt.kinds.vision.options import VPTOptions
     from softprompt.errors import ConfigError
 
     config = TrainConfig(data="x", vpt_deep=True, mpt_rank=2, head_lr=0.01)

@@ -11,7 +11,7 @@ from softprompt.config import TrainConfig
 from softprompt.errors import ConfigError
 from softprompt.formats import read_prompt_tensors, save_prompt
 from softprompt.frozen import weights_fingerprint
-from softprompt.kinds import build_prompted_model
+from softprompt.kinds.table import build_prompted_model
 from softprompt.kinds.clip.coop import CoOpModel, build_coop_model, coop_model_from_file
 from softprompt.prompts import SoftPrompt
 from softprompt.protocols import BackboneKind

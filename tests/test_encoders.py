@@ -13,7 +13,7 @@ import softprompt as sp
 from softprompt.errors import ConfigError
 from softprompt.formats import read_prompt_tensors, save_prompt
 from softprompt.frozen import weights_fingerprint
-from softprompt.kinds import detect_kind, load_prompted_model, prompted_model
+from softprompt.kinds.table import detect_kind, load_prompted_model, prompted_model
 from softprompt.kinds.encoder.models import EncoderClassifier, MaskedLMPromptedModel, Seq2SeqPromptedModel
 from softprompt.prompts import SoftPrompt
 from softprompt.protocols import BackboneKind
@@ -199,7 +199,7 @@ def test_head_learning_rate_is_its_own_group_and_rollbacks_halve_each_group():
 
 @pytest.mark.parametrize("arch", ["bert", "bert-mlm", "t5"])
 def test_gradient_checkpointing_on_a_kind_without_it_is_one_line(arch, sentiment_dir, tmp_path):
-    from softprompt.kinds import CapabilityError
+    from softprompt.kinds.table import CapabilityError
 
     config = sp.TrainConfig(model="unused", data=str(sentiment_dir), output=str(tmp_path / "run"), max_steps=1,
                             precision="fp32", device="cpu", gradient_checkpointing=True)

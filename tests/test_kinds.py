@@ -21,8 +21,9 @@ from softprompt.data import TaskData
 from softprompt.errors import ConfigError
 from softprompt.evaluation import predict_scores
 from softprompt.inference.bank import PromptBank
-from softprompt.kinds import KINDS, CapabilityError, build_prompted_model, kind_of, load_prompted_model
-from softprompt.protocols import BackboneKind, Capability, DecodesItself, MixedBatchTask, PromptedTask, ServedTask
+from softprompt.kinds.table import KINDS, CapabilityError, build_prompted_model, kind_of, load_prompted_model
+from softprompt.protocols import (BackboneKind, CachesPromptPrefix, Capability, DecodesItself, JoinsMixedBatches,
+                                 Prompted, Servable)
 from softprompt.serve import ServeSettings, create_app
 
 TEXT = [{"text": t, "label": label} for t, label in SENTIMENT]
@@ -111,10 +112,11 @@ def test_train_save_load_eval_predict_info(kind, trained, capsys):
     backbone, task, result = trained[kind]
     assert result.steps == 2 and result.prompt_path.is_file()
     model = load_prompted_model(result.prompt_path, backbone)
-    assert isinstance(model, PromptedTask) and kind_of(model).name is kind
+    assert isinstance(model, Prompted) and kind_of(model).name is kind
     # the protocols a kind's capabilities promise are the ones its model implements
-    assert isinstance(model, ServedTask) == KINDS[kind].can(Capability.SERVE)
-    assert isinstance(model, MixedBatchTask) or not KINDS[kind].can(Capability.MIXED_BATCH)
+    assert isinstance(model, Servable) == KINDS[kind].can(Capability.SERVE)
+    assert isinstance(model, JoinsMixedBatches) == KINDS[kind].can(Capability.MIXED_BATCH)
+    assert isinstance(model, CachesPromptPrefix) == (kind is BackboneKind.CAUSAL_LM)  # no encoder disables one
     assert isinstance(model, DecodesItself) == (kind is BackboneKind.SEQ2SEQ)  # the causal path decodes the rest
     assert model.input_fields == task.text_fields and tuple(model.labels) == task.labels
     rows = [{f: r[f] for f in task.text_fields} for r in task.test]
@@ -148,7 +150,11 @@ def test_what_a_kind_cannot_do_is_refused_in_one_line(kind, trained):
 @pytest.mark.parametrize("kind", list(BackboneKind), ids=lambda k: k.value)
 def test_another_kinds_option_is_refused_not_ignored(kind):
     backbone, make_task = CASES[kind][0](), CASES[kind][1]
-    owned = {option: other for other in KINDS.values() for option in other.options}
+    owned = {option: other for other in KINDS.values() if other.options for option in other.options.flat_names}
+    for other in KINDS.values():  # each kind's group is declared in its own folder and composed into TrainConfig
+        if other.options:
+            assert other.options.options.__module__.startswith("softprompt.kinds.")
+            assert isinstance(getattr(sp.TrainConfig(data="x"), other.options.name), other.options.options)
     assert set(owned) == {"vpt_deep", "coop_class_specific", "coop_class_token_position", "encoder_prompt_tokens",
                           "pooling"}
     changed = {"vpt_deep": True, "coop_class_specific": True, "coop_class_token_position": "front",

@@ -15,7 +15,7 @@ import softprompt as sp
 from softprompt.config import option_field
 from softprompt.data import TaskData
 from softprompt.errors import ConfigError
-from softprompt.kinds import CapabilityError, build_prompted_model, load_prompted_model
+from softprompt.kinds.table import CapabilityError, build_prompted_model, load_prompted_model
 from softprompt.methods import METHODS, TRAIN_METHODS, MethodName, Shape, method_named
 from softprompt.training.loop import _param_groups
 from softprompt.training.state import trainable_parameters

@@ -10,7 +10,7 @@ from softprompt import TrainConfig, load_task, train
 from softprompt.cli import main
 from softprompt.errors import SoftPromptError
 from softprompt.formats import read_prompt_tensors
-from softprompt.kinds import load_prompted_model
+from softprompt.kinds.table import load_prompted_model
 from softprompt.training.loop import per_class, train_multitask
 from softprompt.training.multitask import parse_tasks
 
@@ -106,7 +106,7 @@ def test_stage_one_distils_each_task_from_its_teacher(tmp_path, tiny_model_dir, 
     a trained teacher gives a positive one and changes where the shared prompt ends up."""
     from softprompt import load_backbone
     from softprompt.formats import save_prompt
-    from softprompt.kinds import build_prompted_model
+    from softprompt.kinds.table import build_prompted_model
     from softprompt.prompts import PromptInit, SoftPrompt, initial_embeddings
 
     tasks = f"senti={sentiment_dir},topic={topic_dir}"

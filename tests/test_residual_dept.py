@@ -15,7 +15,7 @@ from softprompt.data import TaskData
 from softprompt.evaluation import predict_scores
 from softprompt.inference.bank import PromptBank
 from softprompt.inference.generate import generate
-from softprompt.kinds import CapabilityError, build_prompted_model, load_prompted_model
+from softprompt.kinds.table import CapabilityError, build_prompted_model, load_prompted_model
 from softprompt.methods.dept import DecomposedPrompt, dept_rank
 from softprompt.methods.residual import ResidualPrompt
 from softprompt.prompts import SoftPrompt

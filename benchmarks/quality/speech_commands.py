@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from softprompt.data.speech import COMMANDS, speech_commands_synth
-from softprompt.kinds.whisper.backbone import load_whisper_backbone
-from softprompt.kinds.whisper.model import SpeechPromptedModel
+from softprompt.kinds.speech.backbone import load_whisper_backbone
+from softprompt.kinds.speech.model import SpeechPromptedModel
 from softprompt.prompts import SoftPrompt
 
 RESULTS = Path(__file__).parent / "results"

@@ -30,7 +30,7 @@ import torch
 
 import softprompt as sp
 from softprompt.evaluation import evaluate
-from softprompt.kinds.vit.vpt import VPTModel
+from softprompt.kinds.vision.vpt import VPTModel
 from softprompt.prompts import SoftPrompt
 
 RESULTS = Path(__file__).parent / "results"

@@ -28,7 +28,7 @@ from serve_load import MODEL, load, make_prompts, texts_for
 
 import softprompt as sp
 from softprompt.formats import read_prompt_tensors, save_prompt
-from softprompt.kinds import load_prompted_model
+from softprompt.kinds.table import load_prompted_model
 sys.path.insert(0, str(Path(__file__).parents[1]))  # benchmarks/: common.py, the shared helpers
 from common import Server  # noqa: E402
 

@@ -17,7 +17,7 @@ sys.path.insert(0, "/tmp/ct2")
 import ctranslate2  # noqa: E402
 
 from softprompt.data.speech import synthesise  # noqa: E402
-from softprompt.kinds.whisper.backbone import whisper_source_dir, load_whisper_backbone  # noqa: E402
+from softprompt.kinds.speech.backbone import whisper_source_dir, load_whisper_backbone  # noqa: E402
 
 b = load_whisper_backbone()
 ct = ctranslate2.models.Whisper(str(whisper_source_dir()), device="cpu", compute_type="float32")

@@ -22,7 +22,7 @@ from .formats import read_prompt_file, read_prompt_tensors, save_prompt
 from .hub import BUILTIN_BACKBONES, load_backbone, resolve_precision
 from .inference import generate
 from .inference.bank import PromptBank
-from .kinds import build_prompted_model, load_prompted_model
+from .kinds.table import build_prompted_model, load_prompted_model
 from .kinds.causal_lm.backbone import CausalLMBackbone
 from .kinds.causal_lm.model import PromptedModel
 from .pretrained import from_pretrained

@@ -22,8 +22,13 @@ import torch
 import yaml
 
 from .data.fields import field_names
-from .errors import ConfigError
 from .declare import option
+from .errors import ConfigError
+from .kinds.clip.options import CoOpOptions
+from .kinds.encoder.options import EncoderOptions
+from .kinds.options import KIND_OPTIONS
+from .kinds.speech.options import WhisperOptions
+from .kinds.vision.options import VPTOptions
 from .methods import METHODS, TRAIN_METHODS, MethodName
 from .methods.deep import DeepOptions
 from .methods.dept import DePTOptions
@@ -71,12 +76,11 @@ class SchedulerName(str, Enum):
 
 # Option groups: the help panels of `softprompt train --help`, the docs' options table, and the sections a YAML
 # config may nest options in (`vpt: {deep: true}` is `vpt_deep: true`).
-# A method's group is declared in its module and named by its `METHODS` entry.
+# A method's group is declared in its module and named by its `METHODS` entry; a kind's in its folder's options.py.
 GROUPS: dict[str, str] = {
     "data": "Backbone and data", "prompt": "Prompt", "optimisation": "Optimisation", "evaluation": "Evaluation",
     **{m.option_group.name: m.option_group.title for m in METHODS.values() if m.option_group},
-    "encoder": "Kind: encoders with a classification head (minilm-l6)", "vpt": "Kind: ViT (visual prompt tuning)",
-    "coop": "Kind: CLIP (CoOp)", "whisper": "Kind: Whisper (speech)", "run": "Run control",
+    **{group.name: group.title for group in KIND_OPTIONS.values()}, "run": "Run control",
 }
 # What a run's own config.yaml records beside its options (resolved values): read back, it is ignored.
 RUN_SECTION = "resolved"
@@ -118,6 +122,11 @@ def _method_group(name: MethodName) -> Any:
     """The field of a method's own options, as its `METHODS` entry declares them."""
     declared = METHODS[name].option_group
     return _group(declared.options, declared.name)
+
+
+def _kind_group(name: str) -> Any:
+    """The field of a kind's own options, as its folder's options.py declares them."""
+    return _group(KIND_OPTIONS[name].options, name)
 
 
 def _type_names() -> dict[str, tuple[type, ...]]:
@@ -164,44 +173,6 @@ def _check_type(name: str, value: Any) -> None:
         words = " or ".join(dict.fromkeys(_TYPE_WORDS.get(t, "one of the listed choices") for t in allowed
                                           if not (t is int and float in allowed)))
         raise ConfigError(f"--{name.replace('_', '-')} {value!r}: expected {words}")
-
-
-@dataclass(frozen=True)
-class EncoderOptions:
-    """Encoders without a vocabulary head: a trained classification head."""
-
-    pooling: str = _opt("mean", "Encoders without a vocabulary head (minilm-l6): the classification head reads the "
-                                "mean of the final states (mean) or the first token's (cls).",
-                        "encoder", flag="pooling")
-
-
-@dataclass(frozen=True)
-class VPTOptions:
-    """ViT backbones: visual prompt tuning."""
-
-    deep: bool = _opt(False, "Vision backbones (ViT): a separate set of --num-virtual-tokens prompt tokens before "
-                             "every layer (VPT-deep) instead of once at the input (VPT-shallow).",
-                      "vpt", flag="vpt_deep")
-
-
-@dataclass(frozen=True)
-class CoOpOptions:
-    """CLIP backbones: CoOp context optimisation."""
-
-    class_specific: bool = _opt(False, "CLIP backbones (CoOp): one context per class instead of one shared by "
-                                       "all classes.", "coop", flag="coop_class_specific")
-    class_token_position: str = _opt("end", "CLIP backbones (CoOp): where the class name goes in "
-                                            "'[ctx] {class}': end, middle or front.",
-                                     "coop", flag="coop_class_token_position")
-
-
-@dataclass(frozen=True)
-class WhisperOptions:
-    """Whisper backbones: speech prompts."""
-
-    encoder_prompt_tokens: int = _opt(0, "Speech backbones (Whisper): trained vectors appended to the encoder's "
-                                         "output too (0 = the decoder prompt only).",
-                                      "whisper", flag="encoder_prompt_tokens")
 
 
 @dataclass(frozen=True, init=False)
@@ -296,16 +267,16 @@ class TrainConfig:
     load_in: str | None = _opt(None, "Quantise the frozen backbone at load: int8 (weight-only; CPU or GPU), 8bit "
                                      "or 4bit (bitsandbytes, CUDA). The prompt stays fp32.", "run")
 
-    # Each method's and kind's own options, one group each (`config.vpt.deep`; flags and YAML keep `vpt_deep`).
-    # The methods' groups are declared in their modules (methods/deep.py...) and composed here.
+    # Each method's and kind's own options, one group each (`config.vpt.deep`; flags and YAML keep `vpt_deep`),
+    # declared in the method's module (methods/deep.py...) or the kind's folder (kinds/vision/options.py...).
     residual: ResidualOptions = _method_group(MethodName.RESIDUAL)
     deep: DeepOptions = _method_group(MethodName.DEEP)
     dept: DePTOptions = _method_group(MethodName.DEPT)
     mpt: MultitaskOptions = _method_group(MethodName.MULTITASK)
-    encoder: EncoderOptions = _group(EncoderOptions, "encoder")
-    vpt: VPTOptions = _group(VPTOptions, "vpt")
-    coop: CoOpOptions = _group(CoOpOptions, "coop")
-    whisper: WhisperOptions = _group(WhisperOptions, "whisper")
+    encoder: EncoderOptions = _kind_group("encoder")
+    vpt: VPTOptions = _kind_group("vpt")
+    coop: CoOpOptions = _kind_group("coop")
+    whisper: WhisperOptions = _kind_group("whisper")
 
     def __init__(self, **values: Any) -> None:
         """Options by flat name (`lr=0.1`, `vpt_deep=True`, as on the command line), or a group as a whole

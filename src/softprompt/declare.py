@@ -1,10 +1,10 @@
 """How an option is declared, once, wherever it belongs: `config.py` for the options every run shares, a method's
-module (`methods/deep.py`...) for that method's own. `config.TrainConfig` composes them; the CLI's flags, the docs'
+module (`methods/deep.py`...) for that method's own, a kind's folder (`kinds/vision/options.py`...) for that kind's. `config.TrainConfig` composes them; the CLI's flags, the docs'
 options table and YAML config sections are drawn from these declarations."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -23,3 +23,8 @@ class OptionGroup:
     name: str
     title: str
     options: type
+
+    @property
+    def flat_names(self) -> frozenset[str]:
+        """Its options' flat names (`vpt_deep`), as flags and YAML keys spell them."""
+        return frozenset(f.metadata.get("flag") or f.name for f in fields(self.options))

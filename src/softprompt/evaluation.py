@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .progress import bar as progress_bar
-from .protocols import PromptedTask, TaskType
+from .protocols import Prompted, TaskType
 
 
 def _batches(rows: Sequence[Mapping], batch_size: int, fields: Sequence[str]):
@@ -22,7 +22,7 @@ def _batches(rows: Sequence[Mapping], batch_size: int, fields: Sequence[str]):
 
 
 @torch.no_grad()
-def predict_scores(model: PromptedTask, rows: Sequence[Mapping], *, batch_size: int = 32,
+def predict_scores(model: Prompted, rows: Sequence[Mapping], *, batch_size: int = 32,
                    progress: bool = False) -> torch.Tensor:
     """Class scores (N, C) for rows, in input order."""
     scores = torch.empty(len(rows), len(model.labels))
@@ -47,7 +47,7 @@ def classification_metrics(predicted: torch.Tensor, gold: torch.Tensor, labels: 
 
 
 @torch.no_grad()
-def evaluate(model: PromptedTask, rows: Sequence[Mapping], *, label_field: str = "label", batch_size: int = 32,
+def evaluate(model: Prompted, rows: Sequence[Mapping], *, label_field: str = "label", batch_size: int = 32,
              limit: int = 0, progress: bool = False) -> dict:
     """Classification: accuracy and macro-F1. Generation: mean target-token loss and perplexity.
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import ConfigError, IncompatiblePromptError, PromptFileError, StorageError
 from .methods import file_method
-from .protocols import Backbone, BackboneKind, PromptedTask, TaskType
+from .protocols import Backbone, BackboneKind, Prompted, TaskType
 from .version import __version__
 
 TENSOR_NAME = "prompt_embeddings"
@@ -32,7 +32,7 @@ FORMAT_NAME = "softprompt"
 FORMAT_VERSION = 1
 
 
-def prompt_metadata(model: PromptedTask, **extra: Any) -> dict[str, Any]:
+def prompt_metadata(model: Prompted, **extra: Any) -> dict[str, Any]:
     """Everything needed to rebuild `model` around its backbone, plus `extra` (init, training figures, ...)."""
     backbone = model.backbone
     meta: dict[str, Any] = {
@@ -135,7 +135,7 @@ def write_export_folder(out: str | Path, owned: set[str], overwrite: bool, write
 
 
 # Set by `softprompt.pretrained`, which knows the kind table and the backbone loader (they import this module).
-_FROM_PRETRAINED: Callable[..., PromptedTask] | None = None
+_FROM_PRETRAINED: Callable[..., Prompted] | None = None
 
 
 class Pretrained:
@@ -162,7 +162,7 @@ class Pretrained:
 PROMPT_FILE = "prompt.safetensors"
 
 
-def save_prompt(path: str | Path, model: PromptedTask, **extra: Any) -> Path:
+def save_prompt(path: str | Path, model: Prompted, **extra: Any) -> Path:
     """Write `model`'s prompt and metadata to `path` atomically.
 
     Examples:

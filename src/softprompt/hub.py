@@ -19,9 +19,9 @@ import torch
 
 from .cache import CACHE_MARKER, cache_is_complete, cache_root, convert_in_staging, package_dir, quiet_transformers
 from .errors import BackboneError
-from .kinds import KINDS, detect_kind
+from .kinds.table import KINDS, detect_kind
 from .kinds.loading import read_config
-from .kinds.whisper.backbone import load_whisper_backbone
+from .kinds.speech.backbone import load_whisper_backbone
 from .progress import third_party_bar_on_terminal_only
 from .protocols import Backbone
 

@@ -15,12 +15,12 @@ from . import formats
 from .config import resolve_device
 from .errors import PromptFileError
 from .hub import load_backbone, resolve_precision
-from .kinds import load_prompted_model
-from .protocols import Backbone, PromptedTask
+from .kinds.table import load_prompted_model
+from .protocols import Backbone, Prompted
 
 
 def from_pretrained(path: str | Path, backbone: Backbone | str | None = None, *, precision: str = "auto",
-                    device: str = "auto") -> PromptedTask:
+                    device: str = "auto") -> Prompted:
     """Load `path` (a folder holding prompt.safetensors, or a prompt file) on `backbone` (loaded, a name or
     folder, or None: the name recorded in the file)."""
     path = Path(path)
@@ -35,7 +35,7 @@ def from_pretrained(path: str | Path, backbone: Backbone | str | None = None, *,
     return load_prompted_model(file, backbone)
 
 
-def _from_pretrained(path: str | Path, backbone: Any = None, **options: Any) -> PromptedTask:
+def _from_pretrained(path: str | Path, backbone: Any = None, **options: Any) -> Prompted:
     return from_pretrained(path, backbone, **options)
 
 

@@ -1,5 +1,11 @@
-"""The interfaces every kind implements: `Backbone` (a frozen model) and `PromptedTask` (a prompt on it), the
-enumerations they share, and `Capability` (what a kind can do beyond training and evaluation).
+"""The interfaces every kind implements: `Backbone` (a frozen model) and `Prompted` (a prompt on it, with its
+template or head: a prompted model), the enumerations they share, and `Capability` (what a kind can do beyond
+training and evaluation). Protocols beyond `Prompted` say what a model can do (`Servable`, `CachesPromptPrefix`,
+`JoinsMixedBatches`, `DecodesItself`).
+
+Words: a *task* is what a prompt is trained to do -- a dataset's rows and labels (`data.TaskData`), of a
+`TaskType` (classification or generation); a multitask prompt holds one view per task (`TaskPrompt`). The trained
+thing that does it is a *prompted model* (`Prompted`).
 
 Nothing here guesses from tensor shapes: each backbone kind says where its input embeddings are, how to run
 a forward pass from embeddings, and how to turn hidden states into vocabulary scores.
@@ -96,7 +102,7 @@ class Capability(str, Enum):
 
 
 @runtime_checkable
-class PromptedTask(Protocol):
+class Prompted(Protocol):
     """What training, evaluation, prompt files, the bank, the server, compare and explain read from a prompted
     model, whatever its kind. Rows are mappings (`{"text": ..., "label": ...}`, `{"image": tensor, ...}`).
 
@@ -147,7 +153,7 @@ class PromptedTask(Protocol):
 
 
 @runtime_checkable
-class ServedTask(PromptedTask, Protocol):
+class Servable(Prompted, Protocol):
     """A prompted task a server holds (its kind has `Capability.SERVE`): inputs are text fields."""
 
     def widen_for_inputs(self, max_input_tokens: int) -> None:
@@ -176,7 +182,7 @@ class CachesPromptPrefix(Protocol):
 
 
 @runtime_checkable
-class MixedBatchTask(ServedTask, CachesPromptPrefix, Protocol):
+class JoinsMixedBatches(Servable, CachesPromptPrefix, Protocol):
     """What a mixed-prompt batch (`inference/batch.py`) and generation read from a prompted model whose kind has
     `Capability.MIXED_BATCH`: its encoder and label words, its prompt's vectors (and text offsets), and its
     cached prompt prefix. The batch embeds many prompts' rows at once; every score goes through the one scorer

@@ -12,8 +12,8 @@ from ..config import LOAD_IN, resolve_device
 from ..errors import ConfigError
 from ..formats import read_prompt_tensors
 from ..hub import load_backbone, resolve_precision
-from ..kinds import load_prompted_model
-from ..protocols import PromptedTask
+from ..kinds.table import load_prompted_model
+from ..protocols import Prompted
 
 
 # The verbs that load a backbone for inference share one --load-in.
@@ -32,7 +32,7 @@ def check_load_in(load_in: str | None) -> None:
 
 
 def load_for_inference(prompt: Path, model: str | None, precision: str, device: str,
-                       load_in: str | None = None) -> tuple[PromptedTask, dict]:
+                       load_in: str | None = None) -> tuple[Prompted, dict]:
     """Load a prompt file and its backbone (from `model`, else the name in the file's metadata)."""
     check_load_in(load_in)
     _, meta = read_prompt_tensors(prompt)

@@ -12,7 +12,7 @@ import typer
 from ..data import load_task
 from ..errors import ConfigError
 from ..evaluation import evaluate
-from ..kinds import kind_of, load_prompted_model
+from ..kinds.table import kind_of, load_prompted_model
 from ..protocols import Capability
 from ..tools.explain import compare_prompts, explain_prompt, plot_neighbours, projected
 from . import app

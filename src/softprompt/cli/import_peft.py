@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..hub import load_backbone
-from ..kinds import kind_of
+from ..kinds.table import kind_of
 from ..protocols import Capability
 from ..tools.interop import import_peft, read_peft_adapter
 from . import app

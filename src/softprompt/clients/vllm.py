@@ -31,7 +31,7 @@ from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from ..kinds import CapabilityError
+from ..kinds.table import CapabilityError
 from ..inference.batch import Classification, Generation, fields_of
 from ..kinds.causal_lm.model import PromptedModel
 

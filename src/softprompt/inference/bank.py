@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import ConfigError, SoftPromptError
-from ..kinds import kind_of, load_prompted_model
-from ..protocols import Backbone, CachesPromptPrefix, Capability, PromptedTask, TaskType
+from ..kinds.table import kind_of, load_prompted_model
+from ..protocols import Backbone, CachesPromptPrefix, Capability, Prompted, TaskType
 from .batch import Classification, Generation, Request
 from .cache_budget import PromptCacheBudget
 from .engine import run_in_groups
@@ -44,11 +44,11 @@ class PromptBank:
         kind_of(backbone).require(Capability.SERVE, f"--model {backbone.name}")
         self.backbone = backbone
         self.cache_budget = PromptCacheBudget(cache_budget_bytes)
-        self._models: dict[str, PromptedTask] = {}
+        self._models: dict[str, Prompted] = {}
         self._lock = threading.Lock()
 
     # ---- contents ------------------------------------------------------------------------------------------
-    def add(self, name: str, prompt: str | Path | PromptedTask) -> PromptedTask:
+    def add(self, name: str, prompt: str | Path | Prompted) -> Prompted:
         """Add or replace a prompt (a file is verified against the backbone's fingerprint first)."""
         model = load_prompted_model(prompt, self.backbone) if isinstance(prompt, (str, Path)) else prompt
         if model.backbone is not self.backbone:
@@ -73,7 +73,7 @@ class PromptBank:
             raise UnknownPromptError(f"no prompt named '{name}'")
         self.cache_budget.forget(model)
 
-    def get(self, name: str) -> PromptedTask:
+    def get(self, name: str) -> Prompted:
         with self._lock:
             model = self._models.get(name)
         if model is None:

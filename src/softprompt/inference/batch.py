@@ -1,7 +1,7 @@
 """Mixed-prompt batches: rows of different prompts, classification and generation, in one backbone pass.
 
 Each row is encoded by its own prompt's template. Rows whose template starts with soft tokens do not run
-those columns: their keys/values come from the prompt's cached prefix (`MixedBatchTask.prompt_cache`, computed
+those columns: their keys/values come from the prompt's cached prefix (`JoinsMixedBatches.prompt_cache`, computed
 once per prompt), right-aligned into one left-padded prefix block; the rest of the row continues at the
 positions after its prefix. Soft tokens later in a template index one table of the batch's prompt vectors.
 Classification rows are scored from the prefill (label words of several tokens: each row's context cache is
@@ -24,7 +24,7 @@ from typing import Callable, Literal, Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from ..protocols import Backbone, MixedBatchTask, TaskType
+from ..protocols import Backbone, JoinsMixedBatches, TaskType
 from ..scoring import (Recomputed, backbone_autocast, cache_layers, continue_context, label_word_scores,
                        place_soft_tokens, text_positions)
 from ..template import Encoded, left_pad
@@ -53,7 +53,7 @@ class Request:
     row's client has gone: a generating row then stops at its next token.
     """
 
-    model: MixedBatchTask
+    model: JoinsMixedBatches
     inputs: Mapping[str, str] | str
     task: Literal["classify", "generate"] = "classify"
     max_new_tokens: int = 32
@@ -79,7 +79,7 @@ class Generation:
     completion_tokens: int
 
 
-def fields_of(model: MixedBatchTask, inputs: Mapping[str, str] | str) -> Mapping[str, str]:
+def fields_of(model: JoinsMixedBatches, inputs: Mapping[str, str] | str) -> Mapping[str, str]:
     """A request's input as template fields; a plain string fills the template's first input field."""
     fields = model.input_fields
     if isinstance(inputs, str):
@@ -96,7 +96,7 @@ def fields_of(model: MixedBatchTask, inputs: Mapping[str, str] | str) -> Mapping
 class BatchRow:
     """One backbone row: the part after the cached prefix, and that prefix's columns in the cache (0 = none)."""
 
-    model: MixedBatchTask
+    model: JoinsMixedBatches
     rest: Encoded
     prefix: int
 
@@ -116,7 +116,7 @@ class Decoding:
         return Generation(self.text, self.finish or "length", self.prompt_tokens, len(self.ids))
 
 
-def split_cached_prefix(model: MixedBatchTask, encoded: Encoded) -> BatchRow:
+def split_cached_prefix(model: JoinsMixedBatches, encoded: Encoded) -> BatchRow:
     """A request's encoded row as the batch runs it: the columns its prompt's cached prefix replaces are dropped
     (the cache holds them), keeping at least one column to read the next token from."""
     skip, width = model.cache_plan()

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError
-from ..kinds import kind_of
+from ..kinds.table import kind_of
 from ..protocols import Backbone, Capability, TaskType
 from .batch import Classification, Decoder, Generation, Request, fields_of, start_batch
 

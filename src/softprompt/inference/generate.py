@@ -12,13 +12,13 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..protocols import MixedBatchTask
+from ..protocols import JoinsMixedBatches
 from ..template import left_pad
 from .batch import Decoding, Request, advance_decoding, fields_of, pick_token, run_batch
 
 
 @torch.no_grad()
-def generate(model: MixedBatchTask, examples: Sequence[Mapping[str, str]], *, max_new_tokens: int = 32,
+def generate(model: JoinsMixedBatches, examples: Sequence[Mapping[str, str]], *, max_new_tokens: int = 32,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, stop: Sequence[str] = (),
              seed: int | None = None, use_cache: bool = True) -> list[str]:
     """Continue each example's rendered template; returns the generated text per example (stop strings cut).
@@ -37,7 +37,7 @@ def generate(model: MixedBatchTask, examples: Sequence[Mapping[str, str]], *, ma
     return [_generate_without_cache(model, req) for req in requests]
 
 
-def _generate_without_cache(model: MixedBatchTask, req: Request) -> str:
+def _generate_without_cache(model: JoinsMixedBatches, req: Request) -> str:
     """The reference: one row, the whole sequence recomputed every step, no key/value or prompt cache."""
     backbone = model.backbone
     seed = req.seed if req.seed is not None else random.getrandbits(63)
@@ -59,7 +59,7 @@ def _generate_without_cache(model: MixedBatchTask, req: Request) -> str:
     return state.text
 
 
-def _full_pass(model: MixedBatchTask, batch):
+def _full_pass(model: JoinsMixedBatches, batch):
     """The whole sequence, without the cached prompt prefix (a deep prompt's prefixes still apply)."""
     prior, model.use_prompt_cache = model.use_prompt_cache, False
     try:

@@ -1,4 +1,4 @@
-"""Prompted classifiers whose inputs are not text (images, audio): the shared part of their `PromptedTask`.
+"""Prompted classifiers whose inputs are not text (images, audio): the shared part of their `Prompted`.
 
 A text model places its prompt with a template; here an `InputSpec` names the row field the model reads
 (`image`, `audio`) and where the soft tokens go; its `source` is what the prompt file records as the

@@ -15,13 +15,13 @@ from ..errors import ConfigError
 from ..formats import check_compatible, read_prompt_tensors
 from ..methods import METHODS, MethodName, PromptStart, file_method
 from ..prompts import initial_embeddings
-from ..protocols import Backbone, PromptedTask, TaskType
+from ..protocols import Backbone, Prompted, TaskType
 from ..template import Placement, Template, TemplateEncoder, build_template
 from ..verbalizer import Verbalizer
 from .classifier import linear_head
 
 # (backbone, prompt, template, verbaliser, *, labels, max_length, pooling, head) -> the kind's prompted model
-Assemble = Callable[..., PromptedTask]
+Assemble = Callable[..., Prompted]
 
 
 def resolved_placement(config: TrainConfig, body: str) -> Placement:
@@ -29,7 +29,7 @@ def resolved_placement(config: TrainConfig, body: str) -> Placement:
     return config.placement or (Placement.TEMPLATE if "[soft:" in body else Placement.PREFIX)
 
 
-def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, assemble: Assemble) -> PromptedTask:
+def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, assemble: Assemble) -> Prompted:
     """Template + verbaliser + initialised prompt around a loaded text backbone, as `config` says."""
     body = config.template or task.default_template
     method = METHODS[config.method]
@@ -79,7 +79,7 @@ def build_text_model(config: TrainConfig, backbone: Backbone, task: TaskData, as
 
 
 def text_model_from_file(backbone: Backbone, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                         assemble: Assemble) -> PromptedTask:
+                         assemble: Assemble) -> Prompted:
     """A text kind's prompted model rebuilt from a prompt file's tensors and metadata."""
     verbalizer = Verbalizer.from_spec(meta["labels"], meta["verbalizer"]) if meta.get("verbalizer") else None
     prompt = file_method(meta, "prompt file").from_tensors({k: v.to(backbone.device) for k, v in tensors.items()},

@@ -33,8 +33,8 @@ from ..clients.vllm import VLLMClient, VLLMError, require_input_embeddings
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError, StorageError
 from ..inference.bank import PromptBank, UnknownPromptError
 from ..inference.batch import Generation, Request, fields_of
-from ..kinds import kind_of
-from ..protocols import Capability, ServedTask, TaskType
+from ..kinds.table import kind_of
+from ..protocols import Capability, Servable, TaskType
 from ..version import __version__
 from .batcher import DynamicBatcher, Work
 from .directory import NAME_SCHEMA, PromptDirectory, check_name
@@ -87,7 +87,7 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
     metrics = Metrics()
     metrics.watch_cache(bank.cache_budget)
 
-    def prepare(model: ServedTask) -> None:
+    def prepare(model: Servable) -> None:
         kind_of(model).require(Capability.SERVE, "this server")  # before anything reads text-model parts
         if vllm is not None:
             require_input_embeddings(model)  # deep prompts and other kinds: one line, the file is not served
@@ -301,14 +301,14 @@ def create_app(bank: PromptBank, prompts: str | Path, settings: ServeSettings = 
     return app
 
 
-def _describe(name: str, model: ServedTask) -> dict[str, Any]:
+def _describe(name: str, model: Servable) -> dict[str, Any]:
     return {"name": name, "object": "prompt", "task": model.task.value,
             "labels": list(model.labels) if model.task is TaskType.CLASSIFICATION else None,
             "num_virtual_tokens": model.prompt.num_virtual_tokens, "template": model.template_source,
             "backbone": model.backbone.name}
 
 
-def _check_inputs(model: ServedTask, inputs: list, settings: ServeSettings) -> None:
+def _check_inputs(model: Servable, inputs: list, settings: ServeSettings) -> None:
     if len(inputs) > settings.max_inputs:
         raise ApiError(413, f"{len(inputs)} inputs in one request; the limit is {settings.max_inputs} "
                             "(--max-inputs): split the request", "request_too_large")

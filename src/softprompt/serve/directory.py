@@ -20,8 +20,8 @@ from typing import Callable
 from ..errors import ConfigError, IncompatiblePromptError, PromptFileError, SoftPromptError, StorageError
 from ..formats import user_permissions
 from ..inference.bank import PromptBank, UnknownPromptError
-from ..kinds import load_prompted_model
-from ..protocols import PromptedTask
+from ..kinds.table import load_prompted_model
+from ..protocols import Prompted
 
 log = logging.getLogger("softprompt.serve")
 
@@ -41,7 +41,7 @@ def check_name(name: str) -> str:
 
 class PromptDirectory:
     def __init__(self, bank: PromptBank, folder: str | Path, *,
-                 prepare: Callable[[PromptedTask], None] = lambda model: None) -> None:
+                 prepare: Callable[[Prompted], None] = lambda model: None) -> None:
         self.bank = bank
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -61,7 +61,7 @@ class PromptDirectory:
         st = path.stat()
         return st.st_mtime_ns, st.st_size
 
-    def _load(self, name: str, path: Path, shown: str) -> PromptedTask:
+    def _load(self, name: str, path: Path, shown: str) -> Prompted:
         """Load and prepare one file. Whatever a file holds, the only error that leaves is a `SoftPromptError`
         (a crafted or damaged file must never stop a scan or answer 500), and its message names the file as
         `shown` -- a client learns nothing of the server's paths, and gets no command-line advice."""
@@ -128,7 +128,7 @@ class PromptDirectory:
                 log.info("prompts %s: %s", kind, ", ".join(report[kind]))
         return report
 
-    def install(self, name: str, data: bytes) -> tuple[PromptedTask, bool]:
+    def install(self, name: str, data: bytes) -> tuple[Prompted, bool]:
         """Validate an uploaded prompt file, then write it into the folder and serve it. Returns (model, replaced).
         Raises PromptFileError (not a prompt file) or IncompatiblePromptError (another backbone); then nothing
         is written."""

@@ -22,14 +22,14 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..formats import atomic_write
-from ..kinds.causal_lm.model import PromptedModel
+from ..kinds.text_model import TextPromptedModel
 from ..methods.dept import DecomposedPrompt
 from ..prompts import SoftPrompt
 
 Metric = Literal["cosine", "l2"]
 
 
-def _input_vectors(model: PromptedModel) -> torch.Tensor:
+def _input_vectors(model: TextPromptedModel) -> torch.Tensor:
     if model.prompt.num_input_tokens == 0:
         raise ConfigError("this prompt has no input-space vectors to read (a deep prompt lives in every layer's "
                           "keys/values, a zero-shot template has none)")
@@ -45,7 +45,7 @@ def similarity(vectors: torch.Tensor, matrix: torch.Tensor, metric: Metric) -> t
     raise ConfigError(f"--metric {metric!r}: use cosine or l2")
 
 
-def nearest_tokens(model: PromptedModel, top_k: int = 5, metric: Metric = "cosine") -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_tokens(model: TextPromptedModel, top_k: int = 5, metric: Metric = "cosine") -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, token ids), each (n, top_k), of every virtual token's nearest vocabulary tokens."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
@@ -59,7 +59,7 @@ def _stats(values: torch.Tensor) -> dict[str, float]:
             "min": float(values.min()), "max": float(values.max())}
 
 
-def explain_prompt(model: PromptedModel, top_k: int = 5, metric: Metric = "cosine") -> dict[str, Any]:
+def explain_prompt(model: TextPromptedModel, top_k: int = 5, metric: Metric = "cosine") -> dict[str, Any]:
     """Per virtual token: its norm and nearest tokens; norm statistics of the prompt and of the vocabulary."""
     vectors = _input_vectors(model)
     matrix = model.backbone.input_embedding_matrix().detach().float().cpu()
@@ -77,7 +77,7 @@ def explain_prompt(model: PromptedModel, top_k: int = 5, metric: Metric = "cosin
             "nearest_score_mean": float(scores[:, 0].mean())}
 
 
-def projected(model: PromptedModel, metric: Metric = "cosine") -> PromptedModel:
+def projected(model: TextPromptedModel, metric: Metric = "cosine") -> TextPromptedModel:
     """The hard prompt: the same model with each soft vector replaced by its nearest real token's embedding."""
     _, ids = nearest_tokens(model, 1, metric)
     matrix = model.backbone.input_embedding_matrix().detach()
@@ -88,7 +88,7 @@ def projected(model: PromptedModel, metric: Metric = "cosine") -> PromptedModel:
     return model.with_prompt(SoftPrompt(vectors))
 
 
-def compare_prompts(first: PromptedModel, second: PromptedModel) -> dict[str, Any]:
+def compare_prompts(first: TextPromptedModel, second: TextPromptedModel) -> dict[str, Any]:
     """Token-wise cosine similarity (aligned positions), each token's best match in the other prompt, and the
     cosine of the two prompts' mean vectors."""
     a, b = _input_vectors(first), _input_vectors(second)

@@ -21,7 +21,7 @@ from ..cache import cache_is_complete, cache_root
 from ..errors import ConfigError, PromptFileError
 from ..formats import read_prompt_file, read_prompt_tensors, save_prompt, write_export_folder
 from ..hub import BUILTIN_BACKBONES
-from ..kinds import KINDS
+from ..kinds.table import KINDS
 from ..kinds.causal_lm.model import PromptedModel
 from ..prompts import SoftPrompt
 from ..protocols import Backbone, BackboneKind, Capability

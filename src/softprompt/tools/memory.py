@@ -22,7 +22,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, builtin_backbone_dir, builtin_folder, resolve_precision
-from ..kinds import KINDS, detect_kind
+from ..kinds.table import KINDS, detect_kind
 from ..kinds.int8 import int8_bytes
 from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of, keeps_keys_values
 from ..methods import DEFAULT_NUM_VIRTUAL_TOKENS, METHODS, Shape

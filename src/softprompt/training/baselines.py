@@ -29,7 +29,7 @@ from ..config import TrainConfig
 from ..data import TaskData
 from ..errors import ConfigError
 from ..formats import atomic_write, save_prompt
-from ..kinds import build_prompted_model, kind_of
+from ..kinds.table import build_prompted_model, kind_of
 from ..kinds.causal_lm.model import PromptedModel
 from ..methods import MethodName, method_named
 from ..prompts import SoftPrompt
@@ -136,9 +136,7 @@ class LinearProbe(PromptedModel):
 
     def _classification_batch(self, examples, label_field):
         batch = left_pad([self.encoder.encode(ex) for ex in examples], self.encoder.pad_id)
-        if examples and label_field is not None and label_field in examples[0]:
-            batch["targets"] = torch.tensor([self.labels.index(str(ex[label_field])) for ex in examples])
-        return batch
+        return self._with_targets(examples, label_field, batch)
 
 
 def merge_lora(module: nn.Module) -> int:

@@ -27,12 +27,12 @@ from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
 from ..formats import atomic_write, check_output_path, save_prompt
 from ..hub import load_backbone, resolve_precision
-from ..kinds import build_prompted_model, kind_of
+from ..kinds.table import build_prompted_model, kind_of
 from ..kinds.text import resolved_placement
 from ..progress import bar as progress_bar
 from ..progress import stage_line
 from ..methods import METHODS
-from ..protocols import Backbone, Capability, PromptedTask, TaskType
+from ..protocols import Backbone, Capability, Prompted, TaskType
 from .card import model_card
 from .checkpoint import BatchStream, clear_interrupted_writes, load_checkpoint, save_checkpoint
 from .distributed import Processes, setup_processes
@@ -46,7 +46,7 @@ from .tracking import open_tracker
 
 @dataclass
 class TrainResult:
-    model: PromptedTask
+    model: Prompted
     output: Path
     prompt_path: Path
     best_step: int
@@ -108,8 +108,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, **kwargs: Any) -> Trai
 
 
 def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskData | None = None,
-          progress: bool = True, model: PromptedTask | None = None,
-          save: Callable[[Path, PromptedTask, dict], Path] | None = None,
+          progress: bool = True, model: Prompted | None = None,
+          save: Callable[[Path, Prompted, dict], Path] | None = None,
           resume_state: dict[str, Any] | None = None,
           on_validation: Callable[[int, dict], None] | None = None) -> TrainResult:
     """Train a soft prompt as `config` says; writes the run directory and returns the best model.
@@ -156,7 +156,7 @@ def train(config: TrainConfig, *, backbone: Backbone | None = None, task: TaskDa
 
 
 def _single_task_job(config: TrainConfig, backbone: Backbone, task: TaskData, world: int,
-                     model: PromptedTask | None, save: Callable[[Path, PromptedTask, dict], Path] | None) -> Job:
+                     model: Prompted | None, save: Callable[[Path, Prompted, dict], Path] | None) -> Job:
     if task.skipped_rows:
         print(f"softprompt: skipped {task.skipped_rows} bad data rows (--skip-bad-rows)", flush=True)
     train_rows = task.split("train")
@@ -217,7 +217,7 @@ def _compile_layers(config: TrainConfig, job: Job, backbone: Backbone, world: in
     return done
 
 
-def batch_passes(model: PromptedTask, rows: list, batch: dict, budget: int, label_field: str | None
+def batch_passes(model: Prompted, rows: list, batch: dict, budget: int, label_field: str | None
             ) -> list[tuple[dict, float]]:
     """A batch as one forward/backward pass, or -- when its padded tokens exceed `budget` on a causal LM -- as
     passes over fewer rows each, with each pass's share of the batch's loss: its rows for a row-mean loss

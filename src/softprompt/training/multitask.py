@@ -36,11 +36,11 @@ from ..data import TaskData, load_task
 from ..errors import ConfigError
 from ..evaluation import evaluate, primary_metric
 from ..formats import FORMAT_NAME, atomic_write, prompt_metadata, save_prompt
-from ..kinds import build_prompted_model, kind_of, load_prompted_model
+from ..kinds.table import build_prompted_model, kind_of, load_prompted_model
 from ..methods import DEFAULT_NUM_VIRTUAL_TOKENS
 from ..methods.multitask import TaskPrompt
 from ..prompts import PromptInit, initial_embeddings
-from ..protocols import Backbone, Capability, PromptedTask, TaskType
+from ..protocols import Backbone, Capability, Prompted, TaskType
 from .checkpoint import BatchStream
 from .state import Job
 
@@ -128,8 +128,8 @@ class MultitaskModel(nn.Module):
 
     task = TaskType.CLASSIFICATION
 
-    def __init__(self, models: dict[str, PromptedTask], shared: nn.Parameter, label_fields: dict[str, str],
-                 teachers: dict[str, PromptedTask], distill_weight: float, temperature: float) -> None:
+    def __init__(self, models: dict[str, Prompted], shared: nn.Parameter, label_fields: dict[str, str],
+                 teachers: dict[str, Prompted], distill_weight: float, temperature: float) -> None:
         super().__init__()
         self.shared = shared
         self.tasks = nn.ModuleDict(models)

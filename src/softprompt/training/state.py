@@ -26,7 +26,7 @@ class Job:
     (`training.multitask.multitask_job`). The loop only reads this."""
 
     name: str                                     # for the plot's title and the result's summary
-    model: Any                                    # a PromptedTask (or the multitask model): make_batch / loss
+    model: Any                                    # a Prompted (or the multitask model): make_batch / loss
     train_rows: list[dict]
     label_field: str
     stream: Any                                   # yields lists of row indices; has state_dict / load_state_dict

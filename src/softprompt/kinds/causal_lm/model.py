@@ -1,31 +1,30 @@
-"""A prompted model: a frozen backbone + a soft prompt + a template (+ a verbalizer for classification).
+"""The causal LM's prompted model: the text model (`kinds/text_model.py`) with what a decoder-only backbone adds --
+label words scored at the answer position (several tokens from the context's key/value cache), generation
+targets after the context, a cached prompt prefix, deep prompts' per-layer prefixes and the frozen-input split.
 
-Composition, not inheritance: the backbone is held, never subclassed, and only the prompt has trainable
-parameters. Vocabulary logits are computed only at answer positions, never over the whole sequence.
+The backbone is held, never subclassed, and only the prompt has trainable parameters. Vocabulary logits are
+computed only at answer positions, never over the whole sequence.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ...errors import ConfigError, IncompatiblePromptError
-from ...formats import Pretrained
 from ...methods.deep import refuse_unfit_backbone
-from ...methods.dept import DecomposedPrompt
 from ...prompts import SoftPrompt
-from ...protocols import Backbone, TaskType
-from ...scoring import (Recomputed, backbone_autocast, label_word_scores, place_soft_tokens, same_words_per_row,
-                        text_positions, token_log_likelihood)
-from ...template import Encoded, Template, TemplateEncoder, left_pad
+from ...protocols import Backbone
+from ...scoring import Recomputed, label_word_scores, same_words_per_row, token_log_likelihood
+from ...template import Encoded, Template, left_pad
 from ...verbalizer import Verbalizer
+from ..text_model import TextPromptedModel
 
 
-class PromptedModel(Pretrained, nn.Module):
-    """Frozen backbone + soft prompt, placed by a template.
+class PromptedModel(TextPromptedModel):
+    """Frozen causal LM + soft prompt, placed by a template.
 
     Examples:
         >>> model = PromptedModel(backbone, prompt, Template.parse("[soft:20] Review: {text} Sentiment: {label}"),
@@ -36,18 +35,12 @@ class PromptedModel(Pretrained, nn.Module):
 
     def __init__(self, backbone: Backbone, prompt: SoftPrompt, template: Template,
                  verbalizer: Verbalizer | None = None, *, max_length: int = 128) -> None:
-        super().__init__()
-        if prompt.hidden_size != backbone.hidden_size:
-            raise IncompatiblePromptError(
-                f"prompt hidden size {prompt.hidden_size} != backbone '{backbone.name}' hidden size "
-                f"{backbone.hidden_size}")
-        self.deep = prompt.method == "deep"
-        if self.deep and template.num_virtual_tokens:
+        deep = prompt.method == "deep"
+        if deep and template.num_virtual_tokens:
             raise ConfigError("a deep prompt lives in every layer's keys/values: use a template without [soft:N] "
                               "markers (and no --placement)")
-        if prompt.num_input_tokens != template.num_virtual_tokens:
-            raise ConfigError(f"the prompt has {prompt.num_virtual_tokens} virtual tokens but the template places "
-                              f"{template.num_virtual_tokens}")
+        super().__init__(backbone, prompt, template, verbalizer, max_length=max_length)
+        self.deep = deep
         if self.deep:
             refuse_unfit_backbone(backbone)
             expected = backbone.kv_layout()                               # (layers, kv heads, head dim)
@@ -56,109 +49,21 @@ class PromptedModel(Pretrained, nn.Module):
             if found != expected:
                 raise IncompatiblePromptError(f"deep prompt for {found[0]} layers x {found[1]} kv heads x {found[2]}, "
                                               f"but backbone '{backbone.name}' has {' x '.join(map(str, expected))}")
-        self.backbone = backbone
-        self.prompt = prompt
-        self.template = template
-        self.verbalizer = verbalizer
-        self.task = TaskType.CLASSIFICATION if verbalizer is not None else TaskType.GENERATION
-        self.encoder = TemplateEncoder(template, backbone.tokenizer, max_length)
-        self.word_ids: list[list[int]] = verbalizer.token_ids(self.encoder.answer_ids) if verbalizer else []
-        self.max_word_tokens = max((len(w) for w in self.word_ids), default=0)
-        # A DePT prompt changes the text tokens too: no column runs ahead of it (the frozen-input split). Its
-        # leading prompt is still cached for inference: the text after the cache continues its offsets' positions
-        # from the cached columns' own text (BOS) -- `cached_text_columns`.
-        # see hidden(); off only to compare against the single pass, and where no key/value cache holds the split
+        # The frozen-input split (see hidden()) is off where no key/value cache could hold the frozen columns, and
+        # for a DePT prompt, which changes the text tokens too, so no column runs ahead of it. A DePT prompt's
+        # leading soft tokens are still cached for inference: the text after the cache continues its offsets'
+        # positions from the cached columns' own text (BOS) -- `cached_text_columns`.
         self.split_frozen_input = not self.offsets_text and backbone.keeps_keys_values
         self.use_prompt_cache = True                     # inference: reuse a leading prompt's keys/values (hidden())
         self._prompt_cache: tuple | None = None
         self.cache_budget: Any = None  # an inference.cache_budget.PromptCacheBudget a bank shares among its prompts
 
-    @classmethod
-    def zero_shot(cls, backbone: Backbone, template_body: str, verbalizer: Verbalizer | None = None, *,
-                  max_length: int = 128) -> "PromptedModel":
-        """The template alone, no soft tokens: the hand-written-prompt baseline a trained prompt must beat."""
-        template = Template.parse(template_body)
-        if template.num_virtual_tokens:
-            raise ConfigError("a zero-shot template has no [soft:N] markers")
-        empty = SoftPrompt(torch.zeros(0, backbone.hidden_size, device=backbone.device))
-        return cls(backbone, empty, template, verbalizer, max_length=max_length)
-
-    @property
-    def max_length(self) -> int:
-        return self.encoder.max_length
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """The class labels, in score order (classification)."""
-        if self.verbalizer is None:
-            raise ConfigError("a generation prompt has no labels")
-        return tuple(self.verbalizer.labels)
-
-    @property
-    def input_fields(self) -> tuple[str, ...]:
-        return self.template.input_fields
-
-    @property
-    def template_source(self) -> str:
-        return self.template.source
-
-    def file_metadata(self) -> dict[str, Any]:
-        return {"template": self.template.source,
-                "verbalizer": self.verbalizer.as_dict() if self.verbalizer else None,
-                "labels": list(self.labels) if self.task is TaskType.CLASSIFICATION else None}
-
-    def file_tensors(self) -> dict[str, torch.Tensor]:
-        return self.prompt.to_tensors()  # a deep prompt's MLP (if any) is folded into plain prefixes
-
-    def with_prompt(self, prompt: SoftPrompt) -> "PromptedModel":
-        """The same task (template, verbaliser, length) with another prompt (explain's hard-prompt projection)."""
-        return type(self)(self.backbone, prompt, self.template, self.verbalizer, max_length=self.max_length)
-
-    def widen_for_inputs(self, max_input_tokens: int) -> None:
-        fields = self.input_fields
-        overhead = len(self.encoder.encode({f: "" for f in fields}).input_ids) + self.max_word_tokens
-        self.widen_context(min(max_input_tokens * max(1, len(fields)) + overhead, self.position_limit()))
-
-    def position_limit(self) -> int:
-        """Most tokens a row may hold: a causal LM's rotary positions have no hard limit here."""
-        return 1 << 30
-
     def row_columns(self, fields: Mapping[str, str]) -> int:
-        return len(self.encoder.encode(fields).input_ids) - self.cache_plan()[0]  # what the cached prefix replaces
-
-    def widen_context(self, max_length: int) -> "PromptedModel":
-        """Let contexts grow to `max_length` tokens before inputs are cut (never narrows). A server widens
-        its prompts so that no input it accepts is truncated; returns self."""
-        if max_length > self.max_length:
-            self.encoder = TemplateEncoder(self.template, self.backbone.tokenizer, max_length)
-        return self
-
-    def _autocast(self):
-        return backbone_autocast(self.backbone)
-
-    @property
-    def offsets_text(self) -> bool:
-        """Whether the prompt also shifts the text tokens' input embeddings (DePT's low-rank offset)."""
-        return isinstance(self.prompt, DecomposedPrompt)
+        return super().row_columns(fields) - self.cache_plan()[0]  # what the cached prefix replaces
 
     def answer_columns(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
         """(B, T) True at a training row's target tokens (generation), which are answers, not text; else None."""
         return batch["labels"] != -100 if "labels" in batch else None
-
-    # ---- forward -------------------------------------------------------------------------------------------
-    def embed(self, batch: Mapping[str, torch.Tensor], first_text_position: int = 0) -> torch.Tensor:
-        """Token embeddings with the prompt's vectors placed at the soft positions (and a DePT prompt's offsets
-        added to the text tokens): (B, T, d). `batch` holds whole rows, or the columns after a cached prefix
-        whose text columns come first (`first_text_position`: how many)."""
-        tokens = self.backbone.embed(batch["input_ids"])                  # (B, T, d)
-        if self.offsets_text:
-            positions = text_positions(batch["soft_index"], batch["attention_mask"], self.answer_columns(batch))
-            if first_text_position:
-                positions = torch.where(positions >= 0, positions + first_text_position, positions)
-            tokens = tokens + self.prompt.text_offsets(positions).to(tokens.dtype)
-        if self.prompt.num_input_tokens == 0:                             # zero-shot or deep: no input soft tokens
-            return tokens
-        return place_soft_tokens(tokens, batch["soft_index"], self.prompt())
 
     def hidden(self, batch: Mapping[str, torch.Tensor], past_key_values: Any = None,
                use_cache: bool = False) -> tuple[torch.Tensor, Any]:
@@ -183,11 +88,9 @@ class PromptedModel(Pretrained, nn.Module):
         split = 0
         if self.split_frozen_input and past_key_values is None and not use_cache and torch.is_grad_enabled():
             split = self._frozen_columns(batch["soft_index"])
+        if not split:
+            return super().hidden(batch, past_key_values, use_cache)
         with self._autocast():
-            if not split:
-                return self.backbone.hidden_states(self.embed(batch), batch["attention_mask"],
-                                                   batch["position_ids"], past_key_values=past_key_values,
-                                                   use_cache=use_cache)
             head = {k: batch[k][:, :split] for k in ("input_ids", "soft_index", "position_ids")}
             tail = {k: batch[k][:, split:] for k in ("input_ids", "soft_index", "position_ids")}
             with torch.no_grad():
@@ -305,30 +208,7 @@ class PromptedModel(Pretrained, nn.Module):
         first = int(has_soft.float().argmax())
         return first if first >= minimum else 0
 
-    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            logits = self.backbone.token_logits(hidden)
-        return torch.log_softmax(logits.float(), dim=-1)
-
     # ---- batches -------------------------------------------------------------------------------------------
-    def make_batch(self, examples: Sequence[Mapping[str, Any]], label_field: str | None = "label") -> dict[str, torch.Tensor]:
-        """Encode and left-pad examples. Classification rows with a label get `targets` (class indices);
-        generation rows with a target get `labels` (-100 except on target tokens). `label_field=None`
-        encodes inputs only."""
-        if self.task is TaskType.CLASSIFICATION:
-            return self._classification_batch(examples, label_field)
-        return self._generation_batch(examples, label_field)
-
-    def _classification_batch(self, examples, label_field) -> dict[str, torch.Tensor]:
-        # One row per example, with room for the longest word's continuation (multi-token words are scored
-        # from the context's key/value cache: see word_scores).
-        reserve = self.max_word_tokens - 1
-        batch = left_pad([self.encoder.encode(ex, reserve=reserve) for ex in examples], self.encoder.pad_id)
-        if examples and label_field is not None and label_field in examples[0]:
-            labels = self.verbalizer.labels
-            batch["targets"] = torch.tensor([labels.index(str(ex[label_field])) for ex in examples])
-        return batch
-
     def _generation_batch(self, examples, label_field) -> dict[str, torch.Tensor]:
         eos = self.backbone.tokenizer.eos_token_id
         rows, target_lengths = [], []
@@ -425,46 +305,16 @@ class PromptedModel(Pretrained, nn.Module):
             targets[w, k - len(ids):] = torch.tensor(ids)
         return token_log_likelihood(window, targets)                     # (B, W)
 
-    def class_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Class scores (B, C): log-likelihoods of each class's words (log-sum-exp over several words)."""
-        if self.verbalizer is None:
-            raise ConfigError("class scores need a classification prompt (a verbalizer)")
-        return self.verbalizer.class_scores(self.word_scores(batch))
-
-    @torch.no_grad()
-    def classify(self, inputs: Sequence[str | Mapping[str, Any]], batch_size: int = 32) -> list[str]:
-        """Predicted label per input (a string fills the template's single input field).
-
-        Examples:
-            >>> model.classify(["A three-hour cinema master class."])   # doctest: +SKIP
-            ['positive']
-        """
-        fields = self.template.input_fields
-        rows = [{fields[0]: x} if isinstance(x, str) else x for x in inputs]
-        labels: list[str] = []
-        for start in range(0, len(rows), batch_size):
-            batch = self.make_batch(rows[start:start + batch_size], label_field=None)
-            batch = {k: v.to(self.backbone.device) for k, v in batch.items()}
-            labels += [self.labels[i] for i in self.class_scores(batch).argmax(-1).tolist()]
-        return labels
-
     # ---- loss ----------------------------------------------------------------------------------------------
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss and figures. Classification: cross-entropy over class scores. Generation: mean
-        negative log-likelihood of the target tokens (logits only at those positions)."""
-        if self.task is TaskType.CLASSIFICATION:
-            scores = self.class_scores(batch)
-            loss = F.cross_entropy(scores, batch["targets"])
-            correct = (scores.argmax(-1) == batch["targets"]).float().mean().item()
-            return loss, {"accuracy": correct}
+    def generation_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean negative log-likelihood of the target tokens (logits only at those positions)."""
         hidden, _ = self.hidden(batch)                                    # (B, T', d), T' <= T
         # Position t predicts token t+1. With the frozen-input split, hidden covers only the last T' columns;
         # targets follow the soft tokens, so none sits in the split's first column.
         labels = batch["labels"][:, -hidden.shape[1]:][:, 1:]
         where = labels != -100
         log_probs = self._log_probs(hidden[:, :-1][where])                # (N, V)
-        loss = F.nll_loss(log_probs, labels[where])
-        return loss, {}
+        return F.nll_loss(log_probs, labels[where])
 
 
 def _packed(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -20,7 +20,7 @@ from ...errors import ConfigError
 from ...frozen import FrozenBackbone
 from ...protocols import BackboneKind
 from ..loading import from_pretrained, refuse_quantisation
-from ..vit.backbone import image_norm_from_folder, normalised_pixels
+from ..vision.backbone import image_norm_from_folder, normalised_pixels
 
 CLIP_MODEL_TYPES = ("clip",)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -8,9 +8,9 @@
 - `Seq2SeqPromptedModel`: T5/BART-style models: the prompt goes into the encoder input; the decoder scores
   each label word (teacher-forced, any number of tokens) or is trained on / generates targets.
 
-The kind table (`softprompt.kinds`) picks the class from the backbone's kind through the `assemble_*` functions.
-Encoders see the whole sequence at once, so the causal model's key/value shortcuts (the frozen-input split,
-the prompt prefix cache) are off here.
+The kind table (`softprompt.kinds.table`) picks the class from the backbone's kind through the `assemble_*` functions.
+Each composes the kind-neutral text model (`kinds/text_model.py`): encoders see the whole sequence at once, so
+nothing of the causal LM's key/value shortcuts applies here.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from ...protocols import Backbone, TaskType
 from ...scoring import label_word_scores, same_words_per_row, token_log_likelihood
 from ...template import Encoded, Template, left_pad
 from ...verbalizer import Verbalizer
-from ..causal_lm.model import PromptedModel
 from ..classifier import head_tensors
+from ..text_model import TextPromptedModel
 
 POOLINGS = ("mean", "cls")
 
@@ -52,8 +52,8 @@ def right_pad(sequences: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tens
     return {"input_ids": ids, "soft_index": soft, "attention_mask": mask, "position_ids": positions}
 
 
-class _Bidirectional(PromptedModel):
-    """Shared set-up: no causal key/value shortcuts."""
+class _Bidirectional(TextPromptedModel):
+    """What the encoder kinds share: input-level prompts only, learned absolute positions, every column run."""
 
     def __init__(self, backbone: Backbone, prompt: SoftPrompt, template: Template,
                  verbalizer: Verbalizer | None, *, max_length: int) -> None:
@@ -61,12 +61,6 @@ class _Bidirectional(PromptedModel):
             raise ConfigError(f"backbone '{backbone.name}' ({backbone.kind.value}): only input-level soft prompts "
                               f"are implemented (--method prompt); deep prompts are for causal LMs")
         super().__init__(backbone, prompt, template, verbalizer, max_length=max_length)
-        self.split_frozen_input = False  # every position attends to the prompt: nothing runs ahead of it
-        self.use_prompt_cache = False
-
-    def answer_columns(self, batch: Mapping[str, torch.Tensor]) -> None:
-        """The encoder's rows hold no answer tokens (a decoder's `labels` are its own)."""
-        return None
 
     def position_limit(self) -> int:
         """Learned absolute positions (BERT, BART) end at `max_position_embeddings`; keep room for the special
@@ -74,12 +68,7 @@ class _Bidirectional(PromptedModel):
         return self.backbone.max_positions - 4
 
     def row_columns(self, fields: Mapping[str, str]) -> int:
-        return len(self.encoder.encode(fields).input_ids) + 3  # nothing is cached: every column runs
-
-    def _targets(self, examples, label_field, batch: dict) -> dict:
-        if examples and label_field is not None and label_field in examples[0]:
-            batch["targets"] = torch.tensor([self.labels.index(str(ex[label_field])) for ex in examples])
-        return batch
+        return super().row_columns(fields) + 3  # and the special tokens this kind adds
 
 
 class EncoderClassifier(_Bidirectional):
@@ -118,7 +107,7 @@ class EncoderClassifier(_Bidirectional):
     def _classification_batch(self, examples, label_field) -> dict[str, torch.Tensor]:
         tok = self.backbone.tokenizer
         rows = [_wrap(self.encoder.encode(ex, reserve=2), [tok.cls_token_id], [tok.sep_token_id]) for ex in examples]
-        return self._targets(examples, label_field, left_pad(rows, self.encoder.pad_id))
+        return self._with_targets(examples, label_field, left_pad(rows, self.encoder.pad_id))
 
     def pooled(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """(B, d) fp32 sentence vectors."""
@@ -169,7 +158,7 @@ class MaskedLMPromptedModel(_Bidirectional):
         tok = self.backbone.tokenizer
         rows = [_wrap(self.encoder.encode(ex, reserve=3), [tok.cls_token_id], [tok.mask_token_id, tok.sep_token_id])
                 for ex in examples]
-        return self._targets(examples, label_field, left_pad(rows, self.encoder.pad_id))
+        return self._with_targets(examples, label_field, left_pad(rows, self.encoder.pad_id))
 
     def word_scores(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         hidden, _ = self.hidden(batch)
@@ -187,7 +176,7 @@ class Seq2SeqPromptedModel(_Bidirectional):
 
     def _classification_batch(self, examples, label_field) -> dict[str, torch.Tensor]:
         batch = right_pad(self._encoder_rows(examples), self.encoder.pad_id)
-        return self._targets(examples, label_field, batch)
+        return self._with_targets(examples, label_field, batch)
 
     def _generation_batch(self, examples, label_field) -> dict[str, torch.Tensor]:
         batch = right_pad(self._encoder_rows(examples), self.encoder.pad_id)
@@ -223,13 +212,12 @@ class Seq2SeqPromptedModel(_Bidirectional):
         log_probs = torch.log_softmax(logits.float(), dim=-1).view(rows, words, *logits.shape[1:])
         return token_log_likelihood(log_probs, targets)
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.task is TaskType.CLASSIFICATION:
-            return super().loss(batch)
+    def generation_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The decoder's own mean negative log-likelihood of the target tokens (teacher-forced)."""
         with self._autocast():
             out = self.backbone.model(inputs_embeds=self.embed(batch), attention_mask=batch["attention_mask"],
                                       labels=batch["labels"], use_cache=False)
-        return out.loss.float(), {}
+        return out.loss.float()
 
     @torch.no_grad()
     def generate(self, inputs: Sequence[str | Mapping[str, Any]], *, max_new_tokens: int = 32) -> list[str]:

@@ -1,0 +1,1 @@
+"""kinds/speech: Whisper, prompts on the decoder input."""

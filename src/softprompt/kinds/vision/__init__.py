@@ -1,0 +1,1 @@
+"""kinds/vision: Vision Transformers, visual prompt tuning (VPT)."""
