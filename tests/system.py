@@ -1,6 +1,6 @@
 """System (Debian) packages some tests use, and one way to require them.
 
-`make test` installs `SYSTEM_PACKAGES` from the Makefile (the same list: `tests/test_first_run.py` checks that the
+`make test` installs `SYSTEM_PACKAGES` from the Makefile (the same list: `tests/cli/test_first_run.py` checks that the
 two agree) when it runs as root with apt; elsewhere it prints the `apt-get install` line. A test that needs a
 missing package is skipped with that line on a developer's machine and fails on CI (CI=true): CI runs with zero
 skips, so a package CI lost shows up as a failure, not as a quiet skip.

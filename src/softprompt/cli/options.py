@@ -2,7 +2,7 @@
 
 Each option is declared once, in `config.py` (default, help, panel); this module turns the declarations into
 typer parameters (one help panel per group: data, prompt, optimisation, evaluation, run control, and one per
-kind or method) and into the Markdown table between docs/guides/train.md's `options` markers. `tests/test_cli.py` fails
+kind or method) and into the Markdown table between docs/guides/train.md's `options` markers. `tests/cli/test_cli.py` fails
 when that table drifts from the declarations; `python -m softprompt.cli.options --write docs/guides/train.md`
 rewrites it.
 """

@@ -248,7 +248,7 @@ class CausalLMBackbone(FrozenBackbone):
         compilation); evaluation, serving and generation stay eager. Returns a line saying what happened.
 
         The layers share one compiled graph (their code is the same; weights are its inputs), so the cold start
-        is one block's forward and backward: ~25 s on a 2-core CPU, a few seconds once inductor's disk cache
+        is one block's forward and backward: tens of seconds on a CPU, a few seconds once inductor's disk cache
         holds it. A dummy padded batch compiles it here, under the training step's autocast, so a failure (no
         C++ compiler, an unsupported op) is found now: the layers then stay eager, with one warning. Steps run
         faster than eager (element-wise work fused around the matmuls; measured in docs/results.md).

@@ -32,7 +32,7 @@ from softprompt.serve import ServeSettings, create_app
 from softprompt.serve.vllm_engine import VLLM_VENV, check_same_backbone, started_vllm_server, vllm_command
 
 pytestmark = pytest.mark.real
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4  # fp32 on both sides
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import system
 import tiny
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _make_variable(name: str) -> list[str]:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from softprompt import TrainConfig, train
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _launch(config_file: str, args: list[str]) -> subprocess.CompletedProcess:

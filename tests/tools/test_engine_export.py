@@ -1,6 +1,6 @@
 """`softprompt export --format vllm | trtllm` on tiny backbones: what the files hold (read back), what is refused.
 
-The vLLM export is also classified through a real vLLM server in tests/test_vllm.py; the TensorRT-LLM prompt table
+The vLLM export is also classified through a real vLLM server in tests/serve/test_vllm.py; the TensorRT-LLM prompt table
 is checked here by reading it back (no GPU engine runs in the tests).
 """
 

@@ -92,7 +92,7 @@ def test_readme_options_table_is_generated_from_the_declarations():
 
     from softprompt.cli.options import readme_block
 
-    readme = (Path(__file__).parents[1] / "docs" / "guides" / "train.md").read_text()
+    readme = (Path(__file__).parents[2] / "docs" / "guides" / "train.md").read_text()
     assert readme_block() in readme, "docs options table drifted: run `python -m softprompt.cli.options --write " \
                                      "docs/guides/train.md`"
 
@@ -270,7 +270,7 @@ def test_shell_completion_completes_verbs_and_flags():
 def test_the_demo_figure_in_the_readme_is_the_one_make_demo_compares_with():
     from pathlib import Path
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     line = next(line for line in (root / "Makefile").read_text().splitlines()
                 if line.startswith("DEMO_README_ACCURACY"))
     readme = " ".join((root / "README.md").read_text().split())
@@ -286,7 +286,7 @@ def test_the_getting_started_page_says_what_the_readme_says_about_the_two_comman
     """The paragraph on `make install` / `make demo` (durations, the demo's figures) is the same on both pages."""
     from pathlib import Path
 
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
 
     def paragraph(path):
         text = " ".join((root / path).read_text().split())

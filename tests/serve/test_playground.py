@@ -22,7 +22,7 @@ from softprompt.inference.bank import PromptBank
 from softprompt.serve import ServeSettings, create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SHOTS = Path(os.environ.get("SOFTPROMPT_TEST_OUTPUT", Path(__file__).parents[1] / "test-output")) / "playground"
+SHOTS = Path(os.environ.get("SOFTPROMPT_TEST_OUTPUT", Path(__file__).parents[2] / "test-output")) / "playground"
 
 
 @pytest.fixture(scope="module")
