@@ -29,6 +29,9 @@ def test_dry_run_counts_what_a_real_forward_keeps(tiny_model_dir, sentiment_dir)
     layers = sum(p.numel() for p in real.model.model.layers.parameters()) * 4  # tied embedding: not split
     assert estimate.shardable == layers and estimate.unit == layers // 2  # two layers, one unit each
     assert estimate.sharded_total(2) == estimate.total - layers // 2 + layers  # half split away, two units whole
+    # without --num-virtual-tokens a row holds the method's own default count (DePT: 10)
+    assert estimate_training_memory(config.replace(num_virtual_tokens=None, method="dept")).batch_tokens == (3, 34)
+    assert estimate_training_memory(config.replace(num_virtual_tokens=None)).batch_tokens == (3, 44)
 
 
 def test_dry_run_cli_loads_nothing_and_prints_the_table(tiny_model_dir, sentiment_dir, capsys, monkeypatch):

@@ -25,7 +25,7 @@ from ..hub import BUILTIN_BACKBONES, BUILTIN_FOLDERS, builtin_backbone_dir, buil
 from ..kinds.table import KINDS, detect_kind
 from ..kinds.int8 import int8_bytes
 from ..kinds.causal_lm.backbone import SDPA_FROM_KEYS, checkpoint_layers, decoder_layers_of, keeps_keys_values
-from ..methods import DEFAULT_NUM_VIRTUAL_TOKENS, METHODS, Shape
+from ..methods import METHODS, Shape
 from ..protocols import Capability
 
 GIB = 1024 ** 3
@@ -151,7 +151,9 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     folder = _model_folder(config.model)
     hf_config = AutoConfig.from_pretrained(folder)
     KINDS[detect_kind(hf_config)].require(Capability.DRY_RUN, f"--model {config.model}")
-    tokens = config.max_length + (config.num_virtual_tokens or DEFAULT_NUM_VIRTUAL_TOKENS)  # rows at --max-length
+    method = METHODS[config.method]
+    count = config.num_virtual_tokens or method.default_tokens
+    tokens = config.max_length + count  # rows at --max-length, with the prompt's columns (a deep prompt's keys)
     # load_backbone: SDPA off the CPU; on the CPU eager attention, switched to SDPA for long sequences
     fused = torch.device(device).type != "cpu" or tokens >= SDPA_FROM_KEYS
     with torch.device("meta"):  # eager on the meta device (SDPA's mask checks need real values)
@@ -159,7 +161,6 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     model.requires_grad_(False)
     parameters = sum(p.numel() for p in model.parameters())
     hidden = hf_config.hidden_size
-    method = METHODS[config.method]
     if not method.in_input and not keeps_keys_values(hf_config):
         raise ConfigError(f"--model {config.model}: a {hf_config.model_type} model has layers without keys/values "
                           f"(state-space or recurrent), where a --method {config.method.value} prompt would live: use "
@@ -167,7 +168,7 @@ def estimate_training_memory(config: TrainConfig) -> MemoryEstimate:
     heads = getattr(hf_config, "num_attention_heads", None) or 1  # a state-space model has none (and no deep prompt)
     shape = Shape(hidden, hf_config.num_hidden_layers, getattr(hf_config, "num_key_value_heads", None) or heads,
                   getattr(hf_config, "head_dim", None) or hidden // heads)
-    prompt_params = method.parameters(config, shape, config.num_virtual_tokens or method.default_tokens)
+    prompt_params = method.parameters(config, shape, count)
     # worst case: every row at --max-length, with the virtual tokens (`tokens`, above)
     batch = config.batch_size
     activations = saved_activation_bytes(model, batch, tokens, dtype)
