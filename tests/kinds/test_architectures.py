@@ -48,6 +48,38 @@ def test_a_dry_run_estimates_a_prompt_and_refuses_a_deep_one(arch, tmp_path):
     assert "\n" not in str(err.value) and "use --method prompt" in str(err.value)
 
 
+def test_the_cli_trains_and_evaluates_a_state_space_model_quietly(tmp_path, sentiment_dir):
+    """A user's Mamba folder through `softprompt train` and `eval` on a CPU: it works, stderr holds softprompt's own
+    lines (no kernel warnings that name nothing to install), and `--method deep` is one line with exit code 2."""
+    import json
+    import subprocess
+    import sys
+
+    from tiny import tiny_tokenizer
+
+    folder = tmp_path / "tiny-mamba"
+    tiny_causal_lm(next(arch for arch in ARCHITECTURES if arch.name == "mamba")).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "softprompt", *args], capture_output=True, text=True,
+                              timeout=300)
+
+    common = ["--model", str(folder), "--data", str(sentiment_dir), "--max-steps", "2", "--batch-size", "4",
+              "--num-virtual-tokens", "4", "--device", "cpu", "--compile", "off"]
+    trained = cli("train", *common, "--output", str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stderr
+    assert "falling back" not in trained.stderr and "Traceback" not in trained.stderr, trained.stderr
+    evaluated = cli("eval", "--prompt", str(tmp_path / "run" / "prompt.safetensors"), "--model", str(folder),
+                    "--data", str(sentiment_dir), "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert 0 < json.loads(evaluated.stdout)["n"] and "falling back" not in evaluated.stderr
+    deep = cli("train", *common, "--method", "deep", "--output", str(tmp_path / "deep"))
+    lines = deep.stderr.strip().splitlines()
+    assert deep.returncode == 2 and len(lines) == 1 and "(mamba) has layers without keys/values" in lines[0], \
+        deep.stderr
+
+
 def test_a_model_whose_padding_moves_its_rows_is_refused_in_one_line(monkeypatch):
     """A backbone without keys/values whose layers let padding into a row cannot be batched: one line, no traceback."""
     from tiny import tiny_tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import tempfile
@@ -508,6 +509,10 @@ def load(folder: str | Path, name: str, *, dtype: torch.dtype, device: torch.dev
     # On CPU, eager attention trains faster than SDPA's flash kernel at prompt-tuning lengths of a causal LM (its
     # backward dominates the step: benchmarks/studies/attention_impl.py); elsewhere keep the library default.
     extra = {"attn_implementation": "eager"} if torch.device(device).type == "cpu" else {}
+    if torch.device(device).type == "cpu":
+        # transformers warns once per state-space kernel it replaces with its PyTorch reference (mamba_ssm,
+        # causal_conv1d): those kernels are CUDA-only, so on a CPU the warning names nothing to install.
+        logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
     model, tokenizer = load_text_model(AutoModelForCausalLM, folder, name, BackboneKind.CAUSAL_LM.value, dtype=dtype,
                                        device=device, load_in=load_in, **extra)
     return CausalLMBackbone(model, tokenizer, name=name)
