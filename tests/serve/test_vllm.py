@@ -216,10 +216,12 @@ def test_serve_engine_vllm_refuses_a_deep_prompt_upload_and_a_server_of_another_
 def test_serve_cli_with_vllm_url_and_an_unreachable_one(vllm_url, tmp_path, capsys):
     folder = tmp_path / "prompts"
     folder.mkdir()
+    threads = torch.get_num_threads()
     code = main(["serve", "--model", "smollm2-135m", "--prompts", str(folder), "--engine", "vllm", "--vllm-url",
                  "http://127.0.0.1:9", "--precision", "fp32"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "127.0.0.1:9" in err, err
+    assert torch.get_num_threads() == threads  # serving gave vLLM the cores; the caller gets them back
     assert main(["serve", "--model", "smollm2-135m", "--prompts", str(folder), "--vllm-url", vllm_url]) == 2
     assert "apply to --engine vllm" in capsys.readouterr().err
     assert _serve_and_classify(folder, "--vllm-url", vllm_url)["engine"] == "vllm"

@@ -89,10 +89,6 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = pick_device(device)
     backbone = load_backbone(model, dtype=resolve_precision(precision, target), device=target, load_in=load_in)
-    if engine == "vllm":
-        import torch
-
-        torch.set_num_threads(1)  # this process only embeds rows; the cores are vLLM's
     settings = ServeSettings(admin_token=admin_token, max_batch_rows=max_batch_rows, batch_wait_ms=batch_wait_ms,
                              mix_prompts=mix_prompts, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
                              max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens,
@@ -101,6 +97,10 @@ def serve(
     with contextlib.ExitStack() as stack:
         client = None
         if engine == "vllm":
+            import torch
+
+            stack.callback(torch.set_num_threads, torch.get_num_threads())  # as it was, when serving ends
+            torch.set_num_threads(1)  # this process only embeds rows; the cores are vLLM's
             client = stack.enter_context(_vllm_client(model, backbone, vllm_url, vllm_python, vllm_args,
                                                       tensor_parallel_size, pipeline_parallel_size,
                                                       data_parallel_size))
