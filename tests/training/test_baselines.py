@@ -155,9 +155,16 @@ def test_compare_has_rows_for_residual_and_dept(tmp_path, tiny_model_dir, sentim
     d = 32  # the tiny backbone's hidden size
     assert table["prompt"]["trainable_params"] == 20 * d
     assert table["residual"]["trainable_params"] > 20 * d                  # its MLP trains ...
-    assert table["residual"]["artifact_bytes"] == table["prompt"]["artifact_bytes"]  # ... and is folded away
     assert 10 * d < table["dept"]["trainable_params"] <= 20 * d           # within a 20-token prompt's count
     runs = {json.loads(line)["method"]: json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()}
+    # ... and residual's MLP is folded away: its artefact holds the same one (20, d) tensor as a plain prompt's.
+    # (Byte counts are not compared: the header's JSON holds measured timings and scores, whose text length varies.)
+    for method in ("prompt", "residual"):
+        with safe_open(runs[method]["artifact"], "pt") as handle:
+            assert list(handle.keys()) == ["prompt_embeddings"]
+            assert list(handle.get_slice("prompt_embeddings").get_shape()) == [20, d]
+    mlp_bytes = 4 * (table["residual"]["trainable_params"] - 20 * d)
+    assert abs(table["residual"]["artifact_bytes"] - table["prompt"]["artifact_bytes"]) < mlp_bytes // 10
     with safe_open(runs["dept"]["artifact"], "pt") as handle:
         assert json.loads(handle.metadata()["softprompt"])["method"] == "dept"
     printed = capsys.readouterr().out
